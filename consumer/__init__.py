@@ -1,0 +1,1 @@
+"""Kafka side of kyc-sync: settings, client, decoding, the run loop, the CLI."""

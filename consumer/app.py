@@ -1,0 +1,83 @@
+"""Composition root: builds the decoder, the warehouse and the loop from settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from typing import Any
+
+from batcher.window import WindowPolicy
+from consumer.client import new_consumer, new_producer
+from consumer.deadletter import DeadLetters
+from consumer.decoding import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
+from consumer.loop import LoopOptions, SyncLoop
+from consumer.registry import SchemaRegistry
+from consumer.settings import Settings
+from schemas import audit_schema
+from warehouse.base import Warehouse
+from warehouse.duckdb_writer import DuckDBWarehouse
+from warehouse.identifiers import QualifiedName
+from warehouse.tables import TableNames
+
+log = logging.getLogger("kyc_sync")
+
+
+def writer_schema(settings: Settings) -> dict[str, Any]:
+    if settings.decoding.schema_file is not None:
+        loaded: dict[str, Any] = json.loads(settings.decoding.schema_file.read_text("utf-8"))
+        return loaded
+    return audit_schema()
+
+
+def build_decoder(settings: Settings) -> Decoder:
+    decoding = settings.decoding
+    if decoding.format == "confluent":
+        registry = SchemaRegistry(
+            decoding.schema_registry_url,
+            decoding.schema_registry_user or None,
+            decoding.schema_registry_password.get_secret_value() or None,
+        )
+        return ConfluentAvroDecoder(registry.schema)
+    return PlainAvroDecoder(writer_schema(settings))
+
+
+def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableNames:
+    wh = settings.warehouse
+    return TableNames(
+        state=QualifiedName.of(*prefix, wh.state_table, upper=upper),
+        current=QualifiedName.of(*prefix, wh.table, upper=upper),
+        ledger=QualifiedName.of(*prefix, wh.ledger_table, upper=upper),
+    )
+
+
+def build_warehouse(settings: Settings) -> Warehouse:
+    if settings.warehouse.kind == "duckdb":
+        schema = settings.duckdb.schema_name
+        return DuckDBWarehouse(settings.duckdb.path, table_names(settings, False, schema), schema)
+    raise NotImplementedError(f"warehouse kind {settings.warehouse.kind!r} is not available")
+
+
+def build_loop(settings: Settings, until_caught_up: bool = False) -> SyncLoop:
+    kafka = settings.kafka
+    options = LoopOptions(
+        topic=kafka.topic,
+        group_id=kafka.group_id,
+        on_invalid=settings.decoding.on_invalid,
+        until_caught_up=until_caught_up,
+        consume_batch=kafka.consume_batch,
+        poll_timeout_s=kafka.poll_timeout_s,
+        retry_max_s=settings.warehouse.retry_max_s,
+    )
+    dead_letters = None
+    if settings.decoding.on_invalid == "dlq":
+        dead_letters = DeadLetters(new_producer(kafka), kafka.dead_letter_topic)
+    window = settings.window
+    return SyncLoop(
+        options,
+        partial(new_consumer, kafka),
+        build_decoder(settings),
+        build_warehouse(settings),
+        dead_letters,
+        WindowPolicy(window.seconds, window.max_events, window.max_bytes),
+    )

@@ -1,0 +1,59 @@
+"""Kafka client configuration and construction, from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from consumer.settings import KafkaSettings
+
+
+def common_config(kafka: KafkaSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        config["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username:
+        config["sasl.username"] = kafka.sasl_username
+        config["sasl.password"] = kafka.sasl_password.get_secret_value()
+    return config
+
+
+def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Consumer options: offsets are committed by kyc-sync only, after the warehouse commit."""
+    config = common_config(kafka)
+    config.update(
+        {
+            "group.id": kafka.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.partition.eof": True,
+        }
+    )
+    config.update(kafka.client_options)
+    return config
+
+
+def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Producer options (dead-letter topic, sample data): idempotent, acks from all replicas."""
+    config = common_config(kafka)
+    config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20})
+    consumer_only = {"auto.offset.reset", "partition.assignment.strategy", "enable.partition.eof",
+                     "session.timeout.ms", "max.poll.interval.ms", "fetch.min.bytes",
+                     "fetch.wait.max.ms", "heartbeat.interval.ms", "group.instance.id",
+                     "queued.min.messages", "fetch.max.bytes", "max.partition.fetch.bytes"}
+    config.update({k: v for k, v in kafka.client_options.items() if k not in consumer_only})
+    return config
+
+
+def new_consumer(kafka: KafkaSettings, **callbacks: Any) -> Consumer:
+    return Consumer({**consumer_config(kafka), **callbacks})
+
+
+def new_producer(kafka: KafkaSettings) -> Producer:
+    return Producer(producer_config(kafka))

@@ -1,0 +1,69 @@
+"""The sub-commands behind the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from consumer.app import build_loop, table_names, writer_schema
+from consumer.client import new_producer
+from consumer.encoding import AuditEncoder
+from consumer.loop import StopRun
+from consumer.sample import produce_sample
+from consumer.settings import Settings
+from warehouse.errors import WarehouseError
+
+log = logging.getLogger("kyc_sync")
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "run":
+        return run(settings, args.until_caught_up)
+    if args.command == "produce-sample":
+        return sample(settings, args.partitions, args.create_topic, args.seed)
+    if args.command == "show":
+        return show(settings)
+    raise AssertionError(args.command)
+
+
+def run(settings: Settings, until_caught_up: bool) -> int:
+    log.info("settings %s", json.dumps(settings.redacted(), sort_keys=True))
+    loop = build_loop(settings, until_caught_up)
+    loop.install_signal_handlers()
+    try:
+        return loop.run()
+    except (WarehouseError, StopRun) as err:
+        log.error("stopped without committing the open window: %s", err)
+        return 1
+
+
+def sample(settings: Settings, partitions: int, create: bool, seed: int | None) -> int:
+    from consumer.topics import ensure_topic  # noqa: PLC0415
+
+    if create:
+        ensure_topic(settings.kafka, settings.kafka.topic, partitions)
+    producer = new_producer(settings.kafka)
+    count = produce_sample(
+        producer, settings.kafka.topic, AuditEncoder(writer_schema(settings)), partitions, seed
+    )
+    print(f"produced {count} sample events to {settings.kafka.topic} ({partitions} partitions)")
+    return 0
+
+
+def show(settings: Settings) -> int:
+    import duckdb  # noqa: PLC0415
+
+    if settings.warehouse.kind != "duckdb":
+        print("show reads the DuckDB table; use your Snowflake client for Snowflake")
+        return 2
+    names = table_names(settings, False, settings.duckdb.schema_name)
+    con = duckdb.connect(settings.duckdb.path, read_only=True)
+    try:
+        relation = con.sql(
+            f"SELECT * FROM {names.current.sql()} ORDER BY kyc_profile_id"  # noqa: S608
+        )
+        print(relation)
+    finally:
+        con.close()
+    return 0

@@ -1,0 +1,68 @@
+"""The dead-letter topic: invalid events, with the original key, value and headers, plus why.
+
+An invalid event's offset counts as processed only after its dead-letter copy is acknowledged:
+the run loop calls ``flush`` before it commits offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+
+class DeadLetterError(Exception):
+    """Dead-letter copies could not be acknowledged; offsets must not be committed."""
+
+
+@dataclass
+class DeadLetters:
+    producer: Producer
+    topic: str
+    flush_timeout_s: float = 30.0
+    sent: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def send(self, msg: Message, error_class: str, reason: str) -> None:
+        headers: list[tuple[str, str | bytes]] = list(msg.headers() or [])
+        headers += [
+            ("kyc_sync.error_class", error_class),
+            ("kyc_sync.reason", reason[:1000]),
+            ("kyc_sync.source_topic", msg.topic() or ""),
+            ("kyc_sync.source_partition", str(msg.partition())),
+            ("kyc_sync.source_offset", str(msg.offset())),
+            ("kyc_sync.failed_at_ms", str(int(time.time() * 1000))),
+        ]
+        self._produce(msg.key(), msg.value(), headers)
+        self.sent += 1
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.failed.append(str(err))
+
+    def _produce(self, key: bytes | None, value: bytes | None, headers: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic, key=key, value=value, headers=headers,
+                    on_delivery=self._on_delivery,
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+            except KafkaException as err:
+                raise DeadLetterError(f"dead-letter produce failed: {err}") from err
+
+    def flush(self) -> None:
+        """Wait for every copy to be acknowledged; raise if any failed or timed out."""
+        remaining = self.producer.flush(self.flush_timeout_s)
+        if remaining:
+            raise DeadLetterError(
+                f"{remaining} dead-letter message(s) not acknowledged within "
+                f"{self.flush_timeout_s:.0f}s"
+            )
+        if self.failed:
+            failures, self.failed = self.failed, []
+            raise DeadLetterError(f"dead-letter delivery failed: {failures[0]}")

@@ -1,0 +1,185 @@
+"""All settings of kyc-sync: environment variables (``KYC_SYNC_`` prefix, ``__`` between
+sections, e.g. ``KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS``) over an optional TOML file
+(``--config`` or ``KYC_SYNC_CONFIG``) over the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from warehouse.identifiers import validate_identifier
+
+# Options kyc-sync owns: passing them through would break the commit protocol.
+RESERVED_CLIENT_OPTIONS = frozenset(
+    {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = Field(
+        default="", description="Kafka bootstrap servers, host:port[,host:port]. Required."
+    )
+    topic: str = Field(default="kyc_profile_audit", description="The audit topic.")
+    group_id: str = Field(default="kyc-sync", description="Consumer group; instances share it.")
+    dlq_topic: str = Field(
+        default="", description="Dead-letter topic; empty means '<topic>.dlq'."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security.protocol."
+    )
+    sasl_mechanism: str = Field(default="", description="e.g. SCRAM-SHA-512, PLAIN.")
+    sasl_username: str = Field(default="", description="SASL user name.")
+    sasl_password: SecretStr = Field(default=SecretStr(""), description="SASL password.")
+    client_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka options passed to the consumer and producer as they are "
+        "(JSON object in the environment).",
+    )
+    consume_batch: int = Field(
+        default=10_000, gt=0, description="Messages asked for per consume() call."
+    )
+    poll_timeout_s: float = Field(default=0.5, gt=0, description="consume() timeout, seconds.")
+
+    @field_validator("client_options")
+    @classmethod
+    def _not_reserved(
+        cls, value: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        clash = sorted(RESERVED_CLIENT_OPTIONS & value.keys())
+        if clash:
+            raise ValueError(f"{', '.join(clash)} are set by kyc-sync and cannot be overridden")
+        return value
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+
+class DecodingSettings(Section):
+    format: Literal["avro", "confluent"] = Field(
+        default="avro",
+        description="'avro': schemaless Avro written with the schema file; 'confluent': "
+        "Confluent wire format with a Schema Registry.",
+    )
+    schema_file: Path | None = Field(
+        default=None, description="Writer schema for 'avro'; default: the packaged schema."
+    )
+    schema_registry_url: str = Field(default="", description="Registry URL for 'confluent'.")
+    schema_registry_user: str = Field(default="", description="Registry basic-auth user.")
+    schema_registry_password: SecretStr = Field(
+        default=SecretStr(""), description="Registry basic-auth password."
+    )
+    on_invalid: Literal["dlq", "fail"] = Field(
+        default="dlq",
+        description="What to do with an event that cannot be decoded or validated: send it to "
+        "the dead-letter topic, or stop.",
+    )
+
+
+class WindowSettings(Section):
+    seconds: float = Field(default=600.0, gt=0, description="Window length, seconds.")
+    max_events: int = Field(default=1_000_000, gt=0, description="Flush early at this many events.")
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Flush early at this many payload bytes."
+    )
+
+
+class WarehouseSettings(Section):
+    kind: Literal["duckdb", "snowflake"] = Field(default="duckdb", description="Which writer.")
+    table: str = Field(default="kyc_profile_current", description="View of the live profiles.")
+    state_table: str = Field(
+        default="kyc_profile_state", description="Table of every profile's latest version."
+    )
+    ledger_table: str = Field(default="kyc_sync_ledger", description="One row per batch.")
+    retry_max_s: float = Field(
+        default=120.0, gt=0, description="Give up retrying transient errors after this long."
+    )
+
+    @field_validator("table", "state_table", "ledger_table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return validate_identifier(value)
+
+
+class DuckDBSettings(Section):
+    path: str = Field(default="kyc.duckdb", description="Database file.")
+    schema_name: str = Field(default="main", description="Schema of the tables.")
+
+    @field_validator("schema_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return validate_identifier(value)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KYC_SYNC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    decoding: DecodingSettings = DecodingSettings()
+    window: WindowSettings = WindowSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
+    duckdb: DuckDBSettings = DuckDBSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> Settings:
+        if not self.kafka.bootstrap_servers.strip():
+            raise ValueError(
+                "kafka.bootstrap_servers is required (KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS)"
+            )
+        if self.decoding.format == "confluent" and not self.decoding.schema_registry_url:
+            raise ValueError(
+                "decoding.schema_registry_url is required when decoding.format is 'confluent'"
+            )
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-able data, secrets replaced by asterisks."""
+        dumped: dict[str, Any] = self.model_dump(mode="json")
+        return dumped
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``overrides`` > environment > TOML file > defaults."""
+    path = config_file or (Path(os.environ["KYC_SYNC_CONFIG"])
+                           if os.environ.get("KYC_SYNC_CONFIG") else None)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    return FileSettings(**overrides)

@@ -1,0 +1,1 @@
+"""MERGE writers (DuckDB, Snowflake) behind one small interface: see ``warehouse.base``."""

@@ -1,0 +1,117 @@
+"""The DuckDB writer: the embedded default.
+
+DuckDB lets one process write a database file at a time. The writer holds the file only while it
+applies a batch, so several kyc-sync instances (one consumer group) can share one file; a lock
+held by another instance surfaces as ``TransientWarehouseError`` and the flush is retried.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import duckdb
+
+from warehouse.base import ApplyResult, Batch
+from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
+from warehouse.identifiers import Ident
+from warehouse.sql import classify_sql, ledger_insert_sql, merge_sql
+from warehouse.staging import assert_unique_keys
+from warehouse.tables import TableNames, ddl
+
+STAGED = "kyc_sync_staged"
+
+
+def translate(err: duckdb.Error) -> WarehouseError:
+    """Map a DuckDB error to transient (retry) or terminal (stop)."""
+    text = str(err)
+    if isinstance(err, duckdb.IOException) and "lock" in text.lower():
+        return TransientWarehouseError(f"database file is locked by another process: {text}")
+    if isinstance(err, duckdb.TransactionException):
+        return TransientWarehouseError(f"transaction conflict: {text}")
+    return TerminalWarehouseError(f"{type(err).__name__}: {text}")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class DuckDBWarehouse:
+    """Applies batches to a DuckDB file (or ``:memory:``, kept open, for tests)."""
+
+    def __init__(self, path: str, names: TableNames, schema: str = "main") -> None:
+        self.path = path
+        self.names = names
+        self.schema = Ident(schema)
+        self._memory: duckdb.DuckDBPyConnection | None = None
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self.path == ":memory:":
+            if self._memory is None:
+                self._memory = duckdb.connect(":memory:")
+            return self._memory
+        try:
+            return duckdb.connect(self.path)
+        except duckdb.Error as err:
+            raise translate(err) from err
+
+    def _release(self, con: duckdb.DuckDBPyConnection) -> None:
+        if con is not self._memory:
+            con.close()
+
+    def open(self) -> None:
+        con = self._connect()
+        try:
+            if self.schema.name != "main":
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema.sql()}")
+            for statement in ddl(self.names, "duckdb"):
+                con.execute(statement)
+        except duckdb.Error as err:
+            raise translate(err) from err
+        finally:
+            self._release(con)
+
+    def apply(self, batch: Batch) -> ApplyResult:
+        try:
+            assert_unique_keys(batch.rows)
+        except ValueError as err:
+            raise TerminalWarehouseError(str(err)) from err
+        started = time.perf_counter()
+        con = self._connect()
+        try:
+            con.begin()
+            try:
+                con.register(STAGED, batch.rows)
+                row = con.execute(classify_sql(self.names.state, STAGED, "duckdb")).fetchone()
+                assert row is not None
+                inserted, updated, deleted, stale, min_t, max_t = row
+                con.execute(merge_sql(self.names.state, STAGED, "duckdb"))
+                write_ms = int((time.perf_counter() - started) * 1000)
+                con.execute(
+                    ledger_insert_sql(self.names.ledger, "duckdb"),
+                    [
+                        batch.batch_id, batch.topic, batch.consumer_group, batch.started_at,
+                        utcnow(), batch.events_in, batch.invalid_events, batch.rows.num_rows,
+                        inserted, updated, deleted, stale, min_t, max_t, batch.offsets_json(),
+                        batch.decode_ms, write_ms,
+                    ],
+                )
+                con.unregister(STAGED)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        except duckdb.Error as err:
+            raise translate(err) from err
+        finally:
+            self._release(con)
+        return ApplyResult(
+            inserted=int(inserted), updated=int(updated), deleted=int(deleted),
+            skipped_stale=int(stale), min_op_time=min_t, max_op_time=max_t,
+            write_s=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None

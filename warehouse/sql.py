@@ -1,0 +1,83 @@
+"""SQL of one flush, built by pure functions from validated names. Values are never formatted in.
+
+Per flush a writer runs, in one transaction:
+1. ``classify_sql``: counts what the MERGE is about to do (for the ledger and metrics);
+2. ``merge_sql``: the guarded MERGE of the staged winners into the state table;
+3. ``ledger_insert_sql``: the batch's ledger row, with bound parameters.
+
+The guard: a staged row is applied only if its version (op_time, src_partition, src_offset) is
+greater than the version the state row already holds, deleted rows included.
+"""
+
+from __future__ import annotations
+
+from warehouse.identifiers import QualifiedName
+from warehouse.tables import KEY, LEDGER_COLUMNS, STATE_COLUMNS, Dialect, col
+
+
+def newer_sql(new: str, old: str, dialect: Dialect) -> str:
+    """``new`` is strictly later than ``old`` by (op_time, src_partition, src_offset)."""
+    t, p, o = (col(c, dialect) for c in ("op_time", "src_partition", "src_offset"))
+    return (
+        f"({new}.{t} > {old}.{t} OR ({new}.{t} = {old}.{t} AND "
+        f"({new}.{p} > {old}.{p} OR ({new}.{p} = {old}.{p} AND {new}.{o} > {old}.{o}))))"
+    )
+
+
+def merge_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
+    """Guarded upsert of the staged rows (one per key) into the state table."""
+    key = col(KEY, dialect)
+    cols = [col(c.name, dialect) for c in STATE_COLUMNS]
+    updates = ", ".join(f"{c} = s.{c}" for c in cols if c != key)
+    return (
+        f"MERGE INTO {state.sql()} AS t\n"
+        f"USING {staged} AS s\n"
+        f"ON t.{key} = s.{key}\n"
+        f"WHEN MATCHED AND {newer_sql('s', 't', dialect)} THEN UPDATE SET {updates}\n"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) "
+        f"VALUES ({', '.join('s.' + c for c in cols)})"
+    )
+
+
+CLASSIFY_FIELDS: tuple[str, ...] = (
+    "inserted", "updated", "deleted", "skipped_stale", "min_op_time", "max_op_time",
+)
+
+
+def classify_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
+    """One row: what the MERGE will do, from the same snapshot, in ``CLASSIFY_FIELDS`` order.
+
+    inserted: a live row appears (new profile, or re-created after a DELETE);
+    updated: a live row changes; deleted: a DELETE is applied (the profile was live, or is
+    tombstoned before it was ever seen); skipped_stale: older than what the table holds.
+    min/max_op_time: over the applied rows.
+    """
+    key, dele, t_op = col(KEY, dialect), col("is_deleted", dialect), col("op_time", dialect)
+    applied = f"(t.{key} IS NULL OR {newer_sql('s', 't', dialect)})"
+    was_live = f"(t.{key} IS NOT NULL AND NOT t.{dele})"
+
+    def count(cond: str) -> str:
+        return f"COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)"
+
+    return (
+        "SELECT\n"
+        f"  {count(f'{applied} AND NOT s.{dele} AND NOT {was_live}')} AS inserted,\n"
+        f"  {count(f'{applied} AND NOT s.{dele} AND {was_live}')} AS updated,\n"
+        f"  {count(f'{applied} AND s.{dele}')} AS deleted,\n"
+        f"  {count(f'NOT {applied}')} AS skipped_stale,\n"
+        f"  MIN(CASE WHEN {applied} THEN s.{t_op} END) AS min_op_time,\n"
+        f"  MAX(CASE WHEN {applied} THEN s.{t_op} END) AS max_op_time\n"
+        f"FROM {staged} AS s LEFT JOIN {state.sql()} AS t ON t.{key} = s.{key}"
+    )
+
+
+def ledger_insert_sql(ledger: QualifiedName, dialect: Dialect) -> str:
+    cols = ", ".join(col(c.name, dialect) for c in LEDGER_COLUMNS)
+    marks = ", ".join("?" for _ in LEDGER_COLUMNS)
+    return f"INSERT INTO {ledger.sql()} ({cols}) VALUES ({marks})"
+
+
+def duplicate_keys_sql(staged: str, dialect: Dialect) -> str:
+    """Keys staged more than once: must be empty (MERGE needs one source row per key)."""
+    key = col(KEY, dialect)
+    return f"SELECT {key} FROM {staged} GROUP BY {key} HAVING COUNT(*) > 1 LIMIT 5"

@@ -1,0 +1,60 @@
+"""Build the staged Arrow table of a batch: one row per winning event, ``STATE_COLUMNS``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from batcher.reducer import Winner
+from warehouse.tables import DATA_COLUMNS, STATE_COLUMNS, ColumnType
+
+_ARROW: dict[ColumnType, pa.DataType] = {
+    "int": pa.int32(),
+    "bigint": pa.int64(),
+    "text": pa.string(),
+    "timestamp": pa.timestamp("us"),
+    "bool": pa.bool_(),
+}
+
+STAGED_SCHEMA = pa.schema(
+    [pa.field(c.name, _ARROW[c.type], nullable=c.nullable) for c in STATE_COLUMNS]
+)
+
+Row = tuple[Any, ...]
+"""Values of ``DATA_COLUMNS`` in order, timestamps as integers (microseconds, UTC)."""
+
+
+def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: int) -> pa.Table:
+    """Column-wise build of the batch; timestamps stay integers until Arrow casts them."""
+    n = len(winners)
+    columns: list[Sequence[Any]] = (
+        [list(c) for c in zip(*(w.payload for w in winners), strict=True)]
+        if n else [[] for _ in DATA_COLUMNS]
+    )
+    op_type = [w.op_type for w in winners]
+    arrays: list[pa.Array] = [
+        pa.array(values, type=_ARROW[c.type]) for c, values in zip(DATA_COLUMNS, columns, strict=True)
+    ]
+    arrays += [
+        pa.array(op_type, type=pa.string()),
+        pa.array([w.version.op_time for w in winners], type=pa.timestamp("us")),
+        pa.array([w.version.partition for w in winners], type=pa.int32()),
+        pa.array([w.version.offset for w in winners], type=pa.int64()),
+        pa.array([o == "DELETE" for o in op_type], type=pa.bool_()),
+        pa.array([batch_id] * n, type=pa.string()),
+        pa.array([synced_at_us] * n, type=pa.timestamp("us")),
+    ]
+    return pa.Table.from_arrays(arrays, schema=STAGED_SCHEMA)
+
+
+def assert_unique_keys(rows: pa.Table) -> None:
+    """A MERGE source must hold one row per key; the reducer guarantees it, this checks it."""
+    import pyarrow.compute as pc
+
+    distinct = pc.count_distinct(rows.column("kyc_profile_id")).as_py()
+    if distinct != rows.num_rows:
+        raise ValueError(
+            f"staged batch has {rows.num_rows} rows but {distinct} distinct keys"
+        )

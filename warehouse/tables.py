@@ -1,0 +1,139 @@
+"""The one definition of the tables kyc-sync owns, rendered as DDL per dialect.
+
+- ``<state>`` (``kyc_profile_state``): one row per profile ever seen, live or deleted. Deleted
+  profiles stay as tombstones (``is_deleted``) with the version of their DELETE, so that a replayed
+  or late INSERT older than the DELETE can never bring the profile back.
+- ``<table>`` (``kyc_profile_current``): a view of the live profiles only.
+- ``<ledger>`` (``kyc_sync_ledger``): one row per applied batch, written in the batch's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from warehouse.identifiers import QualifiedName
+
+Dialect = Literal["duckdb", "snowflake"]
+ColumnType = Literal["int", "bigint", "text", "timestamp", "bool"]
+
+_TYPES: dict[Dialect, dict[ColumnType, str]] = {
+    "duckdb": {
+        "int": "INTEGER",
+        "bigint": "BIGINT",
+        "text": "VARCHAR",
+        "timestamp": "TIMESTAMP",
+        "bool": "BOOLEAN",
+    },
+    "snowflake": {
+        "int": "NUMBER(10,0)",
+        "bigint": "NUMBER(19,0)",
+        "text": "VARCHAR",
+        "timestamp": "TIMESTAMP_NTZ(6)",
+        "bool": "BOOLEAN",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: ColumnType
+    nullable: bool = True
+
+
+KEY = "kyc_profile_id"
+
+# Business columns, as in the audit stream.
+DATA_COLUMNS: tuple[Column, ...] = (
+    Column(KEY, "bigint", nullable=False),
+    Column("goldtier_id", "text"),
+    Column("cid", "text"),
+    Column("party_id", "text"),
+    Column("created_date", "timestamp"),
+    Column("updated_date", "timestamp"),
+)
+
+# The version of the event a row reflects, and where it came from.
+VERSION_COLUMNS: tuple[Column, ...] = (
+    Column("op_type", "text", nullable=False),
+    Column("op_time", "timestamp", nullable=False),
+    Column("src_partition", "int", nullable=False),
+    Column("src_offset", "bigint", nullable=False),
+    Column("is_deleted", "bool", nullable=False),
+    Column("batch_id", "text", nullable=False),
+    Column("synced_at", "timestamp", nullable=False),
+)
+
+STATE_COLUMNS: tuple[Column, ...] = DATA_COLUMNS + VERSION_COLUMNS
+"""Columns of the state table and, in the same order, of every staged batch."""
+
+VIEW_COLUMNS: tuple[str, ...] = (*(c.name for c in DATA_COLUMNS), "op_time", "synced_at")
+
+LEDGER_COLUMNS: tuple[Column, ...] = (
+    Column("batch_id", "text", nullable=False),
+    Column("topic", "text", nullable=False),
+    Column("consumer_group", "text", nullable=False),
+    Column("started_at", "timestamp", nullable=False),
+    Column("committed_at", "timestamp", nullable=False),
+    Column("events_in", "bigint", nullable=False),
+    Column("invalid_events", "bigint", nullable=False),
+    Column("rows_out", "bigint", nullable=False),
+    Column("inserted", "bigint", nullable=False),
+    Column("updated", "bigint", nullable=False),
+    Column("deleted", "bigint", nullable=False),
+    Column("skipped_stale", "bigint", nullable=False),
+    Column("min_op_time", "timestamp"),
+    Column("max_op_time", "timestamp"),
+    Column("offsets", "text", nullable=False),
+    Column("decode_ms", "bigint", nullable=False),
+    Column("write_ms", "bigint", nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TableNames:
+    """Where kyc-sync's objects live; every part is a validated identifier."""
+
+    state: QualifiedName
+    current: QualifiedName
+    ledger: QualifiedName
+
+
+def column_list(columns: tuple[Column, ...], dialect: Dialect) -> str:
+    upper = dialect == "snowflake"
+    rendered = []
+    for column in columns:
+        name = column.name.upper() if upper else column.name
+        null = "" if column.nullable else " NOT NULL"
+        rendered.append(f'    "{name}" {_TYPES[dialect][column.type]}{null}')
+    return ",\n".join(rendered)
+
+
+def col(name: str, dialect: Dialect) -> str:
+    """A quoted column name in the dialect's case."""
+    return f'"{name.upper()}"' if dialect == "snowflake" else f'"{name}"'
+
+
+def create_table_sql(
+    name: QualifiedName, columns: tuple[Column, ...], dialect: Dialect, *, replace: bool = False
+) -> str:
+    head = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
+    return f"{head} {name.sql()} (\n{column_list(columns, dialect)}\n)"
+
+
+def create_view_sql(names: TableNames, dialect: Dialect) -> str:
+    cols = ", ".join(col(c, dialect) for c in VIEW_COLUMNS)
+    return (
+        f"CREATE OR REPLACE VIEW {names.current.sql()} AS\n"
+        f"SELECT {cols}\nFROM {names.state.sql()}\nWHERE NOT {col('is_deleted', dialect)}"
+    )
+
+
+def ddl(names: TableNames, dialect: Dialect) -> list[str]:
+    """Statements that create every object if missing; safe to run on every start."""
+    return [
+        create_table_sql(names.state, STATE_COLUMNS, dialect),
+        create_table_sql(names.ledger, LEDGER_COLUMNS, dialect),
+        create_view_sql(names, dialect),
+    ]
