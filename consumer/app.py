@@ -17,6 +17,7 @@ from consumer.settings import Settings
 from schemas import audit_schema
 from warehouse.base import Warehouse
 from warehouse.duckdb_writer import DuckDBWarehouse
+from warehouse.faults import FaultPlan
 from warehouse.identifiers import QualifiedName
 from warehouse.tables import TableNames
 
@@ -51,10 +52,18 @@ def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableN
     )
 
 
+def fault_plan(settings: Settings) -> FaultPlan:
+    f = settings.faults
+    return FaultPlan(f.warehouse, f.times, f.probability, f.seed)
+
+
 def build_warehouse(settings: Settings) -> Warehouse:
     if settings.warehouse.kind == "duckdb":
         schema = settings.duckdb.schema_name
-        return DuckDBWarehouse(settings.duckdb.path, table_names(settings, False, schema), schema)
+        return DuckDBWarehouse(
+            settings.duckdb.path, table_names(settings, False, schema), schema,
+            fault_plan(settings),
+        )
     raise NotImplementedError(f"warehouse kind {settings.warehouse.kind!r} is not available")
 
 

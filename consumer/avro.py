@@ -56,7 +56,9 @@ class RecordReader:
         buf = io.BytesIO(payload)
         if start:
             buf.seek(start)
-        record: dict[str, Any] = fastavro.schemaless_reader(buf, self.schema, None)
+        record = fastavro.schemaless_reader(buf, self.schema, None)
+        if not isinstance(record, dict):
+            raise TypeError("the writer schema does not describe a record")
         if buf.tell() != len(payload):
             raise ValueError(f"{len(payload) - buf.tell()} trailing bytes after the record")
         for name, factor in self.scales:

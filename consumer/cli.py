@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.code, file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    from consumer import commands  # noqa: PLC0415 (keeps `--help` and settings errors fast)
+    from consumer import commands
 
     if args.command == "settings":
         print(json.dumps(settings.redacted(), indent=2))

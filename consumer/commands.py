@@ -8,10 +8,12 @@ import logging
 
 from consumer.app import build_loop, table_names, writer_schema
 from consumer.client import new_producer
+from consumer.deadletter import DeadLetterError
 from consumer.encoding import AuditEncoder
 from consumer.loop import StopRun
 from consumer.sample import produce_sample
 from consumer.settings import Settings
+from consumer.topics import TopicError, ensure_topic, preflight
 from warehouse.errors import WarehouseError
 
 log = logging.getLogger("kyc_sync")
@@ -29,17 +31,17 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def run(settings: Settings, until_caught_up: bool) -> int:
     log.info("settings %s", json.dumps(settings.redacted(), sort_keys=True))
-    loop = build_loop(settings, until_caught_up)
-    loop.install_signal_handlers()
     try:
+        preflight(settings.kafka, settings.decoding.on_invalid == "dlq")
+        loop = build_loop(settings, until_caught_up)
+        loop.install_signal_handlers()
         return loop.run()
-    except (WarehouseError, StopRun) as err:
+    except (WarehouseError, StopRun, TopicError, DeadLetterError) as err:
         log.error("stopped without committing the open window: %s", err)
         return 1
 
 
 def sample(settings: Settings, partitions: int, create: bool, seed: int | None) -> int:
-    from consumer.topics import ensure_topic  # noqa: PLC0415
 
     if create:
         ensure_topic(settings.kafka, settings.kafka.topic, partitions)
@@ -52,7 +54,7 @@ def sample(settings: Settings, partitions: int, create: bool, seed: int | None) 
 
 
 def show(settings: Settings) -> int:
-    import duckdb  # noqa: PLC0415
+    import duckdb
 
     if settings.warehouse.kind != "duckdb":
         print("show reads the DuckDB table; use your Snowflake client for Snowflake")
@@ -61,7 +63,7 @@ def show(settings: Settings) -> int:
     con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
         relation = con.sql(
-            f"SELECT * FROM {names.current.sql()} ORDER BY kyc_profile_id"  # noqa: S608
+            f"SELECT * FROM {names.current.sql()} ORDER BY kyc_profile_id"
         )
         print(relation)
     finally:

@@ -26,7 +26,10 @@ class DeadLetters:
     failed: list[str] = field(default_factory=list)
 
     def send(self, msg: Message, error_class: str, reason: str) -> None:
-        headers: list[tuple[str, str | bytes]] = list(msg.headers() or [])
+        original = msg.headers() or []
+        headers: list[tuple[str, str | bytes | None]] = (
+            list(original.items()) if isinstance(original, dict) else list(original)
+        )
         headers += [
             ("kyc_sync.error_class", error_class),
             ("kyc_sync.reason", reason[:1000]),

@@ -21,8 +21,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from batcher.events import PartitionRange
 from batcher.reducer import Reduced, Reducer
 from batcher.window import Clock, FlushReason, Window, WindowPolicy
-from consumer.deadletter import DeadLetterError, DeadLetters
+from consumer.deadletter import DeadLetters
 from consumer.decoding import Decoder, InvalidEvent
+from consumer.observer import Observer
 from consumer.retry import retry_transient
 from warehouse.base import ApplyResult, Batch, Warehouse
 from warehouse.staging import Row, build_staged
@@ -74,6 +75,7 @@ class SyncLoop:
         policy: WindowPolicy,
         clock: Clock = time.monotonic,
         on_flush: Callable[[FlushReport], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.options = options
         self.new_consumer = new_consumer
@@ -83,6 +85,7 @@ class SyncLoop:
         self.window = Window(policy, clock)
         self.reducer: Reducer[Row] = Reducer()
         self.on_flush = on_flush
+        self.observer = observer or Observer()
         self.consumer: Consumer | None = None
         self.assigned: set[int] = set()
         self.at_end: set[int] = set()
@@ -105,7 +108,7 @@ class SyncLoop:
         signal.signal(signal.SIGTERM, self.request_stop)
 
     def run(self) -> int:
-        self.warehouse.open()
+        retry_transient(self.warehouse.open, self.options.retry_max_s, "warehouse open")
         consumer = self.new_consumer(error_cb=self._on_client_error)
         self.consumer = consumer
         consumer.subscribe(
@@ -119,6 +122,7 @@ class SyncLoop:
                 )
                 if messages:
                     self.ingest(messages)
+                self.observer.tick(consumer)
                 reason = self.window.due(self.reducer.events, self.reducer.payload_bytes)
                 if reason is not None:
                     self.flush(reason)
@@ -147,38 +151,45 @@ class SyncLoop:
         add = self.reducer.add
         at_end = self.at_end
         self.window.note_event()
+        before = self.reducer.events - self.reducer.invalid
         for msg in messages:
             error = msg.error()
             if error is not None:
                 self._on_message_error(msg, error)
                 continue
-            partition: int = msg.partition()
-            offset: int = msg.offset()
+            partition: int = msg.partition()  # type: ignore[assignment]
+            offset: int = msg.offset()  # type: ignore[assignment]
             value: bytes | None = msg.value()
             size = len(value) if value else 0
             at_end.discard(partition)
             try:
                 event = decode(value, msg.key())
             except InvalidEvent as invalid:
-                self._invalid(msg, invalid, size)
+                self._invalid(msg, partition, offset, invalid, size)
                 continue
             add(event.key, event.op_time, partition, offset, event.op_type, event.row, size)
         if self.reducer.events == 0:
             self.window.reset()
         self.decode_s += time.perf_counter() - started
+        self.observer.consumed(len(messages), self.reducer.events - self.reducer.invalid - before)
+        self.observer.buffered(self.reducer.events, len(self.reducer))
 
-    def _invalid(self, msg: Message, invalid: InvalidEvent, size: int) -> None:
+    def _invalid(
+        self, msg: Message, partition: int, offset: int, invalid: InvalidEvent, size: int
+    ) -> None:
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         if self.options.on_invalid == "fail" or self.dead_letters is None:
             raise StopRun(f"invalid event at {where}: {invalid}")
         log.warning("invalid event at %s -> dead-letter topic: %s", where, invalid)
         self.dead_letters.send(msg, invalid.error_class, invalid.reason)
-        self.reducer.skip(msg.partition(), msg.offset(), size)
+        self.reducer.skip(partition, offset, size)
+        self.observer.dead_lettered(invalid.error_class)
 
     def _on_message_error(self, msg: Message, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
-            if msg.partition() in self.assigned:
-                self.at_end.add(msg.partition())
+            partition = msg.partition()
+            if partition is not None and partition in self.assigned:
+                self.at_end.add(partition)
             return
         if error.fatal():
             raise StopRun(f"fatal Kafka error: {error}")
@@ -206,16 +217,23 @@ class SyncLoop:
         self.window.reset()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch_id = uuid.uuid4().hex
-        if self.dead_letters is not None and reduced.invalid:
-            self.dead_letters.flush()
-        result = self.apply(self.stage(batch_id, reduced, decode_s)) if reduced.winners else None
-        self.commit(reduced.ranges)
+        try:
+            if self.dead_letters is not None and reduced.invalid:
+                self.dead_letters.flush()
+            batch = self.stage(batch_id, reduced, decode_s)
+            result = self.apply(batch) if reduced.winners else None
+            self.commit(reduced.ranges)
+        except BaseException as err:
+            self.observer.flush_failed(err)
+            raise
         report = FlushReport(
             batch_id, reason, reduced.events, reduced.invalid, len(reduced.winners), result,
             reduced.ranges, decode_s, time.perf_counter() - started,
         )
         self.flushes.append(report)
         log_flush(report)
+        self.observer.flushed(report)
+        self.observer.buffered(0, 0)
         if self.on_flush is not None:
             self.on_flush(report)
         return report
@@ -261,6 +279,7 @@ class SyncLoop:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
+        self.observer.assignment(frozenset(self.assigned))
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -272,6 +291,7 @@ class SyncLoop:
             self.flush(FlushReason.REVOKE)
         self.assigned -= revoked
         self.at_end -= revoked
+        self.observer.assignment(frozenset(self.assigned))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions}
@@ -280,6 +300,7 @@ class SyncLoop:
         self.window.reset()
         self.assigned -= lost
         self.at_end -= lost
+        self.observer.assignment(frozenset(self.assigned))
 
 
 def _utc_micros(naive_utc: datetime) -> int:

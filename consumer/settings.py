@@ -38,6 +38,9 @@ class KafkaSettings(Section):
     dlq_topic: str = Field(
         default="", description="Dead-letter topic; empty means '<topic>.dlq'."
     )
+    create_dlq_topic: bool = Field(
+        default=True, description="Create the dead-letter topic at start if it is missing."
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="Kafka security.protocol."
     )
@@ -125,6 +128,19 @@ class DuckDBSettings(Section):
         return validate_identifier(value)
 
 
+class FaultSettings(Section):
+    """Injected warehouse failures for fault and chaos tests; off by default."""
+
+    warehouse: Literal["off", "transient", "terminal"] = Field(
+        default="off", description="Fail flushes after the MERGE, before the commit."
+    )
+    times: int = Field(default=1, ge=0, description="How many flushes fail; 0: no limit.")
+    probability: float = Field(
+        default=1.0, ge=0, le=1, description="Chance that a flush fails while faults remain."
+    )
+    seed: int | None = Field(default=None, description="Random seed of the fault draw.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="KYC_SYNC_",
@@ -138,6 +154,7 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
     duckdb: DuckDBSettings = DuckDBSettings()
+    faults: FaultSettings = FaultSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

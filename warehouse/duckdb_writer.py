@@ -14,6 +14,7 @@ import duckdb
 
 from warehouse.base import ApplyResult, Batch
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
+from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident
 from warehouse.sql import classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
@@ -39,10 +40,13 @@ def utcnow() -> datetime:
 class DuckDBWarehouse:
     """Applies batches to a DuckDB file (or ``:memory:``, kept open, for tests)."""
 
-    def __init__(self, path: str, names: TableNames, schema: str = "main") -> None:
+    def __init__(
+        self, path: str, names: TableNames, schema: str = "main", faults: FaultPlan | None = None
+    ) -> None:
         self.path = path
         self.names = names
         self.schema = Ident(schema)
+        self.faults = faults or FaultPlan()
         self._memory: duckdb.DuckDBPyConnection | None = None
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -86,6 +90,7 @@ class DuckDBWarehouse:
                 assert row is not None
                 inserted, updated, deleted, stale, min_t, max_t = row
                 con.execute(merge_sql(self.names.state, STAGED, "duckdb"))
+                self.faults("after_merge")
                 write_ms = int((time.perf_counter() - started) * 1000)
                 con.execute(
                     ledger_insert_sql(self.names.ledger, "duckdb"),

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batcher.reducer import Winner
 from warehouse.tables import DATA_COLUMNS, STATE_COLUMNS, ColumnType
@@ -35,7 +36,8 @@ def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: in
     )
     op_type = [w.op_type for w in winners]
     arrays: list[pa.Array] = [
-        pa.array(values, type=_ARROW[c.type]) for c, values in zip(DATA_COLUMNS, columns, strict=True)
+        pa.array(values, type=_ARROW[c.type])
+        for c, values in zip(DATA_COLUMNS, columns, strict=True)
     ]
     arrays += [
         pa.array(op_type, type=pa.string()),
@@ -51,8 +53,6 @@ def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: in
 
 def assert_unique_keys(rows: pa.Table) -> None:
     """A MERGE source must hold one row per key; the reducer guarantees it, this checks it."""
-    import pyarrow.compute as pc
-
     distinct = pc.count_distinct(rows.column("kyc_profile_id")).as_py()
     if distinct != rows.num_rows:
         raise ValueError(

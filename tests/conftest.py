@@ -1,0 +1,64 @@
+"""Shared pytest fixtures: the Kafka broker used by integration tests, unique topic names.
+
+Broker selection (see ``tools.localkafka.choose_broker``):
+``KAFKA_BOOTSTRAP_SERVERS`` set -> that external broker; ``KYC_SYNC_TEST_KAFKA=testcontainers``
+-> a Kafka container; otherwise a local KRaft broker JVM started once per session.
+A broker that fails to start fails the tests (with the broker log); it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tools.localkafka import (
+    BrokerStartError,
+    LocalKafka,
+    choose_broker,
+    start_testcontainers_kafka,
+)
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@pytest.fixture(scope="session")
+def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
+    """The session's local broker (restartable by chaos tests), or None if not local."""
+    if choose_broker(os.environ) != "local":
+        yield None
+        return
+    broker = LocalKafka(work_dir=tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except BrokerStartError as err:
+        broker.stop()
+        # Fail (never skip) every test that needs Kafka, showing the broker log tail.
+        raise pytest.fail.Exception(f"local Kafka broker: {err}", pytrace=False) from None
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_kafka: LocalKafka | None) -> Iterator[str]:
+    """``host:port`` of the session's Kafka broker."""
+    choice = choose_broker(os.environ)
+    if choice == "external":
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    elif choice == "testcontainers":
+        with start_testcontainers_kafka() as bootstrap:
+            yield bootstrap
+    else:
+        assert local_kafka is not None
+        yield local_kafka.bootstrap
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name unique to this test (the topic itself is not created)."""
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    return f"test-{stem}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,174 @@
+"""Helpers of the integration tests: run the real CLI, produce events, read the table, oracle."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from consumer.encoding import AuditEncoder, message_key
+from schemas import audit_schema
+
+BASE_US = 1_700_000_000_000_000
+FIELDS = ("goldtier_id", "cid", "party_id", "created_date", "updated_date")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kyc_profile_id: int
+    op_type: str
+    op_time: int
+    goldtier_id: str
+    partition: int
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "kyc_profile_id": self.kyc_profile_id,
+            "goldtier_id": self.goldtier_id,
+            "cid": f"CID-{self.kyc_profile_id}",
+            "party_id": f"P-{self.kyc_profile_id}",
+            "created_date": BASE_US,
+            "updated_date": self.op_time,
+            "op_type": self.op_type,
+            "op_time": self.op_time,
+        }
+
+
+@dataclass
+class Produced:
+    """Events with the (partition, offset) the broker gave them."""
+
+    events: list[tuple[Event, int, int]] = field(default_factory=list)
+
+
+def history(
+    rng: random.Random, n_events: int, n_keys: int, partitions: int, base_us: int = BASE_US
+) -> list[Event]:
+    """Random changes: out-of-order op_times, some deletes, keyed partitioning."""
+    events = []
+    for i in range(n_events):
+        key = rng.randrange(n_keys)
+        op = rng.choices(("INSERT", "UPDATE", "DELETE"), weights=(3, 6, 1))[0]
+        op_time = base_us + rng.randrange(1_000_000) * 1_000
+        events.append(Event(key, op, op_time, f"GT-{i}", key % partitions))
+    return events
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[Event], sink: Produced | None = None
+            ) -> Produced:
+    out = sink or Produced()
+    encoder = AuditEncoder(audit_schema())
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    pending: list[Event] = []
+
+    def on_delivery(err: Any, msg: Any, event: Event | None = None) -> None:
+        assert err is None, err
+        assert event is not None
+        out.events.append((event, msg.partition(), msg.offset()))
+
+    for event in events:
+        pending.append(event)
+        while True:
+            try:
+                producer.produce(
+                    topic, key=message_key(event.kyc_profile_id), value=encoder.encode(
+                        event.record()), partition=event.partition,
+                    on_delivery=lambda e, m, ev=event: on_delivery(e, m, ev),
+                )
+                break
+            except BufferError:
+                producer.poll(0.5)
+    assert producer.flush(60) == 0
+    return out
+
+
+def produce_raw(bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, bytes, int]]
+                ) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key, value, partition in items:
+        producer.produce(topic, key=key, value=value, partition=partition)
+    assert producer.flush(60) == 0
+
+
+def oracle(produced: Produced) -> dict[int, tuple[str, int]]:
+    """Live profiles after every event applied once in order: key -> (goldtier_id, op_time)."""
+    latest: dict[int, tuple[int, int, int, Event]] = {}
+    for event, partition, offset in produced.events:
+        version = (event.op_time, partition, offset, event)
+        known = latest.get(event.kyc_profile_id)
+        if known is None or version[:3] > known[:3]:
+            latest[event.kyc_profile_id] = version
+    return {
+        k: (v[3].goldtier_id, v[3].op_time) for k, v in latest.items() if v[3].op_type != "DELETE"
+    }
+
+
+def read_current(db_path: Path) -> dict[int, tuple[str, int]]:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT kyc_profile_id, goldtier_id, epoch_us(op_time) FROM kyc_profile_current"
+        ).fetchall()
+    finally:
+        con.close()
+    return {int(k): (str(g), int(t)) for k, g, t in rows}
+
+
+def ledger(db_path: Path) -> list[dict[str, Any]]:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        cur = con.execute("SELECT * FROM kyc_sync_ledger ORDER BY committed_at")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets per partition (negative: none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
+        )
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in tps}
+
+
+def cli_env(bootstrap: str, topic: str, db_path: Path, group: str, **extra: str
+            ) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYC_SYNC_")}
+    env.update(
+        KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+        KYC_SYNC_KAFKA__TOPIC=topic,
+        KYC_SYNC_KAFKA__GROUP_ID=group,
+        KYC_SYNC_DUCKDB__PATH=str(db_path),
+        KYC_SYNC_WINDOW__SECONDS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "consumer.cli", *args]
+
+
+def run_cli(env: Mapping[str, str], *args: str, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli(*args), env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def start_cli(env: Mapping[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(cli(*args), env=dict(env), stdout=handle, stderr=subprocess.STDOUT)
