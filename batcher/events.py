@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class OpType(str, Enum):
+class OpType(StrEnum):
     """The operation an audit event records."""
 
     INSERT = "INSERT"

@@ -64,6 +64,11 @@ class Reducer(Generic[P]):
         return self._events
 
     @property
+    def invalid(self) -> int:
+        """Events since the last drain that yielded no row (dead-lettered)."""
+        return self._invalid
+
+    @property
     def payload_bytes(self) -> int:
         return self._bytes
 
@@ -96,8 +101,7 @@ class Reducer(Generic[P]):
         else:
             if offset + 1 > nxt:
                 self._next[partition] = offset + 1
-            if offset < self._first[partition]:
-                self._first[partition] = offset
+            self._first[partition] = min(self._first[partition], offset)
 
     def partitions(self) -> frozenset[int]:
         return frozenset(self._next)

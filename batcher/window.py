@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 Clock = Callable[[], float]
 """Seconds on a monotonic scale; injected so tests can drive time."""
 
 
-class FlushReason(str, Enum):
+class FlushReason(StrEnum):
     AGE = "age"
     EVENTS = "events"
     BYTES = "bytes"

@@ -62,10 +62,19 @@ def show(settings: Settings) -> int:
     names = table_names(settings, False, settings.duckdb.schema_name)
     con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
-        relation = con.sql(
-            f"SELECT * FROM {names.current.sql()} ORDER BY kyc_profile_id"
-        )
-        print(relation)
+        cursor = con.execute(f"SELECT * FROM {names.current.sql()} ORDER BY kyc_profile_id")
+        header = [d[0] for d in cursor.description]
+        print(format_table(header, cursor.fetchall()))
     finally:
         con.close()
     return 0
+
+
+def format_table(header: list[str], rows: list[tuple[object, ...]]) -> str:
+    """A plain aligned text table."""
+    cells = [header, *[["" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines.append(f"({len(rows)} rows)")
+    return "\n".join(lines)

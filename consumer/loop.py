@@ -286,9 +286,11 @@ class SyncLoop:
         revoked = {tp.partition for tp in partitions}
         if self.abandoned:
             return
-        log.info("partitions %s revoked: flushing what is buffered", sorted(revoked))
         if revoked & self.reducer.partitions():
+            log.info("partitions %s revoked: flushing what is buffered", sorted(revoked))
             self.flush(FlushReason.REVOKE)
+        else:
+            log.info("partitions %s revoked", sorted(revoked))
         self.assigned -= revoked
         self.at_end -= revoked
         self.observer.assignment(frozenset(self.assigned))

@@ -6,7 +6,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,21 +67,20 @@ def produce(bootstrap: str, topic: str, events: Iterable[Event], sink: Produced 
     out = sink or Produced()
     encoder = AuditEncoder(audit_schema())
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
-    pending: list[Event] = []
+    def delivered(event: Event) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, msg: Any) -> None:
+            assert err is None, err
+            out.events.append((event, msg.partition(), msg.offset()))
 
-    def on_delivery(err: Any, msg: Any, event: Event | None = None) -> None:
-        assert err is None, err
-        assert event is not None
-        out.events.append((event, msg.partition(), msg.offset()))
+        return on_delivery
 
     for event in events:
-        pending.append(event)
         while True:
             try:
                 producer.produce(
                     topic, key=message_key(event.kyc_profile_id), value=encoder.encode(
                         event.record()), partition=event.partition,
-                    on_delivery=lambda e, m, ev=event: on_delivery(e, m, ev),
+                    on_delivery=delivered(event),
                 )
                 break
             except BufferError:
