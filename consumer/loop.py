@@ -171,7 +171,7 @@ class SyncLoop:
         if self.reducer.events == 0:
             self.window.reset()
         self.decode_s += time.perf_counter() - started
-        self.observer.consumed(len(messages), self.reducer.events - self.reducer.invalid - before)
+        self.observer.consumed(messages, self.reducer.events - self.reducer.invalid - before)
         self.observer.buffered(self.reducer.events, len(self.reducer))
 
     def _invalid(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, Message
 
     from consumer.loop import FlushReport
 
@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 class Observer:
     """Hooks called by ``SyncLoop``; every method is cheap and must not raise."""
 
-    def consumed(self, messages: int, decoded: int) -> None:
-        """A consume() call returned ``messages`` records, ``decoded`` of them valid events."""
+    def consumed(self, messages: list[Message], decoded: int) -> None:
+        """A consume() call returned ``messages`` (some may be errors or partition-EOF
+        events), ``decoded`` of them valid audit events. Do not keep the list."""
 
     def dead_lettered(self, error_class: str) -> None:
         """One invalid event was sent to the dead-letter topic."""

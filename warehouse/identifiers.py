@@ -14,7 +14,7 @@ class InvalidIdentifierError(ValueError):
 
 def validate_identifier(name: str) -> str:
     """Return ``name`` if it is a plain identifier (letters, digits, ``_``, ``$``)."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise InvalidIdentifierError(
             f"{name!r} is not a valid identifier: use letters, digits, '_' or '$', "
             "starting with a letter or '_'"
