@@ -106,6 +106,10 @@ class Reducer(Generic[P]):
     def partitions(self) -> frozenset[int]:
         return frozenset(self._next)
 
+    def ranges(self) -> tuple[PartitionRange, ...]:
+        """The offsets buffered so far, per partition (a snapshot; nothing is drained)."""
+        return tuple(PartitionRange(p, self._first[p], self._next[p]) for p in sorted(self._next))
+
     def iter_winners(self) -> Iterator[Winner[P]]:
         for key, (op_time, partition, offset, op_type, payload) in self._latest.items():
             yield Winner(key, Version(op_time, partition, offset), op_type, payload)
@@ -114,9 +118,7 @@ class Reducer(Generic[P]):
         """Hand over the window's content and start empty."""
         reduced = Reduced(
             winners=tuple(self.iter_winners()),
-            ranges=tuple(
-                PartitionRange(p, self._first[p], self._next[p]) for p in sorted(self._next)
-            ),
+            ranges=self.ranges(),
             events=self._events,
             invalid=self._invalid,
             payload_bytes=self._bytes,

@@ -77,6 +77,8 @@ def build_loop(settings: Settings, until_caught_up: bool = False) -> SyncLoop:
         consume_batch=kafka.consume_batch,
         poll_timeout_s=kafka.poll_timeout_s,
         retry_max_s=settings.warehouse.retry_max_s,
+        revoke_budget_s=settings.run.revoke_budget_s,
+        shutdown_timeout_s=settings.run.shutdown_timeout_s,
     )
     dead_letters = None
     if settings.decoding.on_invalid == "dlq":

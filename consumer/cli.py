@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--until-caught-up", action="store_true",
                      help="exit 0 once every assigned partition is read to its end and flushed")
     run.add_argument("--window-seconds", type=float, help="override window.seconds")
+    run.add_argument("--on-invalid", choices=("dlq", "fail"),
+                     help="override decoding.on_invalid: dead-letter invalid events, or stop")
 
     sample = sub.add_parser("produce-sample", help="produce the seed's sample audit trail")
     sample.add_argument("--partitions", type=int, default=3)
@@ -52,6 +54,8 @@ def _load(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if getattr(args, "window_seconds", None) is not None:
         overrides["window"] = {"seconds": args.window_seconds}
+    if getattr(args, "on_invalid", None) is not None:
+        overrides["decoding"] = {"on_invalid": args.on_invalid}
     try:
         return load_settings(args.config, **overrides)
     except ValidationError as err:

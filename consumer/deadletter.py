@@ -14,7 +14,11 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 
 class DeadLetterError(Exception):
-    """Dead-letter copies could not be acknowledged; offsets must not be committed."""
+    """Dead-letter copies were refused; offsets must not be committed. Terminal."""
+
+
+class DeadLetterTimeout(Exception):
+    """Dead-letter copies are not acknowledged yet (broker unreachable?); worth retrying."""
 
 
 @dataclass
@@ -62,7 +66,7 @@ class DeadLetters:
         """Wait for every copy to be acknowledged; raise if any failed or timed out."""
         remaining = self.producer.flush(self.flush_timeout_s)
         if remaining:
-            raise DeadLetterError(
+            raise DeadLetterTimeout(
                 f"{remaining} dead-letter message(s) not acknowledged within "
                 f"{self.flush_timeout_s:.0f}s"
             )

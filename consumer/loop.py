@@ -2,19 +2,29 @@
 
 The commit protocol lives in ``SyncLoop.flush``: drain the window, write it in one warehouse
 transaction, then commit the Kafka offsets it covers — never before the warehouse committed.
+
+Rules the loop keeps so that nothing is lost:
+- an offset is committed only for events that are in the warehouse, or whose dead-letter copy
+  was acknowledged, and only for partitions this instance still owns;
+- whenever buffered events are dropped without being written (a revocation over its time budget,
+  lost partitions), the partitions still owned are rewound to the first dropped offset;
+- while a flush waits to retry, the partitions are paused and the consumer keeps polling, so the
+  instance stays in its group; anything delivered meanwhile is rewound, not processed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -22,13 +32,14 @@ from batcher.events import PartitionRange
 from batcher.reducer import Reduced, Reducer
 from batcher.window import Clock, FlushReason, Window, WindowPolicy
 from consumer.deadletter import DeadLetters
-from consumer.decoding import Decoder, InvalidEvent
+from consumer.decoding import Decoder, InvalidEvent, RegistryUnavailable
 from consumer.observer import Observer
-from consumer.retry import retry_transient
+from consumer.retry import RetriesExhausted, retry_transient
 from warehouse.base import ApplyResult, Batch, Warehouse
 from warehouse.staging import Row, build_staged
 
 log = logging.getLogger("kyc_sync.loop")
+T = TypeVar("T")
 
 
 class StopRun(Exception):
@@ -44,6 +55,8 @@ class LoopOptions:
     consume_batch: int = 10_000
     poll_timeout_s: float = 0.5
     retry_max_s: float = 120.0
+    revoke_budget_s: float = 20.0
+    shutdown_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +104,40 @@ class SyncLoop:
         self.at_end: set[int] = set()
         self.stopping = False
         self.abandoned = False
+        self.in_flight = False
+        self.fatal: str | None = None
         self.decode_s = 0.0
-        self.flushes: list[FlushReport] = []
+        self.registry_failures = 0
+        self.last_warning: dict[int, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        if self.stopping and signum is not None:
-            log.error("second signal: exiting now without committing")
-            raise SystemExit(130)
-        log.info("stop requested: flushing and leaving the group")
+        """First call: flush, commit and leave the group within the shutdown timeout.
+        A second signal, or the timeout, exits at once without committing."""
+        if self.stopping:
+            if signum is not None:
+                log.error("second signal: exiting now without committing")
+                os._exit(130)
+            return
+        log.info("stop requested: flushing and leaving the group (at most %.0fs)",
+                 self.options.shutdown_timeout_s)
         self.stopping = True
+        timer = threading.Timer(self.options.shutdown_timeout_s, self._shutdown_timed_out)
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _shutdown_timed_out() -> None:
+        log.error("shutdown timed out: exiting now without committing")
+        os._exit(1)
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
 
     def run(self) -> int:
-        retry_transient(self.warehouse.open, self.options.retry_max_s, "warehouse open")
+        self.retry(self.warehouse.open, "warehouse open")
         consumer = self.new_consumer(error_cb=self._on_client_error)
         self.consumer = consumer
         consumer.subscribe(
@@ -117,12 +146,7 @@ class SyncLoop:
         )
         try:
             while not self.stopping:
-                messages = consumer.consume(
-                    self.options.consume_batch, self.options.poll_timeout_s
-                )
-                if messages:
-                    self.ingest(messages)
-                self.observer.tick(consumer)
+                self.poll()
                 reason = self.window.due(self.reducer.events, self.reducer.payload_bytes)
                 if reason is not None:
                     self.flush(reason)
@@ -142,6 +166,18 @@ class SyncLoop:
             self.warehouse.close()
         return 0
 
+    def poll(self) -> None:
+        assert self.consumer is not None
+        messages = self.consumer.consume(self.options.consume_batch, self.options.poll_timeout_s)
+        if self.fatal is not None:
+            raise StopRun(self.fatal)
+        if messages:
+            self.ingest(messages)
+        self.observer.tick(self.consumer)
+
+    def caught_up(self) -> bool:
+        return bool(self.assigned) and self.assigned <= self.at_end
+
     # -- ingest ------------------------------------------------------------------------------
 
     def ingest(self, messages: list[Message]) -> None:
@@ -152,7 +188,7 @@ class SyncLoop:
         at_end = self.at_end
         self.window.note_event()
         before = self.reducer.events - self.reducer.invalid
-        for msg in messages:
+        for index, msg in enumerate(messages):
             error = msg.error()
             if error is not None:
                 self._on_message_error(msg, error)
@@ -167,7 +203,12 @@ class SyncLoop:
             except InvalidEvent as invalid:
                 self._invalid(msg, partition, offset, invalid, size)
                 continue
+            except RegistryUnavailable as err:
+                self._registry_down(err, messages[index:])
+                break
             add(event.key, event.op_time, partition, offset, event.op_type, event.row, size)
+        else:
+            self.registry_failures = 0
         if self.reducer.events == 0:
             self.window.reset()
         self.decode_s += time.perf_counter() - started
@@ -177,13 +218,20 @@ class SyncLoop:
     def _invalid(
         self, msg: Message, partition: int, offset: int, invalid: InvalidEvent, size: int
     ) -> None:
-        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        where = f"{msg.topic()}[{partition}]@{offset}"
         if self.options.on_invalid == "fail" or self.dead_letters is None:
             raise StopRun(f"invalid event at {where}: {invalid}")
         log.warning("invalid event at %s -> dead-letter topic: %s", where, invalid)
         self.dead_letters.send(msg, invalid.error_class, invalid.reason)
         self.reducer.skip(partition, offset, size)
         self.observer.dead_lettered(invalid.error_class)
+
+    def _registry_down(self, err: RegistryUnavailable, unprocessed: list[Message]) -> None:
+        """The events are fine, the registry is not: re-read them after a backoff."""
+        self.registry_failures += 1
+        wait = min(30.0, 0.5 * 2 ** min(self.registry_failures, 6))
+        log.warning("%s; re-reading %d message(s) in %.1fs", err, len(unprocessed), wait)
+        self.wait_in_group(wait, rewind=_first_offsets(unprocessed))
 
     def _on_message_error(self, msg: Message, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -193,21 +241,26 @@ class SyncLoop:
             return
         if error.fatal():
             raise StopRun(f"fatal Kafka error: {error}")
-        log.warning("Kafka: %s", error)
+        self._warn_once(error)
 
     def _on_client_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            log.error("fatal Kafka client error: %s", error)
-            self.stopping = True
+        if error.fatal() or error.code() == KafkaError._AUTHENTICATION:
+            log.error("Kafka client: %s", error)
+            self.fatal = f"Kafka client error: {error.str()}"
         else:
-            log.warning("Kafka client: %s", error)
+            self._warn_once(error)
 
-    def caught_up(self) -> bool:
-        return bool(self.assigned) and self.assigned <= self.at_end
+    def _warn_once(self, error: KafkaError, every_s: float = 10.0) -> None:
+        """Log a recurring client error (broker down, ...) at most every ``every_s`` seconds;
+        librdkafka keeps reconnecting on its own."""
+        now = time.monotonic()
+        if now - self.last_warning.get(error.code(), -every_s) >= every_s:
+            self.last_warning[error.code()] = now
+            log.warning("Kafka: %s", error)
 
     # -- the commit protocol -----------------------------------------------------------------
 
-    def flush(self, reason: FlushReason) -> FlushReport | None:
+    def flush(self, reason: FlushReason, budget_s: float | None = None) -> FlushReport | None:
         """Drain -> (already reduced) -> apply in one transaction -> commit offsets."""
         if self.reducer.events == 0 or self.abandoned:
             self.window.reset()
@@ -217,20 +270,25 @@ class SyncLoop:
         self.window.reset()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch_id = uuid.uuid4().hex
+        budget = self.options.retry_max_s if budget_s is None else budget_s
+        self.in_flight = True
         try:
             if self.dead_letters is not None and reduced.invalid:
-                self.dead_letters.flush()
-            batch = self.stage(batch_id, reduced, decode_s)
-            result = self.apply(batch) if reduced.winners else None
+                self.retry(self.dead_letters.flush, "dead-letter flush", budget)
+            result = None
+            if reduced.winners:
+                batch = self.stage(batch_id, reduced, decode_s)
+                result = self.retry(lambda: self.warehouse.apply(batch), "warehouse apply", budget)
             self.commit(reduced.ranges)
         except BaseException as err:
             self.observer.flush_failed(err)
             raise
+        finally:
+            self.in_flight = False
         report = FlushReport(
             batch_id, reason, reduced.events, reduced.invalid, len(reduced.winners), result,
             reduced.ranges, decode_s, time.perf_counter() - started,
         )
-        self.flushes.append(report)
         log_flush(report)
         self.observer.flushed(report)
         self.observer.buffered(0, 0)
@@ -240,12 +298,11 @@ class SyncLoop:
 
     def stage(self, batch_id: str, reduced: Reduced[Row], decode_s: float) -> Batch:
         now = datetime.now(UTC).replace(tzinfo=None)
-        synced_at_us = _utc_micros(now)
         return Batch(
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=build_staged(reduced.winners, batch_id, synced_at_us),
+            rows=build_staged(reduced.winners, batch_id, _utc_micros(now)),
             ranges=reduced.ranges,
             events_in=reduced.events,
             invalid_events=reduced.invalid,
@@ -253,21 +310,71 @@ class SyncLoop:
             decode_ms=int(decode_s * 1000),
         )
 
-    def apply(self, batch: Batch) -> ApplyResult:
-        return retry_transient(
-            lambda: self.warehouse.apply(batch), self.options.retry_max_s, "warehouse apply"
-        )
+    def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+        budget = self.options.retry_max_s if budget_s is None else budget_s
+        return retry_transient(call, budget, what, sleep=self.wait_in_group)
 
     def commit(self, ranges: tuple[PartitionRange, ...]) -> None:
-        if self.consumer is None or not ranges:
+        """Commit the next offsets of the partitions this instance still owns."""
+        owned = [r for r in ranges if r.partition in self.assigned]
+        if self.consumer is None or not owned:
             return
-        offsets = [TopicPartition(self.options.topic, r.partition, r.next_offset) for r in ranges]
+        offsets = [TopicPartition(self.options.topic, r.partition, r.next_offset) for r in owned]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as err:
             # The batch is in the warehouse; a failed commit only means it will be re-read and
             # re-applied as a no-op by the guard (at-least-once).
             log.warning("offset commit failed, the batch will be re-read: %s", err)
+
+    # -- staying in the group while waiting --------------------------------------------------
+
+    def wait_in_group(self, seconds: float, rewind: dict[int, int] | None = None) -> None:
+        """Wait ``seconds`` with every partition paused, polling so that the group keeps this
+        member. Messages delivered meanwhile (partitions assigned during the wait) are not
+        processed: their partitions are rewound to them, like ``rewind``, after resuming."""
+        consumer = self.consumer
+        if consumer is None:
+            time.sleep(seconds)
+            return
+        seek_to = dict(rewind or {})
+        self._pause(consumer, consumer.assignment())
+        try:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0 and not self.abandoned:
+                delivered = [
+                    m for m in consumer.consume(self.options.consume_batch, min(left, 0.5))
+                    if m.error() is None
+                ]
+                if delivered:
+                    for partition, offset in _first_offsets(delivered).items():
+                        seek_to.setdefault(partition, offset)
+                    self._pause(consumer, consumer.assignment())
+        finally:
+            self._resume_and_seek(consumer, seek_to)
+
+    @staticmethod
+    def _pause(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            consumer.pause(partitions)
+
+    def _resume_and_seek(self, consumer: Consumer, seek_to: dict[int, int]) -> None:
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.resume(assignment)
+        self.seek(seek_to)
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        """Re-read the owned partitions among ``offsets`` from the given offsets."""
+        if self.consumer is None:
+            return
+        for partition, offset in sorted(offsets.items()):
+            if partition not in self.assigned:
+                continue
+            try:
+                self.consumer.seek(TopicPartition(self.options.topic, partition, offset))
+            except KafkaException as err:
+                raise StopRun(f"cannot rewind partition {partition} to {offset}: {err}") from err
 
     # -- rebalances --------------------------------------------------------------------------
 
@@ -277,18 +384,31 @@ class SyncLoop:
         self.reducer.clear()
         self.window.reset()
 
+    def _drop_buffer(self, why: str, ranges: Iterable[PartitionRange]) -> None:
+        """Forget buffered events without writing them; owned partitions re-read them."""
+        self.reducer.clear()
+        self.window.reset()
+        rewind = {r.partition: r.first for r in ranges if r.partition in self.assigned}
+        log.warning("%s: dropped the buffer uncommitted; re-reading %s", why, rewind or "nothing")
+        self.seek(rewind)
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
-        self.observer.assignment(frozenset(self.assigned))
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        self.observer.assignment(frozenset(self.assigned))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Flush what is buffered within the revocation budget, or drop it uncommitted: the
+        new owner re-reads the revoked partitions, this instance re-reads the others."""
         revoked = {tp.partition for tp in partitions}
-        if self.abandoned:
-            return
-        if revoked & self.reducer.partitions():
+        if not self.abandoned and not self.in_flight and revoked & self.reducer.partitions():
             log.info("partitions %s revoked: flushing what is buffered", sorted(revoked))
-            self.flush(FlushReason.REVOKE)
+            ranges = self.reducer.ranges()
+            try:
+                self.flush(FlushReason.REVOKE, budget_s=self.options.revoke_budget_s)
+            except RetriesExhausted as err:
+                self.assigned -= revoked
+                self._drop_buffer(f"revocation flush over budget ({err})", ranges)
         else:
             log.info("partitions %s revoked", sorted(revoked))
         self.assigned -= revoked
@@ -297,12 +417,21 @@ class SyncLoop:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions}
-        log.warning("partitions %s lost: dropping the buffer uncommitted", sorted(lost))
-        self.reducer.clear()
-        self.window.reset()
         self.assigned -= lost
         self.at_end -= lost
+        if not self.abandoned and not self.in_flight and self.reducer.events:
+            self._drop_buffer(f"partitions {sorted(lost)} lost", self.reducer.ranges())
         self.observer.assignment(frozenset(self.assigned))
+
+
+def _first_offsets(messages: Iterable[Message]) -> dict[int, int]:
+    """The first offset per partition among real (non-error) messages."""
+    first: dict[int, int] = {}
+    for msg in messages:
+        partition, offset = msg.partition(), msg.offset()
+        if msg.error() is None and partition is not None and offset is not None:
+            first[partition] = min(first.get(partition, offset), offset)
+    return first
 
 
 def _utc_micros(naive_utc: datetime) -> int:
@@ -312,18 +441,15 @@ def _utc_micros(naive_utc: datetime) -> int:
 def log_flush(report: FlushReport) -> None:
     result = report.result
     offsets = ",".join(f"{r.partition}:{r.first}-{r.next_offset - 1}" for r in report.ranges)
-    extra: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "batch_id": report.batch_id, "reason": report.reason.value, "events": report.events,
         "invalid": report.invalid, "keys": report.keys, "offsets": offsets,
         "decode_s": round(report.decode_s, 3), "total_s": round(report.total_s, 3),
     }
     if result is not None:
-        extra.update(
+        fields.update(
             inserted=result.inserted, updated=result.updated, deleted=result.deleted,
             stale=result.skipped_stale, write_s=round(result.write_s, 3),
         )
-    log.info(
-        "flush %s",
-        " ".join(f"{k}={v}" for k, v in extra.items()),
-        extra={"flush": extra},
-    )
+    log.info("flush %s", " ".join(f"{k}={v}" for k, v in fields.items()),
+             extra={"flush": fields})

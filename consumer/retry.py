@@ -1,8 +1,13 @@
-"""Retry of transient warehouse errors: exponential backoff with jitter, bounded in total time."""
+"""Retry of transient failures: exponential backoff with jitter, bounded in total time.
+
+The waits are injectable: the run loop waits by polling its paused consumer, so that a long
+retry never lets ``max.poll.interval.ms`` expire and the instance stays in its group.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -14,34 +19,48 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from consumer.deadletter import DeadLetterTimeout
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 
 T = TypeVar("T")
 log = logging.getLogger("kyc_sync.retry")
 
+TRANSIENT: tuple[type[Exception], ...] = (TransientWarehouseError, DeadLetterTimeout)
+"""Failures worth retrying; everything else stops the run without committing."""
 
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0.0
-    log.warning("%s failed (attempt %d), retrying in %.1fs: %s",
-                state.fn.__name__ if state.fn else "call", state.attempt_number, wait, error)
+
+class RetriesExhausted(TerminalWarehouseError):
+    """A transient failure outlasted its retry budget."""
 
 
 def retry_transient(
-    call: Callable[[], T], max_s: float, what: str, initial_s: float = 0.2, cap_s: float = 10.0
+    call: Callable[[], T],
+    max_s: float,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+    initial_s: float = 0.2,
+    cap_s: float = 10.0,
 ) -> T:
-    """Run ``call``; retry ``TransientWarehouseError`` for up to ``max_s`` seconds in total.
+    """Run ``call``; retry ``TRANSIENT`` failures for up to ``max_s`` seconds in total.
 
-    Exhausted retries raise ``TerminalWarehouseError`` naming the last transient error.
+    Exhausted retries raise ``RetriesExhausted`` naming the last failure.
     """
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s failed (attempt %d), retrying in %.1fs: %s",
+                    what, state.attempt_number, wait, error)
+
     retrying = Retrying(
-        retry=retry_if_exception_type(TransientWarehouseError),
+        retry=retry_if_exception_type(TRANSIENT),
         wait=wait_exponential_jitter(initial=initial_s, max=cap_s),
         stop=stop_after_delay(max_s),
-        before_sleep=_log_retry,
+        before_sleep=log_retry,
+        sleep=sleep,
         reraise=True,
     )
     try:
         return retrying(call)
-    except TransientWarehouseError as err:
-        raise TerminalWarehouseError(f"{what}: still failing after {max_s:.0f}s: {err}") from err
+    except TRANSIENT as err:
+        raise RetriesExhausted(f"{what}: still failing after {max_s:.0f}s: {err}") from err

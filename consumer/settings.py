@@ -128,6 +128,21 @@ class DuckDBSettings(Section):
         return validate_identifier(value)
 
 
+class RunSettings(Section):
+    """Time budgets of the run loop."""
+
+    revoke_budget_s: float = Field(
+        default=20.0, gt=0,
+        description="On partition revocation, how long the flush of the buffer may retry before "
+        "the buffer is dropped uncommitted (the new owner re-reads it).",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="After SIGTERM/SIGINT, how long flush + commit + leaving the group may take "
+        "before the process exits without committing.",
+    )
+
+
 class FaultSettings(Section):
     """Injected warehouse failures for fault and chaos tests; off by default."""
 
@@ -154,6 +169,7 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
     duckdb: DuckDBSettings = DuckDBSettings()
+    run: RunSettings = RunSettings()
     faults: FaultSettings = FaultSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
