@@ -74,11 +74,14 @@ def reader_for(writer_schema: Mapping[str, Any]) -> RecordReader:
         raise AvroSchemaError("the writer schema is not an Avro record")
     plain = copy.deepcopy(dict(writer_schema))
     scales: list[tuple[str, int]] = []
-    for field in plain["fields"]:
-        field["type"], scale = _strip(field["type"])
-        if scale != 1:
-            scales.append((field["name"], scale))
-    names = {f["name"] for f in plain["fields"]}
+    try:
+        for field in plain["fields"]:
+            field["type"], scale = _strip(field["type"])
+            if scale != 1:
+                scales.append((field["name"], scale))
+        names = {f["name"] for f in plain["fields"]}
+    except (KeyError, TypeError) as err:
+        raise AvroSchemaError(f"invalid writer schema: field without {err}") from err
     missing = [f for f in REQUIRED_FIELDS if f not in names]
     if missing:
         raise AvroSchemaError(f"the writer schema lacks field(s) {', '.join(missing)}")

@@ -8,6 +8,7 @@ raise ``RegistryUnavailable`` instead: those events are not bad and must be retr
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from batcher.events import OP_TYPES
 from consumer.avro import AvroSchemaError, RecordReader, reader_for
 from warehouse.tables import DATA_COLUMNS
+
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
 
 ROW_FIELDS: tuple[str, ...] = tuple(c.name for c in DATA_COLUMNS)
 """Order of the values in ``Decoded.row``: the business columns of the table."""
@@ -70,7 +73,10 @@ def validate(record: Mapping[str, Any], key: bytes | None) -> Decoded:
         raise InvalidEvent("validation", f"op_type {op_type!r} is not INSERT, UPDATE or DELETE")
     if key is not None:
         try:
-            key_id = int(key.decode("ascii"))
+            text = key.decode("ascii")
+            if not _DECIMAL.fullmatch(text):
+                raise ValueError(text)
+            key_id = int(text)
         except (UnicodeDecodeError, ValueError):
             raise InvalidEvent(
                 "key_mismatch", f"message key {key[:40]!r} is not a decimal kyc_profile_id"

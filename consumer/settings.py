@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from warehouse.identifiers import validate_identifier
+from warehouse.tables import VIEW_COLUMNS
 
 # Options kyc-sync owns: passing them through would break the commit protocol.
 RESERVED_CLIENT_OPTIONS = frozenset(
@@ -143,6 +144,40 @@ class RunSettings(Section):
     )
 
 
+class MetricsSettings(Section):
+    """The Prometheus endpoint of ``run``: /metrics, /healthz, /readyz."""
+
+    enabled: bool = Field(default=True, description="Serve metrics while running.")
+    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all.")
+    port: int = Field(
+        default=9464, ge=0, le=65535, description="TCP port; 0 picks a free one (logged)."
+    )
+
+
+class ChecksSettings(Section):
+    """Data checks of ``kyc-sync check``."""
+
+    freshness_max_age_s: float = Field(
+        default=900.0, gt=0, description="Fail when the last successful sync is older."
+    )
+    not_null: tuple[str, ...] = Field(
+        default=("kyc_profile_id", "op_time"),
+        description="Columns of the view that must never be null (JSON list in the environment).",
+    )
+
+    @field_validator("not_null")
+    @classmethod
+    def _view_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in value if c not in VIEW_COLUMNS]
+        if unknown:
+            raise ValueError(
+                f"not columns of the view: {', '.join(unknown)} (one of {', '.join(VIEW_COLUMNS)})"
+            )
+        if not value:
+            raise ValueError("name at least one column")
+        return value
+
+
 class FaultSettings(Section):
     """Injected warehouse failures for fault and chaos tests; off by default."""
 
@@ -171,6 +206,8 @@ class Settings(BaseSettings):
     duckdb: DuckDBSettings = DuckDBSettings()
     run: RunSettings = RunSettings()
     faults: FaultSettings = FaultSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    checks: ChecksSettings = ChecksSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

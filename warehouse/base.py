@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
 from batcher.events import PartitionRange
+from warehouse.tables import TableNames
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +64,27 @@ class Warehouse(Protocol):
 
     def close(self) -> None:
         """Release connections. Safe to call twice."""
+
+
+@runtime_checkable
+class Inspector(Protocol):
+    """Read-only queries for the operations commands (``lag``, ``check``)."""
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only query with bound ``params`` (``?`` marks); all rows."""
+        ...
+
+
+@runtime_checkable
+class Refresher(Protocol):
+    """Full refresh: a table built on the side replaces the live one at once (``replay
+    --full-refresh``). ``warehouse.swap`` renders the statements per dialect."""
+
+    def discard(self, rebuild: TableNames) -> None:
+        """Drop the rebuild objects named ``rebuild`` if they exist (a failed earlier run)."""
+        ...
+
+    def swap_in(self, rebuild: TableNames) -> None:
+        """Replace the live state table by ``rebuild.state``, keep the view's name pointing at
+        it, move the rebuild's ledger rows into the live ledger, drop the rebuild objects."""
+        ...

@@ -8,7 +8,9 @@ held by another instance surfaces as ``TransientWarehouseError`` and the flush i
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 
@@ -18,6 +20,7 @@ from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident
 from warehouse.sql import classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
+from warehouse.swap import discard_statements, swap_statements
 from warehouse.tables import TableNames, ddl
 
 STAGED = "kyc_sync_staged"
@@ -115,6 +118,44 @@ class DuckDBWarehouse:
             skipped_stale=int(stale), min_op_time=min_t, max_op_time=max_t,
             write_s=time.perf_counter() - started,
         )
+
+    # -- operations: read-only queries and the full-refresh swap ------------------------------
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One read-only query; the file is opened read-only and released right after."""
+        try:
+            con = self._memory or duckdb.connect(self.path, read_only=True)
+        except duckdb.Error as err:
+            raise translate(err) from err
+        try:
+            return con.execute(sql, list(params)).fetchall()
+        except duckdb.Error as err:
+            raise translate(err) from err
+        finally:
+            self._release(con)
+
+    def discard(self, rebuild: TableNames) -> None:
+        self._transaction(discard_statements(rebuild))
+
+    def swap_in(self, rebuild: TableNames) -> None:
+        """One transaction: readers see the old table or the rebuilt one, never a mix."""
+        self._transaction(swap_statements(self.names, rebuild, "duckdb"))
+
+    def _transaction(self, statements: list[str]) -> None:
+        con = self._connect()
+        try:
+            con.begin()
+            try:
+                for statement in statements:
+                    con.execute(statement)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        except duckdb.Error as err:
+            raise translate(err) from err
+        finally:
+            self._release(con)
 
     def close(self) -> None:
         if self._memory is not None:
