@@ -43,12 +43,29 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     """Producer options (dead-letter topic, sample data): idempotent, acks from all replicas."""
     config = common_config(kafka)
     config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20})
-    consumer_only = {"auto.offset.reset", "partition.assignment.strategy", "enable.partition.eof",
-                     "session.timeout.ms", "max.poll.interval.ms", "fetch.min.bytes",
-                     "fetch.wait.max.ms", "heartbeat.interval.ms", "group.instance.id",
-                     "queued.min.messages", "fetch.max.bytes", "max.partition.fetch.bytes"}
-    config.update({k: v for k, v in kafka.client_options.items() if k not in consumer_only})
+    config.update(_shared_client_options(kafka))
     return config
+
+
+def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Admin client options (topic checks): the connection and security options of the others,
+    so that e.g. ``ssl.ca.location`` in ``client_options`` reaches the pre-flight check too."""
+    config = common_config(kafka)
+    config.update(_shared_client_options(kafka))
+    return config
+
+
+CONSUMER_ONLY_OPTIONS = frozenset(
+    {"auto.offset.reset", "partition.assignment.strategy", "enable.partition.eof",
+     "session.timeout.ms", "max.poll.interval.ms", "fetch.min.bytes", "fetch.wait.max.ms",
+     "heartbeat.interval.ms", "group.instance.id", "queued.min.messages", "fetch.max.bytes",
+     "max.partition.fetch.bytes"}
+)
+
+
+def _shared_client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """``client_options`` without the consumer-only ones (producer and admin clients)."""
+    return {k: v for k, v in kafka.client_options.items() if k not in CONSUMER_ONLY_OPTIONS}
 
 
 def new_consumer(kafka: KafkaSettings, **callbacks: Any) -> Consumer:

@@ -11,7 +11,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_readme_settings_reference_is_current() -> None:
     text = README.read_text("utf-8")
-    assert BEGIN in text and END in text
+    assert BEGIN in text
+    assert END in text
     assert section() in text, "run: python -m tools.settings_doc --write"
 
 
