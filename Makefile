@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := tools/kafka/lib/.fetched
+REGISTRY := tools/registry/dist/.fetched
+PEER_VENV := .local/bench/peer-venv
+PEER_STAMP := $(PEER_VENV)/.installed
 
-.PHONY: demo test lint unit integration bench bench-quick chaos soak env jars clean
+.PHONY: demo test lint unit integration bench bench-quick bench-peer-env chaos soak env jars registry clean
 
 env: $(STAMP)
 $(STAMP): pyproject.toml
@@ -20,6 +23,13 @@ $(JARS): tools/kafka/pom.xml
 	mvn -q -B -f tools/kafka/pom.xml dependency:copy-dependencies
 	touch $(JARS)
 
+## Apicurio Registry (Schema Registry, Confluent-compatible API) for the wire-format tests.
+registry: $(REGISTRY)
+$(REGISTRY): tools/registry/pom.xml
+	rm -rf tools/registry/dist
+	mvn -q -B -f tools/registry/pom.xml dependency:unpack
+	touch $(REGISTRY)
+
 ## The main job end to end: local broker, the seed's sample events, DuckDB, the table printed.
 demo: env jars
 	$(BIN)/python -m tools.demo
@@ -29,14 +39,40 @@ lint: env
 	$(BIN)/mypy
 
 ## Everything: lint, unit, property and integration tests (the suite starts its own broker).
-test: env jars lint
+test: env jars registry lint
 	$(BIN)/pytest
 
 unit: env
 	$(BIN)/pytest -m "not integration"
 
-integration: env jars
+integration: env jars registry
 	$(BIN)/pytest -m integration
+
+## Throughput benchmark, not part of `make test` (bench/README.md): 5M events over 1M profiles
+## on a local broker; prints the table and writes bench/results/latest.json.
+bench: env jars bench-peer-env
+	$(BIN)/python -m bench.run
+
+## The benchmark's smoke size (20k events), peer included when bench-peer-env was made.
+bench-quick: env jars
+	$(BIN)/python -m bench.run --quick
+
+## The peer (Quix Streams) in its own virtualenv: it pins older confluent-kafka and pydantic.
+bench-peer-env: $(PEER_STAMP)
+$(PEER_STAMP): bench/peer-requirements.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q -r bench/peer-requirements.txt
+	touch $(PEER_STAMP)
+
+## The chaos test alone (tests/chaos): 200k events, 3 consumers in one group SIGKILLed >= 20 times,
+## a broker restart, injected warehouse faults; its own broker in .local/chaos; ends with one line
+## `chaos: events=... lost=0 stale=0 diff=0`, exit status non-zero unless clean.
+chaos: env jars
+	$(BIN)/python -m tests.chaos --dir .local/chaos
+
+## The same, larger, outside CI: 1M events over 100k profiles.
+soak: env jars
+	$(BIN)/python -m tests.chaos --dir .local/soak --events 1000000 --profiles 100000
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache .hypothesis

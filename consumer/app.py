@@ -12,6 +12,7 @@ from consumer.client import new_consumer, new_producer
 from consumer.deadletter import DeadLetters
 from consumer.decoding import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from consumer.loop import LoopOptions, SyncLoop
+from consumer.observer import Observer
 from consumer.registry import SchemaRegistry
 from consumer.settings import Settings
 from schemas import audit_schema
@@ -64,10 +65,20 @@ def build_warehouse(settings: Settings) -> Warehouse:
             settings.duckdb.path, table_names(settings, False, schema), schema,
             fault_plan(settings),
         )
-    raise NotImplementedError(f"warehouse kind {settings.warehouse.kind!r} is not available")
+    # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
+    from warehouse.snowflake_writer import SnowflakeConfig, SnowflakeWarehouse
+
+    sf = settings.snowflake
+    return SnowflakeWarehouse(
+        SnowflakeConfig(**sf.model_dump()),
+        table_names(settings, True, sf.database, sf.schema_name),
+        fault_plan(settings),
+    )
 
 
-def build_loop(settings: Settings, until_caught_up: bool = False) -> SyncLoop:
+def build_loop(
+    settings: Settings, until_caught_up: bool = False, observer: Observer | None = None
+) -> SyncLoop:
     kafka = settings.kafka
     options = LoopOptions(
         topic=kafka.topic,
@@ -91,4 +102,5 @@ def build_loop(settings: Settings, until_caught_up: bool = False) -> SyncLoop:
         build_warehouse(settings),
         dead_letters,
         WindowPolicy(window.seconds, window.max_events, window.max_bytes),
+        observer=observer,
     )

@@ -10,19 +10,26 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from consumer.durations import parse_duration
+from consumer.logs import LogFormat, setup_logging
+from consumer.opargs import parse_count, parse_datetime_ms, parse_partitions
 from consumer.settings import Settings, load_settings
 
 log = logging.getLogger("kyc_sync")
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kyc-sync", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="TOML settings file (or KYC_SYNC_CONFIG)")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="override log_format: plain text lines or one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="consume the audit topic and keep the table in sync")
@@ -38,20 +45,71 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, help="shuffle seed")
 
     sub.add_parser("show", help="print kyc_profile_current (DuckDB)")
+    _operations(sub)
     sub.add_parser("settings", help="print the effective settings, secrets redacted")
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _operations(sub: Any) -> None:
+    """replay, lag, check: see docs/operations.md."""
+    duration = _arg_type(parse_duration, "duration")
+    replay = sub.add_parser(
+        "replay", help="move the group's committed offsets (a dry run unless --execute), or "
+        "rebuild the table from the topic (--full-refresh)")
+    to = replay.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="the earliest offset still kept")
+    to.add_argument("--to-latest", action="store_true", help="the log end (skip everything)")
+    to.add_argument("--to-datetime", metavar="ISO8601", type=_arg_type(parse_datetime_ms, "time"),
+                    help="the first message at or after this time (UTC unless an offset is given)")
+    to.add_argument("--by-duration", metavar="DURATION", type=duration,
+                    help="the first message of DURATION ago, e.g. 2h, 90m, PT2H")
+    to.add_argument("--shift-by", metavar="N", type=int, help="N messages from the committed "
+                    "offset (negative: back)")
+    to.add_argument("--to-offset", metavar="N", type=_arg_type(parse_count, "offset"),
+                    help="this offset")
+    to.add_argument("--full-refresh", action="store_true", help="rebuild kyc_profile_current "
+                    "from the earliest offsets into a fresh table and swap it in")
+    replay.add_argument("--partitions", metavar="0,2", type=_arg_type(parse_partitions, "list"),
+                        help="only these partitions (default: all)")
+    replay.add_argument("--execute", action="store_true", help="apply; without it: dry run")
+    replay.add_argument("--allow-partial", action="store_true", help="--full-refresh even when "
+                        "retention has dropped the start of the topic")
+    replay.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    lag = sub.add_parser("lag", help="per partition: committed, log end, lag in messages and "
+                         "seconds; the last batch from the ledger")
+    lag.add_argument("--json", action="store_true", help="machine-readable output")
+    lag.add_argument("--max-lag", metavar="N", type=_arg_type(parse_count, "count"),
+                     help="exit 1 when the total lag exceeds N messages")
+    lag.add_argument("--max-age", metavar="DURATION", type=duration,
+                     help="exit 1 when an unconsumed message is older, e.g. 15m")
+
+    check = sub.add_parser("check", help="freshness, unique kyc_profile_id, no null keys")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--max-age", metavar="DURATION", type=duration,
+                       help="override checks.freshness_max_age_s, e.g. 15m")
+
+
+def _arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """``parse`` for argparse: its ValueError message becomes the usage error."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
+    setup_logging(level, log_format, sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
+    if getattr(args, "log_format", None) is not None:
+        overrides["log_format"] = args.log_format
     if getattr(args, "window_seconds", None) is not None:
         overrides["window"] = {"seconds": args.window_seconds}
     if getattr(args, "on_invalid", None) is not None:
@@ -59,13 +117,24 @@ def _load(args: argparse.Namespace) -> Settings:
     try:
         return load_settings(args.config, **overrides)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-            for e in err.errors()
-        )
-        raise SystemExit(f"kyc-sync: invalid settings: {problems}") from None
+        raise SystemExit(f"kyc-sync: invalid settings: {describe_invalid(err)}") from None
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"kyc-sync: invalid settings: {err}") from None
+        raise SystemExit(f"kyc-sync: invalid settings: {_one_line(str(err))}") from None
+
+
+def describe_invalid(err: ValidationError) -> str:
+    """One line naming each invalid setting by its path, e.g. ``window.seconds: Input should
+    be greater than 0``. Input values are left out: they may be secrets."""
+    problems = []
+    for error in err.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{path}: {message}" if path else message)
+    return _one_line("; ".join(problems))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         print(exc.code, file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     from consumer import commands
 
     if args.command == "settings":

@@ -27,6 +27,11 @@ class Observer:
     def flushed(self, report: FlushReport) -> None:
         """A batch was applied and its offsets committed."""
 
+    def timed(self, phase: str, seconds: float) -> None:
+        """One phase of a flush took ``seconds``. The loop reports "reduce" (draining the
+        reducer) and "commit" (the Kafka offset commit); decode and write times arrive with
+        ``flushed`` (``FlushReport.decode_s``, ``ApplyResult.write_s``)."""
+
     def flush_failed(self, error: BaseException) -> None:
         """A flush failed; nothing of it was committed."""
 

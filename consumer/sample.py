@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Producer
 
 from consumer.encoding import AuditEncoder, message_key
+from consumer.registry import SchemaRegistry
+from consumer.settings import Settings
 
 DAY = datetime(2024, 1, 15, tzinfo=UTC)
 
@@ -81,3 +84,23 @@ def produce_sample(
     if remaining:
         raise RuntimeError(f"{remaining} sample events were not acknowledged")
     return len(events)
+
+
+def value_subject(topic: str) -> str:
+    """The registry subject of the topic's values (Confluent's TopicNameStrategy)."""
+    return f"{topic}-value"
+
+
+def sample_encoder(settings: Settings, schema: Mapping[str, Any]) -> AuditEncoder:
+    """How the sample producer encodes: schemaless Avro, or with ``decoding.format=confluent``
+    the registry's wire format, ``schema`` registered under ``<topic>-value`` first (an
+    identical schema keeps its id). Raises ``OSError`` when the registry refuses or is down."""
+    decoding = settings.decoding
+    if decoding.format != "confluent":
+        return AuditEncoder(schema)
+    registry = SchemaRegistry(
+        decoding.schema_registry_url,
+        decoding.schema_registry_user or None,
+        decoding.schema_registry_password.get_secret_value() or None,
+    )
+    return AuditEncoder(schema, registry.register(value_subject(settings.kafka.topic), schema))

@@ -6,10 +6,19 @@ sections, e.g. ``KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS``) over an optional TOML file
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +33,10 @@ from warehouse.tables import VIEW_COLUMNS
 RESERVED_CLIENT_OPTIONS = frozenset(
     {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
 )
+# librdkafka options that hold secrets (sasl.password, ssl.key.password, ssl.key.pem,
+# sasl.oauthbearer.client.secret, ...): their values are masked in ``Settings.redacted()``.
+SECRET_CLIENT_OPTION_MARKERS = ("password", "secret", "key.pem", "ssl_key", "oauthbearer.config")
+REDACTED = "**********"
 
 
 class Section(BaseModel):
@@ -71,6 +84,14 @@ class KafkaSettings(Section):
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() and str() mask secret ``client_options`` like ``redacted()`` does."""
+        for name, value in super().__repr_args__():
+            if name == "client_options":
+                yield name, redact_client_options(value)
+            else:
+                yield name, value
 
 
 class DecodingSettings(Section):
@@ -127,6 +148,78 @@ class DuckDBSettings(Section):
     @classmethod
     def _identifier(cls, value: str) -> str:
         return validate_identifier(value)
+
+
+class SnowflakeSettings(Section):
+    """The Snowflake writer's connection (used when ``warehouse.kind`` is "snowflake")."""
+
+    account: str = Field(
+        default="", description="Account identifier, e.g. myorg-myaccount. Required for Snowflake."
+    )
+    user: str = Field(default="", description="User name. Required for Snowflake.")
+    password: SecretStr = Field(
+        default=SecretStr(""), description="Password; leave empty to authenticate by key pair."
+    )
+    private_key_file: Path | None = Field(
+        default=None, description="Key-pair authentication: file holding the PEM private key."
+    )
+    private_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Key-pair authentication: the PEM private key itself (e.g. from a secret "
+        "store), instead of a file.",
+    )
+    private_key_passphrase: SecretStr = Field(
+        default=SecretStr(""), description="Passphrase of an encrypted private key."
+    )
+    role: str = Field(default="", description="Role; empty: the user's default role.")
+    warehouse: str = Field(
+        default="", description="Virtual warehouse; empty: the user's default warehouse."
+    )
+    database: str = Field(default="", description="Database of the tables. Required for Snowflake.")
+    schema_name: str = Field(default="PUBLIC", description="Schema of the tables; must exist.")
+    query_tag: str = Field(default="kyc-sync", description="QUERY_TAG of every statement.")
+    host: str = Field(
+        default="", description="Host name override (e.g. PrivateLink); empty: from the account."
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port override; none: the protocol's default."
+    )
+    protocol: Literal["https", "http"] = Field(
+        default="https", description="https; http only for a local Snowflake test double."
+    )
+    login_timeout_s: int = Field(default=60, gt=0, description="Give up logging in after this.")
+    network_timeout_s: int = Field(
+        default=300, gt=0,
+        description="Give up retrying one request after this; the flush is then retried as a "
+        "transient error.",
+    )
+
+    @field_validator("role", "warehouse", "database", "schema_name")
+    @classmethod
+    def _identifier(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name != "schema_name":
+            return value  # optional, or required only for Snowflake (see ``incomplete``)
+        return validate_identifier(value)
+
+    def incomplete(self) -> str | None:
+        """Why these settings cannot connect, naming the settings; None when complete."""
+        required = ("account", "user", "database")
+        missing = [f"snowflake.{n}" for n in required if not getattr(self, n)]
+        if missing:
+            envs = ", ".join("KYC_SYNC_" + m.upper().replace(".", "__") for m in missing)
+            return f"{', '.join(missing)} required when warehouse.kind is 'snowflake' ({envs})"
+        has_file = self.private_key_file is not None
+        has_pem = bool(self.private_key.get_secret_value())
+        if has_file and has_pem:
+            return "set snowflake.private_key_file or snowflake.private_key, not both"
+        if self.password.get_secret_value() and (has_file or has_pem):
+            return "set snowflake.password or a private key, not both"
+        if not (self.password.get_secret_value() or has_file or has_pem):
+            return (
+                "snowflake.password or a private key (snowflake.private_key_file or "
+                "snowflake.private_key) is required when warehouse.kind is 'snowflake'"
+            )
+        return None
 
 
 class RunSettings(Section):
@@ -204,12 +297,17 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
     duckdb: DuckDBSettings = DuckDBSettings()
+    snowflake: SnowflakeSettings = SnowflakeSettings()
     run: RunSettings = RunSettings()
     faults: FaultSettings = FaultSettings()
     metrics: MetricsSettings = MetricsSettings()
     checks: ChecksSettings = ChecksSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as plain text, or one JSON object per line (also --log-format).",
     )
 
     @model_validator(mode="after")
@@ -222,12 +320,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 "decoding.schema_registry_url is required when decoding.format is 'confluent'"
             )
+        if self.warehouse.kind == "snowflake" and (problem := self.snowflake.incomplete()):
+            raise ValueError(problem)
         return self
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-able data, secrets replaced by asterisks."""
         dumped: dict[str, Any] = self.model_dump(mode="json")
+        dumped["kafka"]["client_options"] = redact_client_options(dumped["kafka"]["client_options"])
         return dumped
+
+
+def is_secret_client_option(name: str) -> bool:
+    """True for a librdkafka option whose value is a secret (masked in the settings dump)."""
+    return any(marker in name.lower() for marker in SECRET_CLIENT_OPTION_MARKERS)
+
+
+def redact_client_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: REDACTED if is_secret_client_option(k) else v for k, v in options.items()}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -62,3 +62,30 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     """A topic name unique to this test (the topic itself is not created)."""
     stem = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
     return f"test-{stem}-{uuid.uuid4().hex[:12]}"
+
+
+# --------------------------------------------------------------------------- Schema Registry
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Confluent-compatible API of the session's Schema Registry (what
+    ``decoding.schema_registry_url`` takes): ``SCHEMA_REGISTRY_URL`` if set, else a local
+    Apicurio Registry JVM (``tools.localregistry``) started once per session. A registry that
+    fails to start fails the tests that need it (with its log); it never skips them."""
+    from tools.localregistry import LocalRegistry, RegistryStartError
+
+    external = os.environ.get("SCHEMA_REGISTRY_URL")
+    if external:
+        yield external.rstrip("/")
+        return
+    registry = LocalRegistry(work_dir=tmp_path_factory.mktemp("registry"))
+    try:
+        registry.start()
+    except RegistryStartError as err:
+        registry.stop()
+        raise pytest.fail.Exception(f"local Schema Registry: {err}", pytrace=False) from None
+    try:
+        yield registry.ccompat_url
+    finally:
+        registry.stop()

@@ -68,7 +68,10 @@ class Warehouse(Protocol):
 
 @runtime_checkable
 class Inspector(Protocol):
-    """Read-only queries for the operations commands (``lag``, ``check``)."""
+    """Read-only queries for the operations commands (``lag``, ``check``) on the writer's own
+    objects, ``names`` (qualified and cased as the writer renders them)."""
+
+    names: TableNames
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run one read-only query with bound ``params`` (``?`` marks); all rows."""
@@ -78,7 +81,10 @@ class Inspector(Protocol):
 @runtime_checkable
 class Refresher(Protocol):
     """Full refresh: a table built on the side replaces the live one at once (``replay
-    --full-refresh``). ``warehouse.swap`` renders the statements per dialect."""
+    --full-refresh``). ``warehouse.swap`` renders the statements per dialect; ``names`` are the
+    live objects."""
+
+    names: TableNames
 
     def discard(self, rebuild: TableNames) -> None:
         """Drop the rebuild objects named ``rebuild`` if they exist (a failed earlier run)."""

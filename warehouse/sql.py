@@ -39,6 +39,30 @@ def merge_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
     )
 
 
+def update_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
+    """The MATCHED half of ``merge_sql`` as a guarded ``UPDATE ... FROM``."""
+    key = col(KEY, dialect)
+    cols = [col(c.name, dialect) for c in STATE_COLUMNS]
+    updates = ", ".join(f"{c} = s.{c}" for c in cols if c != key)
+    return (
+        f"UPDATE {state.sql()} AS t SET {updates}\n"
+        f"FROM {staged} AS s\n"
+        f"WHERE t.{key} = s.{key} AND {newer_sql('s', 't', dialect)}"
+    )
+
+
+def insert_new_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
+    """The NOT MATCHED half of ``merge_sql``: staged rows whose key the state table lacks."""
+    key = col(KEY, dialect)
+    cols = ", ".join(col(c.name, dialect) for c in STATE_COLUMNS)
+    return (
+        f"INSERT INTO {state.sql()} ({cols})\n"
+        f"SELECT {', '.join('s.' + col(c.name, dialect) for c in STATE_COLUMNS)}\n"
+        f"FROM {staged} AS s\n"
+        f"WHERE NOT EXISTS (SELECT 1 FROM {state.sql()} AS t WHERE t.{key} = s.{key})"
+    )
+
+
 CLASSIFY_FIELDS: tuple[str, ...] = (
     "inserted", "updated", "deleted", "skipped_stale", "min_op_time", "max_op_time",
 )

@@ -110,6 +110,11 @@ def column_list(columns: tuple[Column, ...], dialect: Dialect) -> str:
     return ",\n".join(rendered)
 
 
+def sql_type(column: Column, dialect: Dialect) -> str:
+    """The column's type in the dialect."""
+    return _TYPES[dialect][column.type]
+
+
 def col(name: str, dialect: Dialect) -> str:
     """A quoted column name in the dialect's case."""
     return f'"{name.upper()}"' if dialect == "snowflake" else f'"{name}"'
@@ -123,9 +128,11 @@ def create_table_sql(
 
 
 def create_view_sql(names: TableNames, dialect: Dialect) -> str:
+    """Snowflake: ``COPY GRANTS`` keeps the readers' grants on the view when it is replaced."""
     cols = ", ".join(col(c, dialect) for c in VIEW_COLUMNS)
+    grants = " COPY GRANTS" if dialect == "snowflake" else ""
     return (
-        f"CREATE OR REPLACE VIEW {names.current.sql()} AS\n"
+        f"CREATE OR REPLACE VIEW {names.current.sql()}{grants} AS\n"
         f"SELECT {cols}\nFROM {names.state.sql()}\nWHERE NOT {col('is_deleted', dialect)}"
     )
 

@@ -22,9 +22,11 @@ from warehouse.sql import (
     CLASSIFY_FIELDS,
     classify_sql,
     duplicate_keys_sql,
+    insert_new_sql,
     ledger_insert_sql,
     merge_sql,
     newer_sql,
+    update_sql,
 )
 from warehouse.tables import (
     KEY,
@@ -57,6 +59,8 @@ def in_case(name: str, dialect: Dialect) -> str:
 
 BUILDERS: dict[str, Callable[[Dialect], str]] = {
     "merge": lambda d: merge_sql(table_names(d).state, STAGED, d),
+    "update": lambda d: update_sql(table_names(d).state, STAGED, d),
+    "insert_new": lambda d: insert_new_sql(table_names(d).state, STAGED, d),
     "classify": lambda d: classify_sql(table_names(d).state, STAGED, d),
     "ledger_insert": lambda d: ledger_insert_sql(table_names(d).ledger, d),
     "duplicate_keys": lambda d: duplicate_keys_sql(STAGED, d),
@@ -66,6 +70,8 @@ BUILDERS: dict[str, Callable[[Dialect], str]] = {
 }
 EXPECTED_KIND: dict[str, type[exp.Expression]] = {
     "merge": exp.Merge,
+    "update": exp.Update,
+    "insert_new": exp.Insert,
     "classify": exp.Select,
     "ledger_insert": exp.Insert,
     "duplicate_keys": exp.Select,

@@ -1,0 +1,61 @@
+"""Log output of kyc-sync: plain text lines, or one JSON object per line (``--log-format json``
+or ``log_format = "json"``) for log shippers.
+
+A JSON line holds ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger`` and
+``message``; a record logged with ``extra={"flush": {...}}`` (one per flush: batch id, events,
+keys, inserted/updated/deleted/stale, offsets, durations) carries those fields under ``flush``;
+an exception is formatted into ``exc_info`` (type, message and traceback as one string).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any, Literal
+
+LogFormat = Literal["text", "json"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+STRUCTURED_EXTRAS: tuple[str, ...] = ("flush",)
+"""``extra`` keys copied into the JSON object when a record has them."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in STRUCTURED_EXTRAS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def formatter(log_format: LogFormat) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter()
+    return logging.Formatter(TEXT_FORMAT)
+
+
+def setup_logging(level: str, log_format: LogFormat = "text", stream: IO[str] | None = None
+                  ) -> None:
+    """Route every logger to ``stream`` (stderr) at ``level`` in ``log_format``. Like
+    ``logging.basicConfig``, it does nothing when the root logger already has handlers."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])

@@ -1,0 +1,386 @@
+"""Static checks of the container deployment: docker-compose.yml, the Dockerfile, the Prometheus
+and Grafana files under deploy/. No Docker engine is needed (none runs where the suite runs):
+the files are parsed and checked against the settings model, the CLI and the metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consumer import cli
+from consumer.metrics import PrometheusObserver
+from consumer.settings import Settings, load_settings
+from tools.settings_doc import rows
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+DEPLOY = ROOT / "deploy"
+KYC_SYNC_IMAGE = "kyc-sync:local"
+EXPECTED_PORTS = {
+    "kafka": 9094, "schema-registry": 8080, "kyc-sync": 9464, "prometheus": 9090, "grafana": 3000,
+}
+ALERTS = {"KycSyncStale", "KycSyncLagHigh", "KycSyncDeadLetters", "KycSyncFlushesFailing"}
+ENV_NAME = re.compile(r"\bKYC_SYNC_[A-Z0-9_]+\b")
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text("utf-8"))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    assert found
+    return found
+
+
+def one_shot(service: Mapping[str, Any]) -> bool:
+    """A service that runs to completion (``restart: "no"``) rather than staying up."""
+    return service.get("restart") == "no"
+
+
+def interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}`` with nothing set in the environment."""
+    return INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def container_ports(service: Mapping[str, Any]) -> dict[int, str]:
+    """Published container port -> host address ("" when on every address)."""
+    published: dict[int, str] = {}
+    for entry in service.get("ports") or []:
+        parts = str(entry).split(":")
+        container = int(parts[-1].split("/")[0])
+        published[container] = parts[0] if len(parts) == 3 else ""
+    return published
+
+
+def dockerfile_instructions() -> Iterator[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text("utf-8"))
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            yield keyword.upper(), rest.strip()
+
+
+def setting_env_names() -> set[str]:
+    return {env for env, _, _ in rows()} | {"KYC_SYNC_CONFIG"}
+
+
+def metrics_port(services: Mapping[str, Any]) -> int:
+    port = environment(services["kyc-sync"]).get("KYC_SYNC_METRICS__PORT")
+    return int(port) if port else Settings.model_fields["metrics"].default.port
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
+    missing = [name for name, s in services.items() if not (s.get("image") or s.get("build"))]
+    assert missing == []
+    assert {"kafka", "topic-init", "schema-registry", "kyc-sync", "sample-producer",
+            "prometheus", "grafana"} <= services.keys()
+
+
+def test_kyc_sync_image_is_built_from_the_dockerfile(services: dict[str, dict[str, Any]]
+                                                     ) -> None:
+    users = [name for name, s in services.items() if s.get("image") == KYC_SYNC_IMAGE]
+    assert sorted(users) == ["kyc-sync", "sample-producer"]
+    for name in users:  # each can build it, so `up` never tries to pull a local image
+        build = services[name]["build"]
+        assert (ROOT / build["context"] / "Dockerfile").is_file()
+
+
+def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if one_shot(service):
+            continue
+        check = service.get("healthcheck") or {}
+        assert not check.get("disable"), name
+        assert check.get("test"), f"{name} has no healthcheck"
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_one_shots_are_the_topic_init_and_the_sample_producer(
+    services: dict[str, dict[str, Any]]
+) -> None:
+    assert sorted(n for n, s in services.items() if one_shot(s)) == [
+        "sample-producer", "topic-init",
+    ]
+
+
+def test_dependencies_wait_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        depends = service.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: use the long form with a condition"
+        for target, rule in depends.items():
+            assert target in services, f"{name} depends on unknown {target}"
+            condition = rule["condition"]
+            if condition == "service_healthy":
+                assert services[target].get("healthcheck", {}).get("test"), (name, target)
+            elif condition == "service_completed_successfully":
+                assert one_shot(services[target]), (name, target)
+            else:
+                assert condition == "service_started", (name, target, condition)
+    kyc = services["kyc-sync"]["depends_on"]
+    assert kyc["kafka"]["condition"] == "service_healthy"
+    assert kyc["topic-init"]["condition"] == "service_completed_successfully"
+    assert kyc["schema-registry"]["condition"] == "service_healthy"
+
+
+def test_dependencies_have_no_cycle(services: dict[str, dict[str, Any]]) -> None:
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"cycle: {' -> '.join((*path, name))}"
+        if name in done:
+            return
+        for target in services[name].get("depends_on") or {}:
+            visit(target, (*path, name))
+        done.add(name)
+
+    for name in services:
+        visit(name, ())
+
+
+def test_ports_are_published_on_loopback(services: dict[str, dict[str, Any]]) -> None:
+    for name, port in EXPECTED_PORTS.items():
+        published = container_ports(services[name])
+        assert port in published, f"{name} does not publish {port}"
+    for name, service in services.items():
+        for port, host in container_ports(service).items():
+            assert host == "127.0.0.1", f"{name}:{port} is published on every address"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    used = {
+        str(v).split(":")[0]
+        for s in compose["services"].values() for v in s.get("volumes") or []
+        if not str(v).startswith((".", "/"))
+    }
+    assert used <= declared
+    assert "kyc-data" in used
+
+
+def test_bind_mounts_exist(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).is_dir(), f"{name}: {source} missing"
+
+
+def test_topic_init_creates_the_topic_with_three_partitions(
+    services: dict[str, dict[str, Any]]
+) -> None:
+    command = [str(c) for c in services["topic-init"]["command"]]
+    topic = load_settings(kafka={"bootstrap_servers": "x:1"}).kafka.topic
+    assert command[command.index("--topic") + 1] == topic
+    assert command[command.index("--partitions") + 1] == "3"
+    assert environment(services["kyc-sync"])["KYC_SYNC_KAFKA__TOPIC"] == topic
+
+
+def test_every_kyc_sync_env_name_is_a_setting() -> None:
+    known = setting_env_names()
+    for path in (COMPOSE, DOCKERFILE):
+        used = set(ENV_NAME.findall(path.read_text("utf-8")))  # comments included
+        assert used, path
+        assert sorted(used - known) == [], path.name
+
+
+@pytest.mark.parametrize("service", ["kyc-sync", "sample-producer"])
+def test_kyc_sync_environment_makes_valid_settings(
+    services: dict[str, dict[str, Any]], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("KYC_SYNC_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment(services[service]).items():
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings()
+
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.decoding.format == "confluent"
+    assert settings.decoding.schema_registry_url.startswith("http://schema-registry:8080/")
+    assert settings.decoding.schema_registry_url.endswith("/apis/ccompat/v7")
+
+
+def test_kyc_sync_serves_metrics_on_every_address(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["kyc-sync"])
+    assert env["KYC_SYNC_METRICS__HOST"] == "0.0.0.0"
+    assert metrics_port(services) in container_ports(services["kyc-sync"])
+    assert "/healthz" in str(services["kyc-sync"]["healthcheck"]["test"])
+    assert str(metrics_port(services)) in str(services["kyc-sync"]["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("service", ["kyc-sync", "sample-producer"])
+def test_commands_are_valid_cli_invocations(
+    services: dict[str, dict[str, Any]], service: str
+) -> None:
+    args = cli._parser().parse_args([str(a) for a in services[service]["command"]])
+    expected = {"kyc-sync": "run", "sample-producer": "produce-sample"}[service]
+    assert args.command == expected
+
+
+def test_registry_is_confluent_compatible(services: dict[str, dict[str, Any]]) -> None:
+    image = services["schema-registry"]["image"]
+    assert image.startswith(("apicurio/apicurio-registry:3.", "confluentinc/cp-schema-registry:"))
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> dict[str, Any]:
+    data = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    assert isinstance(data, dict)
+    return data
+
+
+def test_prometheus_scrapes_the_kyc_sync_port(
+    prometheus: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    job = jobs["kyc-sync"]
+    targets = [t for c in job["static_configs"] for t in c["targets"]]
+    assert targets == [f"kyc-sync:{metrics_port(services)}"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_prometheus_loads_its_config_and_rules(
+    prometheus: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    service = services["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in service["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in service["command"]
+    for rule_file in prometheus["rule_files"]:
+        assert (DEPLOY / "prometheus" / rule_file).is_file()
+
+
+def exposed_metric_names() -> set[str]:
+    """Every name the kyc-sync metrics registry exposes, including the samples of labelled
+    counters and histograms that have no child yet."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    names: set[str] = set()
+    for family in PrometheusObserver("kyc_profile_audit").registry.collect():
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_alert_rules_use_metrics_kyc_sync_exposes() -> None:
+    rules = load_yaml(DEPLOY / "prometheus" / "alerts.yml")
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert alerts.keys() >= ALERTS
+    exposed = exposed_metric_names()
+    for name, rule in alerts.items():
+        used = set(re.findall(r"\bkyc_sync_[a-z_]+\b", rule["expr"]))
+        assert sorted(used - exposed) == [], name
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"]
+    assert "900" in alerts["KycSyncStale"]["expr"]  # 15 minutes
+    assert "kyc_sync_events_dead_lettered_total" in alerts["KycSyncDeadLetters"]["expr"]
+    assert 'outcome="failed"' in alerts["KycSyncFlushesFailing"]["expr"]
+
+
+# --------------------------------------------------------------------------- Grafana
+
+
+def test_grafana_datasource_is_the_prometheus_service(services: dict[str, dict[str, Any]]
+                                                      ) -> None:
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    sources = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert [(s["type"], s["url"], s["uid"]) for s in sources] == [
+        ("prometheus", f"http://prometheus:{EXPECTED_PORTS['prometheus']}", "prometheus"),
+    ]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in (
+        services["grafana"]["volumes"]
+    )
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_grafana_dashboard_folder_is_mounted(services: dict[str, dict[str, Any]]) -> None:
+    config = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "kyc-sync.yml")
+    (provider,) = config["providers"]
+    mounts = dict(str(v).rsplit(":", 2)[:2] for v in services["grafana"]["volumes"]
+                  if str(v).startswith("."))
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert provider["folder"] == "kyc-sync"
+    assert (DEPLOY / "grafana" / "dashboards").is_dir()
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_runs_kyc_sync_as_a_non_root_user(services: dict[str, dict[str, Any]]
+                                                     ) -> None:
+    instructions = list(dockerfile_instructions())
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[-1]
+            for kind, rest in instructions if kind == "ARG"}
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    users = [rest for kind, rest in instructions if kind == "USER"]
+    assert users
+    assert users[-1] not in {"root", "0"}
+    assert ("ENTRYPOINT", '["kyc-sync"]') in instructions
+    assert ("CMD", '["run"]') in instructions
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
+    assert "kyc-sync" in scripts
+    (healthcheck,) = [rest for kind, rest in instructions if kind == "HEALTHCHECK"]
+    assert "/healthz" in healthcheck
+    assert ("EXPOSE", str(metrics_port(services))) in instructions
+    env = " ".join(rest for kind, rest in instructions if kind == "ENV")
+    assert "KYC_SYNC_METRICS__HOST=0.0.0.0" in env
+    assert f"KYC_SYNC_METRICS__PORT={metrics_port(services)}" in env
+
+
+def test_dockerfile_installs_only_the_runtime_package() -> None:
+    instructions = list(dockerfile_instructions())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    packages = set(pyproject["tool"]["setuptools"]["packages"])
+    copied = {rest.split()[0] for kind, rest in instructions
+              if kind == "COPY" and not rest.startswith("--from")}
+    assert copied == packages | {"pyproject.toml"}
+    installs = " ".join(rest for kind, rest in instructions if kind == "RUN")
+    assert "pip install \".${EXTRAS:+[$EXTRAS]}\"" in installs
+    assert "[dev]" not in installs
+    assert "snowflake" in pyproject["project"]["optional-dependencies"]
+
+
+def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
+    lines = [ln.strip() for ln in DOCKERIGNORE.read_text("utf-8").splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    readme = pyproject["project"]["readme"]
+    assert allowed == set(pyproject["tool"]["setuptools"]["packages"]) | {
+        "pyproject.toml", readme,
+    }

@@ -1,0 +1,469 @@
+"""The Snowflake writer: the same guarded MERGE, tombstones and ledger as the DuckDB writer.
+
+One session is kept open between flushes. When it is opened the writer turns autocommit off,
+makes the configured schema current (``USE SCHEMA``) and creates its session-scoped temporary
+stage. Per flush (``apply``) it issues, in order:
+
+1. ``CREATE OR REPLACE TEMPORARY TABLE "KYC_SYNC_STAGED"`` — DDL, so it runs (and commits) on its
+   own, before the transaction;
+2. ``PUT file://batch.parquet @"KYC_SYNC_STAGE"`` — the batch as one Parquet file, uploaded from
+   memory (no row-by-row statements, no local file);
+3. ``COPY INTO "KYC_SYNC_STAGED" FROM (SELECT ... FROM @"KYC_SYNC_STAGE"/batch.parquet)`` — the
+   first DML: it opens the transaction; the file is purged from the stage once loaded;
+4. ``SELECT`` the classification (``sql.classify_sql``): what the MERGE is about to do;
+5. ``MERGE INTO`` the state table with the version guard (``sql.merge_sql``);
+6. ``INSERT INTO`` the ledger, values bound (``sql.ledger_insert_sql``);
+7. ``COMMIT``.
+
+Any error rolls the transaction back, closes the session (the next flush opens a fresh one) and
+is raised as ``TransientWarehouseError`` or ``TerminalWarehouseError`` (``snowflake_errors``).
+When the reply to the COMMIT itself is lost, the transaction may have committed: the retry of
+that batch first looks for its ledger row and, if it is there, returns what it recorded instead
+of applying the batch (and writing its ledger row) a second time.
+
+The MERGE must change exactly the rows the classification counted; if another writer changed the
+state table in between, the flush is rolled back and retried, so the ledger stays exact.
+
+Timestamps travel in the Parquet file as integers (microseconds since the epoch, UTC) and are
+converted with ``TO_TIMESTAMP_NTZ(<n>, 6)``: exact, and independent of how Parquet's logical
+timestamp types are read.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import snowflake.connector
+from pydantic import SecretStr
+from snowflake.connector import SnowflakeConnection
+from snowflake.connector import errors as sf
+from snowflake.connector.cursor import SnowflakeCursor
+
+from warehouse.base import ApplyResult, Batch
+from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
+from warehouse.faults import FaultPlan
+from warehouse.identifiers import Ident, QualifiedName
+from warehouse.snowflake_errors import translate
+from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
+from warehouse.staging import assert_unique_keys
+from warehouse.swap import discard_statements, swap_statements
+from warehouse.tables import STATE_COLUMNS, Column, TableNames, col, column_list, ddl, sql_type
+
+log = logging.getLogger("kyc_sync.snowflake")
+
+STAGED = Ident("kyc_sync_staged", upper=True)
+"""The session's temporary table holding the batch (unqualified: temporary objects live in the
+session's current schema)."""
+STAGE = Ident("kyc_sync_stage", upper=True)
+"""The session's temporary stage the batch file is uploaded to."""
+STAGED_FILE = "batch.parquet"
+
+
+NO_SECRET = SecretStr("")
+
+
+@dataclass(frozen=True, slots=True)
+class SnowflakeConfig:
+    """How to reach Snowflake. Field names match ``consumer.settings.SnowflakeSettings``."""
+
+    account: str
+    user: str
+    password: SecretStr = NO_SECRET
+    private_key_file: Path | None = None
+    private_key: SecretStr = NO_SECRET
+    private_key_passphrase: SecretStr = NO_SECRET
+    role: str = ""
+    warehouse: str = ""
+    database: str = ""
+    schema_name: str = "PUBLIC"
+    query_tag: str = "kyc-sync"
+    host: str = ""
+    port: int | None = None
+    protocol: Literal["https", "http"] = "https"
+    login_timeout_s: int = 60
+    network_timeout_s: int = 300
+
+    @property
+    def auth(self) -> Literal["key-pair", "password"]:
+        has_key = self.private_key_file is not None or bool(self.private_key.get_secret_value())
+        return "key-pair" if has_key else "password"
+
+    def connect_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``snowflake.connector.connect`` (secrets included: never log)."""
+        args: dict[str, Any] = {
+            "account": self.account,
+            "user": self.user,
+            "database": self.database.upper(),
+            "schema": self.schema_name.upper(),
+            "paramstyle": "qmark",
+            "login_timeout": self.login_timeout_s,
+            "network_timeout": self.network_timeout_s,
+            "session_parameters": {"QUERY_TAG": self.query_tag} if self.query_tag else {},
+        }
+        optional = {"role": self.role, "warehouse": self.warehouse, "host": self.host}
+        args.update({k: v for k, v in optional.items() if v})
+        if self.port is not None:
+            args["port"] = self.port
+        args["protocol"] = self.protocol
+        if self.auth == "key-pair":
+            args["authenticator"] = "SNOWFLAKE_JWT"
+            args["private_key"] = private_key_der(self)
+        else:
+            args["password"] = self.password.get_secret_value()
+        return args
+
+
+def private_key_der(config: SnowflakeConfig) -> bytes:
+    """The configured private key (file, or PEM text) as unencrypted PKCS#8 DER for the connector.
+
+    Raises ``TerminalWarehouseError`` naming the setting, never the key or the passphrase.
+    """
+    if config.private_key_file is not None:
+        try:
+            pem = config.private_key_file.read_bytes()
+        except OSError as err:
+            raise TerminalWarehouseError(
+                f"snowflake.private_key_file: cannot read {config.private_key_file}: "
+                f"{err.strerror}"
+            ) from None
+        where = "snowflake.private_key_file"
+    else:
+        text = config.private_key.get_secret_value().strip()
+        if "\\n" in text and "\n" not in text:
+            text = text.replace("\\n", "\n")  # a PEM squeezed onto one line (env var, secret)
+        pem = text.encode()
+        where = "snowflake.private_key"
+    return load_private_key(pem, config.private_key_passphrase, where)
+
+
+def load_private_key(pem: bytes, passphrase: SecretStr, where: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    secret = passphrase.get_secret_value().encode() or None
+    try:
+        key = serialization.load_pem_private_key(pem, password=secret)
+    except (ValueError, TypeError) as err:
+        reason = (
+            "it is encrypted: set snowflake.private_key_passphrase"
+            if secret is None and "encrypted" in str(err).lower()
+            else "not a PEM private key, or the passphrase does not match"
+        )
+        raise TerminalWarehouseError(f"{where}: cannot load the private key: {reason}") from None
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+# -- SQL of the session and the staging steps (the MERGE, classification and ledger SQL are
+#    shared with DuckDB: ``warehouse.sql``) ---------------------------------------------------
+
+
+def use_schema_sql(database: Ident, schema: Ident) -> str:
+    return f"USE SCHEMA {database.sql()}.{schema.sql()}"
+
+
+def create_stage_sql() -> str:
+    return f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE.sql()} FILE_FORMAT = (TYPE = PARQUET)"
+
+
+def create_staged_sql() -> str:
+    return (
+        f"CREATE OR REPLACE TEMPORARY TABLE {STAGED.sql()} (\n"
+        f"{column_list(STATE_COLUMNS, 'snowflake')}\n)"
+    )
+
+
+def put_sql() -> str:
+    return f"PUT file://{STAGED_FILE} @{STAGE.sql()} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
+
+
+def _staged_value(column: Column) -> str:
+    ref = f'$1:"{column.name.upper()}"'
+    if column.type == "timestamp":
+        return f"TO_TIMESTAMP_NTZ({ref}::NUMBER(19,0), 6)"
+    return f"{ref}::{sql_type(column, 'snowflake')}"
+
+
+def copy_sql() -> str:
+    """Load the uploaded file into the staged table, typed column by column. ``NULL_IF = ()``:
+    a text value is never turned into NULL (the default would turn ``\\N`` into NULL)."""
+    cols = ", ".join(col(c.name, "snowflake") for c in STATE_COLUMNS)
+    values = ",\n  ".join(_staged_value(c) for c in STATE_COLUMNS)
+    return (
+        f"COPY INTO {STAGED.sql()} ({cols})\n"
+        f"FROM (SELECT\n  {values}\nFROM @{STAGE.sql()}/{STAGED_FILE})\n"
+        "FILE_FORMAT = (TYPE = PARQUET NULL_IF = ())\n"
+        "ON_ERROR = ABORT_STATEMENT\n"
+        "FORCE = TRUE\n"
+        "PURGE = TRUE"
+    )
+
+
+def flush_statements(names: TableNames) -> list[str]:
+    """Every statement of one flush, in order, as ``apply`` issues them (COMMIT aside)."""
+    return [
+        create_staged_sql(),
+        put_sql(),
+        copy_sql(),
+        classify_sql(names.state, STAGED.sql(), "snowflake"),
+        merge_sql(names.state, STAGED.sql(), "snowflake"),
+        ledger_insert_sql(names.ledger, "snowflake"),
+    ]
+
+
+def recorded_sql(ledger: QualifiedName) -> str:
+    """The ledger row of one batch (parameter: batch_id), in ``CLASSIFY_FIELDS`` order."""
+    cols = ", ".join(col(name, "snowflake") for name in CLASSIFY_FIELDS)
+    return f"SELECT {cols} FROM {ledger.sql()} WHERE {col('batch_id', 'snowflake')} = ?"
+
+
+def parquet_payload(rows: pa.Table) -> bytes:
+    """The batch as Parquet: upper-case column names, timestamps as epoch microseconds."""
+    expected = [c.name for c in STATE_COLUMNS]
+    if rows.column_names != expected:
+        raise TerminalWarehouseError(
+            f"staged batch columns {rows.column_names} are not the state columns {expected}"
+        )
+    arrays = [
+        column.cast(pa.int64()) if pa.types.is_timestamp(column.type) else column
+        for column in rows.columns
+    ]
+    table = pa.Table.from_arrays(arrays, names=[name.upper() for name in expected])
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="snappy")
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class SnowflakeWarehouse:
+    """Applies batches to Snowflake (see the module doc for the statements of one flush)."""
+
+    def __init__(
+        self, config: SnowflakeConfig, names: TableNames, faults: FaultPlan | None = None
+    ) -> None:
+        self.config = config
+        self.names = names
+        self.database = Ident(config.database, upper=True)
+        self.schema = Ident(config.schema_name, upper=True)
+        self.faults = faults or FaultPlan()
+        self._conn: SnowflakeConnection | None = None
+        self._uncertain: str | None = None  # batch_id whose COMMIT outcome is unknown
+
+    # -- session ---------------------------------------------------------------------------
+
+    def _session(self) -> SnowflakeConnection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        args = self.config.connect_args()
+        try:
+            conn = snowflake.connector.connect(**args)
+        except sf.Error as err:
+            raise translate(err) from err
+        try:
+            conn.autocommit(False)
+            with conn.cursor() as cur:
+                cur.execute(use_schema_sql(self.database, self.schema))
+                cur.execute(create_stage_sql())
+        except sf.Error as err:
+            _close_quietly(conn)
+            raise translate(err) from err
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        log.info(
+            "connected to Snowflake: account=%s user=%s role=%s warehouse=%s schema=%s.%s "
+            "auth=%s",
+            self.config.account, self.config.user, self.config.role or "(default)",
+            self.config.warehouse or "(default)", self.database.sql(), self.schema.sql(),
+            self.config.auth,
+        )
+        self._conn = conn
+        return conn
+
+    def _abort(self, conn: SnowflakeConnection) -> None:
+        """Roll back and drop the session; the next call opens a fresh one."""
+        try:
+            conn.rollback()
+        except Exception as err:  # the session may already be gone; the rollback is implied
+            log.debug("rollback failed: %s", type(err).__name__)
+        _close_quietly(conn)
+        if self._conn is conn:
+            self._conn = None
+
+    # -- the Warehouse protocol --------------------------------------------------------------
+
+    def open(self) -> None:
+        conn = self._session()
+        try:
+            with conn.cursor() as cur:
+                for statement in ddl(self.names, "snowflake"):
+                    cur.execute(statement)
+            conn.commit()
+        except BaseException as err:
+            self._abort(conn)
+            if isinstance(err, sf.Error):
+                raise translate(err) from err
+            raise
+
+    def apply(self, batch: Batch) -> ApplyResult:
+        try:
+            assert_unique_keys(batch.rows)
+        except ValueError as err:
+            raise TerminalWarehouseError(str(err)) from err
+        started = time.perf_counter()
+        payload = parquet_payload(batch.rows)
+        conn = self._session()
+        committing = False
+        try:
+            if self._uncertain == batch.batch_id and (done := self._recorded(conn, batch)):
+                self._uncertain = None
+                return replace(done, write_s=time.perf_counter() - started)
+            self._uncertain = None
+            with conn.cursor() as cur:
+                result = self._write(cur, batch, payload, started)
+            committing = True
+            conn.commit()
+        except BaseException as err:
+            if committing:
+                # The COMMIT's reply was lost: the transaction may or may not have committed.
+                # The retry of this batch looks for its ledger row first.
+                self._uncertain = batch.batch_id
+            self._abort(conn)
+            if isinstance(err, sf.Error):
+                raise translate(err) from err
+            raise
+        return replace(result, write_s=time.perf_counter() - started)
+
+    def _write(
+        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, started: float
+    ) -> ApplyResult:
+        """Statements 1-6 of the module doc; the caller commits."""
+        state, staged = self.names.state, STAGED.sql()
+        cur.execute(create_staged_sql())
+        cur.execute(put_sql(), file_stream=io.BytesIO(payload))
+        cur.execute(copy_sql())
+        loaded = _rows_loaded(cur.description, cur.fetchall())
+        if loaded != batch.rows.num_rows:
+            raise TerminalWarehouseError(
+                f"COPY loaded {loaded} of the batch's {batch.rows.num_rows} rows"
+            )
+        cur.execute(classify_sql(state, staged, "snowflake"))
+        classified = _result(cur.fetchone())
+        cur.execute(merge_sql(state, staged, "snowflake"))
+        merged = cur.fetchone()
+        merged_rows = sum(int(v) for v in merged) if merged is not None else 0
+        if merged_rows != classified.applied:
+            raise TransientWarehouseError(
+                f"the MERGE changed {merged_rows} rows where {classified.applied} were "
+                "classified: another writer changed the state table in between; retrying"
+            )
+        self.faults("after_merge")
+        write_ms = int((time.perf_counter() - started) * 1000)
+        cur.execute(
+            ledger_insert_sql(self.names.ledger, "snowflake"),
+            [
+                batch.batch_id, batch.topic, batch.consumer_group, batch.started_at, utcnow(),
+                batch.events_in, batch.invalid_events, batch.rows.num_rows,
+                classified.inserted, classified.updated, classified.deleted,
+                classified.skipped_stale, classified.min_op_time, classified.max_op_time,
+                batch.offsets_json(), batch.decode_ms, write_ms,
+            ],
+        )
+        return classified
+
+    def _recorded(self, conn: SnowflakeConnection, batch: Batch) -> ApplyResult | None:
+        """What the ledger recorded for ``batch``, if an earlier attempt committed it."""
+        with conn.cursor() as cur:
+            cur.execute(recorded_sql(self.names.ledger), [batch.batch_id])
+            row = cur.fetchone()
+        if row is None:
+            return None
+        log.warning(
+            "batch %s was committed by an attempt whose COMMIT reply was lost; not applied again",
+            batch.batch_id,
+        )
+        return _result(row)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _close_quietly(conn)
+
+    # -- operations: read-only queries and the full-refresh swap ------------------------------
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One read-only query with bound ``?`` parameters; all rows."""
+        conn = self._session()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, list(params) if params else None)
+                rows = [tuple(r) for r in cur.fetchall()]
+        except BaseException as err:
+            self._abort(conn)
+            if isinstance(err, sf.Error):
+                raise translate(err) from err
+            raise
+        return rows
+
+    def discard(self, rebuild: TableNames) -> None:
+        self._statements(discard_statements(rebuild))
+
+    def swap_in(self, rebuild: TableNames) -> None:
+        """``ALTER TABLE ... SWAP WITH`` is atomic; the statements after it commit on their own."""
+        self._statements(swap_statements(self.names, rebuild, "snowflake"))
+
+    def _statements(self, statements: list[str]) -> None:
+        conn = self._session()
+        try:
+            with conn.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+            conn.commit()
+        except BaseException as err:
+            self._abort(conn)
+            if isinstance(err, sf.Error):
+                raise translate(err) from err
+            raise
+
+
+def _result(row: Sequence[Any] | None) -> ApplyResult:
+    """An ``ApplyResult`` from a row of ``CLASSIFY_FIELDS`` (``write_s`` is set by the caller)."""
+    assert row is not None
+    inserted, updated, deleted, stale = (int(v) for v in row[:4])
+    # MIN/MAX over no applied row are NULL: decided on the counts, not on the values read.
+    applied = inserted + updated + deleted
+    min_t, max_t = (row[4], row[5]) if applied else (None, None)
+    return ApplyResult(
+        inserted=inserted, updated=updated, deleted=deleted, skipped_stale=stale,
+        min_op_time=min_t, max_op_time=max_t, write_s=0.0,
+    )
+
+
+def _rows_loaded(description: Sequence[Any] | None, rows: list[Any]) -> int:
+    """Sum of ``rows_loaded`` over the files of a COPY result."""
+    names = [str(d[0]).lower() for d in description or ()]
+    if "rows_loaded" not in names:
+        return 0
+    index = names.index("rows_loaded")
+    return sum(int(r[index]) for r in rows)
+
+
+def _close_quietly(conn: SnowflakeConnection) -> None:
+    try:
+        conn.close()
+    except Exception as err:  # closing a broken session: nothing left to release
+        log.debug("close failed: %s", type(err).__name__)
