@@ -268,6 +268,7 @@ class SyncLoop:
         started = time.perf_counter()
         reduced = self.reducer.drain()
         self.window.reset()
+        self.observer.timed("reduce", time.perf_counter() - started)
         decode_s, self.decode_s = self.decode_s, 0.0
         batch_id = uuid.uuid4().hex
         budget = self.options.retry_max_s if budget_s is None else budget_s
@@ -279,7 +280,9 @@ class SyncLoop:
             if reduced.winners:
                 batch = self.stage(batch_id, reduced, decode_s)
                 result = self.retry(lambda: self.warehouse.apply(batch), "warehouse apply", budget)
+            committing = time.perf_counter()
             self.commit(reduced.ranges)
+            self.observer.timed("commit", time.perf_counter() - committing)
         except BaseException as err:
             self.observer.flush_failed(err)
             raise

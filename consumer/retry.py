@@ -54,7 +54,7 @@ def retry_transient(
 
     retrying = Retrying(
         retry=retry_if_exception_type(TRANSIENT),
-        wait=wait_exponential_jitter(initial=initial_s, max=cap_s),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=cap_s, jitter=initial_s),
         stop=stop_after_delay(max_s),
         before_sleep=log_retry,
         sleep=sleep,

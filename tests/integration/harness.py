@@ -152,6 +152,7 @@ def cli_env(bootstrap: str, topic: str, db_path: Path, group: str, **extra: str
         KYC_SYNC_KAFKA__GROUP_ID=group,
         KYC_SYNC_DUCKDB__PATH=str(db_path),
         KYC_SYNC_WINDOW__SECONDS="1",
+        KYC_SYNC_METRICS__PORT="0",
     )
     env.update(extra)
     return env
