@@ -108,7 +108,7 @@ def format_table(header: list[str], rows: list[tuple[object, ...]]) -> str:
     return "\n".join(lines)
 
 
-# -- operations: replay, lag, check (docs/operations.md) ----------------------------------------
+# -- operations: replay, lag, check (README.md, "Operations") --------------------------------------
 
 
 def _reset(args: argparse.Namespace) -> Reset:

@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from consumer.decoding import ERROR_CLASSES
 from consumer.observer import Observer
 from consumer.settings import MetricsSettings
 
@@ -72,6 +73,8 @@ class PrometheusObserver(Observer):
         self.events_dead_lettered = Counter(
             PREFIX + "events_dead_lettered", "Invalid events sent to the dead-letter topic.",
             ["error_class"], registry=r)
+        for error_class in ERROR_CLASSES:  # present at 0, so that increase() sees the first one
+            self.events_dead_lettered.labels(error_class)
         self.batches = Counter(
             PREFIX + "batches", "Flushes by outcome: ok (applied and committed) or failed.",
             ["outcome"], registry=r)

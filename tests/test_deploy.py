@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from consumer import cli
 from consumer.metrics import PrometheusObserver
@@ -284,31 +286,96 @@ def test_prometheus_loads_its_config_and_rules(
         assert (DEPLOY / "prometheus" / rule_file).is_file()
 
 
+# Series names each metric type puts into Prometheus (prometheus-client also exposes _created).
+SERIES_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+METRIC_NAME = re.compile(r"(?<![\w:])kyc_sync_[A-Za-z0-9_:]*")
+DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
+
+
+def exposed_families() -> list[Metric]:
+    """The metric families of the run loop's observer, on a fresh registry."""
+    observer = PrometheusObserver("kyc_profile_audit", registry=CollectorRegistry())
+    return list(observer.registry.collect())
+
+
 def exposed_metric_names() -> set[str]:
-    """Every name the kyc-sync metrics registry exposes, including the samples of labelled
-    counters and histograms that have no child yet."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    """The series names Prometheus stores from a scrape of kyc-sync: a gauge's own name, a
+    counter's ``_total``, a histogram's ``_bucket``/``_sum``/``_count`` (and ``_created``),
+    also for labelled families that have no child yet (so no sample to list). Never the bare
+    name of a counter or histogram: a query naming one finds nothing."""
     names: set[str] = set()
-    for family in PrometheusObserver("kyc_profile_audit").registry.collect():
-        names.add(family.name)
-        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+    for family in exposed_families():
+        names.update(family.name + suffix for suffix in SERIES_SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
 
 
-def test_alert_rules_use_metrics_kyc_sync_exposes() -> None:
+def metric_names(expr: str) -> set[str]:
+    """The kyc_sync_ metric names a PromQL expression selects."""
+    return set(METRIC_NAME.findall(expr))
+
+
+def test_exposed_metric_names_are_series_names() -> None:
+    exposed = exposed_metric_names()
+    assert {"kyc_sync_events_consumed_total", "kyc_sync_events_dead_lettered_total",
+            "kyc_sync_phase_duration_seconds_bucket", "kyc_sync_phase_duration_seconds_count",
+            "kyc_sync_freshness_seconds", "kyc_sync_partition_lag_messages"} <= exposed
+    assert not {"kyc_sync_events_consumed", "kyc_sync_phase_duration_seconds",
+                "kyc_sync_freshness_seconds_total"} & exposed
+    assert metric_names('rate(kyc_sync_rows_total{outcome="x"}[5m]) / kyc_sync_a:b') == {
+        "kyc_sync_rows_total", "kyc_sync_a:b",
+    }
+
+
+@pytest.fixture(scope="module")
+def alerts() -> dict[str, dict[str, Any]]:
     rules = load_yaml(DEPLOY / "prometheus" / "alerts.yml")
-    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    found = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert len(found) == sum(len(g["rules"]) for g in rules["groups"]), "duplicate alert names"
+    return found
+
+
+def test_alert_rules_use_metrics_kyc_sync_exposes(alerts: dict[str, dict[str, Any]]) -> None:
     assert alerts.keys() >= ALERTS
     exposed = exposed_metric_names()
     for name, rule in alerts.items():
-        used = set(re.findall(r"\bkyc_sync_[a-z_]+\b", rule["expr"]))
+        used = metric_names(rule["expr"])
+        assert used or "up{" in rule["expr"], name
         assert sorted(used - exposed) == [], name
-        assert rule["labels"]["severity"] in {"warning", "critical"}
-        assert rule["annotations"]["summary"]
-    assert "900" in alerts["KycSyncStale"]["expr"]  # 15 minutes
-    assert "kyc_sync_events_dead_lettered_total" in alerts["KycSyncDeadLetters"]["expr"]
-    assert 'outcome="failed"' in alerts["KycSyncFlushesFailing"]["expr"]
+
+
+def test_alert_rules_are_complete(alerts: dict[str, dict[str, Any]]) -> None:
+    for name, rule in alerts.items():
+        assert DURATION.fullmatch(str(rule.get("for", ""))), f"{name}: no `for` duration"
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert rule["annotations"]["summary"], name
+
+
+def rule_on(alerts: Mapping[str, Mapping[str, Any]], metric: str) -> list[str]:
+    """The expressions of the rules that select ``metric``."""
+    return [str(r["expr"]) for r in alerts.values() if metric in metric_names(str(r["expr"]))]
+
+
+def test_alert_rules_mirror_the_seed_monitoring(alerts: dict[str, dict[str, Any]]) -> None:
+    space = re.compile(r"\s+")
+    # freshness above 15 minutes
+    freshness = rule_on(alerts, "kyc_sync_freshness_seconds")
+    assert any(re.search(r"\)\s*>\s*900\b", e) for e in freshness)
+    # lag above a threshold
+    lag = rule_on(alerts, "kyc_sync_partition_lag_seconds") + rule_on(
+        alerts, "kyc_sync_partition_lag_messages")
+    assert any(re.search(r"\)\s*>\s*\d+", e) for e in lag)
+    # any dead-lettered event
+    dlq = rule_on(alerts, "kyc_sync_events_dead_lettered_total")
+    assert any(re.search(r"\)\s*>\s*0\b", e) for e in dlq)
+    # consecutive failed flushes: failures and no success over the same range
+    flushes = [space.sub(" ", e) for e in rule_on(alerts, "kyc_sync_batches_total")]
+    assert any('outcome="failed"' in e and 'outcome="ok"' in e and "== 0" in e for e in flushes)
+    assert alerts["KycSyncFlushesFailing"]["labels"]["severity"] == "critical"
 
 
 # --------------------------------------------------------------------------- Grafana
