@@ -105,6 +105,7 @@ class SyncLoop:
         self.stopping = False
         self.abandoned = False
         self.in_flight = False
+        self.in_callback = False  # inside a rebalance callback, i.e. inside consumer.consume()
         self.fatal: str | None = None
         self.decode_s = 0.0
         self.registry_failures = 0
@@ -337,7 +338,10 @@ class SyncLoop:
         member. Messages delivered meanwhile (partitions assigned during the wait) are not
         processed: their partitions are rewound to them, like ``rewind``, after resuming."""
         consumer = self.consumer
-        if consumer is None:
+        if consumer is None or self.in_callback:
+            # No consume() nested in the consume() that runs the rebalance callback: the client
+            # cannot re-enter (it aborts the process). librdkafka heartbeats in the background,
+            # and the callback is bounded by revoke_budget_s, far below max.poll.interval.ms.
             time.sleep(seconds)
             return
         seek_to = dict(rewind or {})
@@ -407,11 +411,14 @@ class SyncLoop:
         if not self.abandoned and not self.in_flight and revoked & self.reducer.partitions():
             log.info("partitions %s revoked: flushing what is buffered", sorted(revoked))
             ranges = self.reducer.ranges()
+            self.in_callback = True
             try:
                 self.flush(FlushReason.REVOKE, budget_s=self.options.revoke_budget_s)
             except RetriesExhausted as err:
                 self.assigned -= revoked
                 self._drop_buffer(f"revocation flush over budget ({err})", ranges)
+            finally:
+                self.in_callback = False
         else:
             log.info("partitions %s revoked", sorted(revoked))
         self.assigned -= revoked

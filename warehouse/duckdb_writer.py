@@ -31,6 +31,10 @@ def translate(err: duckdb.Error) -> WarehouseError:
     text = str(err)
     if isinstance(err, duckdb.IOException) and "lock" in text.lower():
         return TransientWarehouseError(f"database file is locked by another process: {text}")
+    if isinstance(err, duckdb.IOException) and "not a valid DuckDB database file" in text:
+        # Another instance created the file and has not written its header yet. Retried like a
+        # lock conflict, within the retry budget, so a really corrupt file still stops the run.
+        return TransientWarehouseError(f"database file is being created elsewhere: {text}")
     if isinstance(err, duckdb.TransactionException):
         return TransientWarehouseError(f"transaction conflict: {text}")
     return TerminalWarehouseError(f"{type(err).__name__}: {text}")

@@ -168,3 +168,32 @@ def test_rebalance_flushes_revoked_partitions_and_converges(
     assert codes == [0, 0], [p.read_text() for p in logs]
     assert "reason=revoke" in logs[0].read_text()
     assert read_current(db) == oracle(produced)
+
+
+def test_revocation_flush_that_retries_survives(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    """A transient warehouse failure during the flush of a revocation is retried inside the
+    rebalance callback (no nested consume()), and both instances converge."""
+    create_topic(kafka_bootstrap, topic_name, partitions=4)
+    db = tmp_path / "kyc.duckdb"
+    env = cli_env(kafka_bootstrap, topic_name, db, f"g-{topic_name}",
+                  KYC_SYNC_WINDOW__SECONDS="600")
+    faulty = dict(env, KYC_SYNC_FAULTS__WAREHOUSE="transient", KYC_SYNC_FAULTS__TIMES="1")
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    first = start_cli(faulty, "run", log=logs[0])
+    wait_for(logs[0], "assigned partitions")
+    produced = produce(kafka_bootstrap, topic_name, history(random.Random(10), 400, 60, 4))
+    time.sleep(2)
+
+    second = start_cli(env, "run", log=logs[1])
+    wait_for(logs[0], "reason=revoke")
+    time.sleep(2)
+    assert first.poll() is None, logs[0].read_text()
+    for proc in (first, second):
+        proc.send_signal(signal.SIGTERM)
+    codes = [first.wait(timeout=60), second.wait(timeout=60)]
+
+    assert codes == [0, 0], [p.read_text() for p in logs]
+    assert "injected transient warehouse fault" in logs[0].read_text()
+    assert read_current(db) == oracle(produced)
