@@ -8,13 +8,28 @@ raw Avro value and decodes it fully only for the winners at flush time).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from batcher.events import PartitionRange, Version
 
 P = TypeVar("P")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many acyclic objects (a drain makes
+    two per key): its collections would walk the whole buffer again and again for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +92,26 @@ class Reducer(Generic[P]):
         size: int = 0,
     ) -> bool:
         """Offer one event; returns True when it is now the latest for its key."""
-        self._track(partition, offset, size)
-        current = self._latest.get(key)
-        if current is not None and (current[0], current[1], current[2]) >= (
-            op_time, partition, offset
-        ):
-            return False
-        self._latest[key] = (op_time, partition, offset, op_type, payload)
+        # _track, inlined: this runs once per event.
+        self._events += 1
+        self._bytes += size
+        nxt = self._next.get(partition)
+        if nxt is None:
+            self._first[partition] = offset
+            self._next[partition] = offset + 1
+        elif offset >= nxt:
+            self._next[partition] = offset + 1
+        elif offset < self._first[partition]:
+            self._first[partition] = offset
+        latest = self._latest
+        current = latest.get(key)
+        if current is not None:
+            known = current[0]
+            if known > op_time or (
+                known == op_time and (current[1], current[2]) >= (partition, offset)
+            ):
+                return False
+        latest[key] = (op_time, partition, offset, op_type, payload)
         return True
 
     def skip(self, partition: int, offset: int, size: int = 0) -> None:
@@ -98,10 +126,10 @@ class Reducer(Generic[P]):
         if nxt is None:
             self._first[partition] = offset
             self._next[partition] = offset + 1
-        else:
-            if offset + 1 > nxt:
-                self._next[partition] = offset + 1
-            self._first[partition] = min(self._first[partition], offset)
+        elif offset >= nxt:
+            self._next[partition] = offset + 1
+        elif offset < self._first[partition]:
+            self._first[partition] = offset
 
     def partitions(self) -> frozenset[int]:
         return frozenset(self._next)
@@ -116,8 +144,10 @@ class Reducer(Generic[P]):
 
     def drain(self) -> Reduced[P]:
         """Hand over the window's content and start empty."""
+        with gc_paused():
+            winners = tuple(self.iter_winners())
         reduced = Reduced(
-            winners=tuple(self.iter_winners()),
+            winners=winners,
             ranges=self.ranges(),
             events=self._events,
             invalid=self._invalid,

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batcher.reducer import Winner
+from batcher.reducer import Winner, gc_paused
 from warehouse.tables import DATA_COLUMNS, STATE_COLUMNS, ColumnType
 
 _ARROW: dict[ColumnType, pa.DataType] = {
@@ -29,6 +29,11 @@ Row = tuple[Any, ...]
 
 def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: int) -> pa.Table:
     """Column-wise build of the batch; timestamps stay integers until Arrow casts them."""
+    with gc_paused():
+        return _build_staged(winners, batch_id, synced_at_us)
+
+
+def _build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: int) -> pa.Table:
     n = len(winners)
     columns: list[Sequence[Any]] = (
         [list(c) for c in zip(*(w.payload for w in winners), strict=True)]

@@ -1,0 +1,625 @@
+"""``make bench``: throughput of kyc-sync against the raw Kafka consume loop, in one run.
+
+    python -m bench.run                      # 5,000,000 events over 1,000,000 profiles
+    python -m bench.run --quick              # 20,000 over 5,000: a smoke run (make test)
+    python -m bench.run --events N --profiles P [--bootstrap HOST:PORT] [--peer quix|none]
+
+Steps, all on the same topic (loaded once, so warm in the page cache) and the same machine:
+
+1. load the topic (``bench.load``): ``events`` Avro events on ``partitions`` partitions;
+2. B0: a raw ``Consumer.consume(num_messages=10000)`` loop touching only key and value;
+3. decode + reduce: the consumer's real ingest path (``SyncLoop.ingest``) over the buffered
+   messages of the whole topic (consumed in chunks; only ``ingest`` is timed);
+4. end to end: ``kyc-sync run --until-caught-up`` with one window covering the topic, into a
+   DuckDB file whose state table already holds ``profiles`` rows; process wall time, flush
+   included; its peak RSS from ``wait4`` (exact ``ru_maxrss`` of the process);
+5. MERGE vs CTAS: the staged Arrow table of step 3 (the reduced winners) written into fresh
+   copies of the seeded file by the guarded MERGE, by the DuckDB writer's UPDATE + INSERT, and by
+   ``CREATE TABLE AS``;
+6. the peer (``bench.peer_quix``, Quix Streams) on the same topic into another copy.
+
+Both end-to-end runs are checked against the oracle (``bench.load.expected_current``).
+Writes ``bench/results/latest.json`` (or ``--results``) and prints a table of figures and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from batcher.window import WindowPolicy
+from bench.load import LoadReport, Spec, expected_table, load, mismatches, seed_warehouse
+from consumer.decoding import PlainAvroDecoder
+from consumer.loop import LoopOptions, SyncLoop
+from schemas import audit_schema
+from tools.localkafka import REPO_ROOT, LocalKafka
+from warehouse.base import ApplyResult, Batch
+from warehouse.sql import insert_new_sql, merge_sql, update_sql
+from warehouse.tables import STATE_COLUMNS
+
+FULL = (5_000_000, 1_000_000)
+QUICK = (20_000, 5_000)
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+WORK_DIR = REPO_ROOT / ".local" / "bench" / "run"
+PEER_VENV = REPO_ROOT / ".local" / "bench" / "peer-venv"
+PEER_PYTHON = PEER_VENV / "bin" / "python"
+PEER_READY = PEER_VENV / ".installed"
+"""Written by ``make bench-peer-env`` once the peer's packages are installed."""
+CONSUME_BATCH = 10_000
+BUFFER_CHUNK = 500_000
+"""Messages buffered at a time for the decode + reduce measurement (bounds its memory)."""
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "peak_rss_bytes", "merge_s", "ctas_s",
+    "peer_e2e_per_s", "events", "profiles",
+)
+
+# Targets of the issue, as (label, key of the measured ratio, comparison, bound).
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("end to end >= 0.5 x B0", "e2e_vs_b0", ">=", 0.5),
+    ("decode + reduce >= 1.0 x B0", "decode_reduce_vs_b0", ">=", 1.0),
+    ("peak RSS <= 1 GB (5M / 1M window)", "peak_rss_gb", "<=", 1.0),
+    ("MERGE <= 3 x CTAS", "merge_vs_ctas", "<=", 3.0),
+    ("the writer's UPDATE+INSERT <= 3 x CTAS", "upsert_vs_ctas", "<=", 3.0),
+    (">= 3 x the peer's end to end", "e2e_vs_peer", ">=", 3.0),
+)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    returncode: int
+    wall_s: float
+    peak_rss_bytes: int
+    log: str
+
+
+def run_measured(
+    command: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float
+) -> Measured:
+    """Run ``command`` to its end; wall time and the exact peak RSS (``wait4``'s ru_maxrss)."""
+    with log_path.open("wb") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(command), env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
+        )
+        killer = threading.Timer(timeout_s, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        proc.returncode, wall, usage.ru_maxrss * 1024, log_path.read_text(errors="replace")
+    )
+
+
+# --------------------------------------------------------------------------- B0
+
+
+def _consumer(bootstrap: str, **extra: Any) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        **extra,
+    })
+
+
+def _assign_all(consumer: Consumer, topic: str, partitions: int) -> None:
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+
+
+def batches(bootstrap: str, topic: str, partitions: int) -> Iterator[list[Message]]:
+    """Every ``consume()`` result from the start of each partition to its end."""
+    consumer = _consumer(bootstrap)
+    try:
+        _assign_all(consumer, topic, partitions)
+        at_end: set[int] = set()
+        while len(at_end) < partitions:
+            messages = consumer.consume(CONSUME_BATCH, 1.0)
+            for msg in messages:
+                error = msg.error()
+                if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())  # type: ignore[arg-type]
+            if messages:
+                yield messages
+    finally:
+        consumer.close()
+
+
+def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int, float]:
+    """B0: the raw consume loop touching key and value. Returns (messages, seconds)."""
+    consumer = _consumer(bootstrap)
+    try:
+        _assign_all(consumer, topic, partitions)
+        count = 0
+        eof = 0
+        started = time.perf_counter()
+        while eof < partitions:
+            for msg in consumer.consume(CONSUME_BATCH, 1.0):
+                error = msg.error()
+                if error is None:
+                    msg.key()
+                    msg.value()
+                    count += 1
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    eof += 1
+                else:
+                    raise RuntimeError(f"consume: {error}")
+        seconds = time.perf_counter() - started
+    finally:
+        consumer.close()
+    return count, seconds
+
+
+# --------------------------------------------------------------------------- decode + reduce
+
+
+class _NoWarehouse:
+    """The ingest path never writes; a stand-in for the loop's warehouse."""
+
+    def open(self) -> None:
+        return None
+
+    def apply(self, batch: Batch) -> ApplyResult:
+        raise AssertionError("the benchmark's loop does not flush")
+
+    def close(self) -> None:
+        return None
+
+
+def _no_consumer(**_callbacks: Any) -> Consumer:
+    raise AssertionError("the benchmark's loop is fed by the harness")
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    events: int
+    ingest_s: float
+    decode_only_events: int
+    decode_only_s: float
+    keys: int
+    stage_s: float
+    staged: pa.Table
+
+
+def decode_reduce(bootstrap: str, topic: str, partitions: int) -> IngestResult:
+    """The consumer's real path (``SyncLoop.ingest``) over buffered messages; ``ingest`` only is
+    timed. The first chunk is also decoded alone (``decoder.decode``, no reducer) for the split.
+    Returns the staged Arrow table of the winners (``SyncLoop.stage``), as a flush builds it."""
+    loop = SyncLoop(
+        LoopOptions(topic=topic, group_id="bench", on_invalid="fail"),
+        _no_consumer,
+        PlainAvroDecoder(audit_schema()),
+        _NoWarehouse(),
+        None,
+        WindowPolicy(max_age_s=1e9, max_events=1 << 40, max_bytes=1 << 50),
+    )
+    ingest = loop.ingest
+    ingest_s = 0.0
+    decode_only_events = 0
+    decode_only_s = 0.0
+    chunk: list[list[Message]] = []
+    buffered = 0
+
+    def drain_chunk() -> None:
+        nonlocal ingest_s, decode_only_events, decode_only_s, chunk, buffered
+        if not decode_only_events:
+            decode_only_events, decode_only_s = _decode_only(loop, chunk)
+        started = time.perf_counter()
+        for messages in chunk:
+            ingest(messages)
+        ingest_s += time.perf_counter() - started
+        chunk, buffered = [], 0
+
+    for messages in batches(bootstrap, topic, partitions):
+        chunk.append(messages)
+        buffered += len(messages)
+        if buffered >= BUFFER_CHUNK:
+            drain_chunk()
+    if chunk:
+        drain_chunk()
+    events = loop.reducer.events
+    keys = len(loop.reducer)
+    started = time.perf_counter()
+    batch = loop.stage("bench", loop.reducer.drain(), ingest_s)
+    stage_s = time.perf_counter() - started
+    return IngestResult(
+        events, ingest_s, decode_only_events, decode_only_s, keys, stage_s, batch.rows
+    )
+
+
+def _decode_only(loop: SyncLoop, chunk: list[list[Message]]) -> tuple[int, float]:
+    decode = loop.decoder.decode
+    count = 0
+    started = time.perf_counter()
+    for messages in chunk:
+        for msg in messages:
+            if msg.error() is None:
+                decode(msg.value(), msg.key())
+                count += 1
+    return count, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- MERGE vs CTAS
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTimes:
+    merge_s: float
+    upsert_s: float
+    ctas_s: float
+
+
+def merge_vs_ctas(seeded: Path, work: Path, staged: pa.Table) -> WriteTimes:
+    """Seconds to write ``staged`` (the reduced winners) into a fresh copy of the seeded file:
+    the guarded ``MERGE`` statement; the DuckDB writer's equivalent ``UPDATE`` + ``INSERT`` (what
+    ``DuckDBWarehouse.apply`` runs); and a ``CREATE TABLE AS`` of the same Arrow table. Each is
+    one transaction with its commit, on a new connection to its own copy."""
+
+    def timed(name: str, statements: list[str]) -> float:
+        path = work / f"{name}.duckdb"
+        shutil.copyfile(seeded, path)
+        con = duckdb.connect(str(path))
+        try:
+            con.register("staged", staged)
+            started = time.perf_counter()
+            con.begin()
+            for sql in statements:
+                con.execute(sql)
+            con.commit()
+            return time.perf_counter() - started
+        finally:
+            con.close()
+            path.unlink(missing_ok=True)
+
+    from bench.load import table_names
+
+    state = table_names().state
+    cols = ", ".join(f'"{c.name}"' for c in STATE_COLUMNS)
+    ctas = timed("ctas", [f"CREATE TABLE staged_copy AS SELECT {cols} FROM staged"])
+    merge = timed("merge", [merge_sql(state, "staged", "duckdb")])
+    upsert = timed("upsert", [update_sql(state, "staged", "duckdb"),
+                              insert_new_sql(state, "staged", "duckdb")])
+    return WriteTimes(merge, upsert, ctas)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+FLUSH_LINE = re.compile(r"flush batch_id=\S+ .*")
+
+
+def kv(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+def e2e(bootstrap: str, topic: str, db: Path, spec: Spec, log: Path, timeout_s: float
+        ) -> tuple[Measured, list[dict[str, str]]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYC_SYNC_")}
+    env.update(
+        KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+        KYC_SYNC_KAFKA__TOPIC=topic,
+        KYC_SYNC_KAFKA__GROUP_ID=f"bench-e2e-{uuid.uuid4().hex[:8]}",
+        KYC_SYNC_KAFKA__CONSUME_BATCH=str(CONSUME_BATCH),
+        KYC_SYNC_DUCKDB__PATH=str(db),
+        KYC_SYNC_WINDOW__SECONDS="86400",
+        KYC_SYNC_WINDOW__MAX_EVENTS=str(2 * spec.events + 1),
+        KYC_SYNC_WINDOW__MAX_BYTES=str(1 << 50),
+        KYC_SYNC_LOG_LEVEL="INFO",
+        KYC_SYNC_METRICS__PORT="0",  # metrics stay on (the real path), on a free port
+    )
+    measured = run_measured(
+        [sys.executable, "-m", "consumer.cli", "run", "--until-caught-up"], env, log, timeout_s
+    )
+    flushes = [kv(m.group(0)) for m in FLUSH_LINE.finditer(measured.log)]
+    return measured, flushes
+
+
+def peer(python: Path, bootstrap: str, topic: str, db: Path, spec: Spec, log: Path,
+         timeout_s: float) -> Measured:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONWARNINGS"] = "ignore"
+    return run_measured(
+        [str(python), "-m", "bench.peer_quix", "--bootstrap", bootstrap, "--topic", topic,
+         "--group", f"bench-peer-{uuid.uuid4().hex[:8]}", "--db", str(db),
+         "--events", str(spec.events)],
+        env, log, timeout_s,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or not b else a / b
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for label, key, op, bound in TARGETS:
+        value = results.get(key)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out.append({"target": label, "value": value, "met": met})
+    return out
+
+
+def fmt_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} /s"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    r = results
+    b0 = r["b0_msgs_per_s"]
+    rows: list[tuple[str, str, str]] = [
+        ("B0 raw consume (key+value)", fmt_rate(b0), "1.00"),
+        ("decode + reduce (SyncLoop.ingest)", fmt_rate(r["decode_reduce_per_s"]),
+         fmt_ratio(r["decode_reduce_vs_b0"])),
+        ("  decode only (decoder.decode)", fmt_rate(r["decode_only_per_s"]),
+         fmt_ratio(ratio(r["decode_only_per_s"], b0))),
+        ("end to end (kyc-sync run)", fmt_rate(r["e2e_per_s"]), fmt_ratio(r["e2e_vs_b0"])),
+        (f"peer end to end ({r['peer']})", fmt_rate(r["peer_e2e_per_s"]),
+         fmt_ratio(ratio(r["peer_e2e_per_s"], b0))),
+        ("peak RSS, end to end", f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB", ""),
+        ("peak RSS, peer", "n/a" if r["peer_peak_rss_bytes"] is None
+         else f"{r['peer_peak_rss_bytes'] / 2**20:,.0f} MiB", ""),
+        (f"MERGE {r['keys']:,} rows into {r['seeded_rows']:,} (file)", f"{r['merge_s']:.2f} s",
+         ""),
+        ("writer's UPDATE + INSERT, same rows (file)", f"{r['upsert_s']:.2f} s", ""),
+        ("CTAS of the same Arrow table (file)", f"{r['ctas_s']:.2f} s", ""),
+        ("e2e flush: write (classify+MERGE+ledger)", f"{r['e2e_write_s']:.2f} s", ""),
+        ("e2e flush: total (stage+write+commit)", f"{r['e2e_flush_s']:.2f} s", ""),
+        ("load (produce the topic)", fmt_rate(r["load_per_s"]), ""),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    lines = [
+        f"kyc-sync benchmark: {r['events']:,} events over {r['profiles']:,} profiles, "
+        f"{r['partitions']} partitions, {r['payload_avg_bytes']:.0f} B avg payload",
+        f"{'figure'.ljust(width)}  {'value':>16}  x B0",
+        f"{'-' * width}  {'-' * 16}  ----",
+    ]
+    lines += [f"{a.ljust(width)}  {b:>16}  {c}" for a, b, c in rows]
+    lines.append("")
+    lines.append(f"MERGE / CTAS = {fmt_ratio(r['merge_vs_ctas'])}; "
+                 f"UPDATE+INSERT / CTAS = {fmt_ratio(r['upsert_vs_ctas'])}; "
+                 f"e2e / peer = {fmt_ratio(r['e2e_vs_peer'])}; "
+                 f"correct: e2e={r['e2e_correct']} peer={r['peer_correct']}")
+    lines.append(f"load average {r['loadavg_start']} -> {r['loadavg_end']} on {r['cpus']} cpus")
+    lines.append("")
+    if r["quick"]:
+        lines.append("  smoke size: start-up dominates every rate; judge targets on the full size")
+    for t in r["targets"]:
+        mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        lines.append(f"  [{mark:>7}] {t['target']} (measured {value})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def versions() -> dict[str, str]:
+    import confluent_kafka
+    import fastavro
+
+    return {
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.__version__,
+        "librdkafka": confluent_kafka.libversion()[0],
+        "fastavro": fastavro.__version__,
+        "duckdb": duckdb.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    events, profiles = QUICK if args.quick else FULL
+    spec = Spec(args.events or events, args.profiles or profiles, args.partitions)
+    work: Path = args.work_dir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    timeout = args.timeout
+    peer_python: Path = args.peer_python
+    peer_kind = args.peer
+    if peer_kind == "auto":
+        peer_kind = "quix" if peer_python == PEER_PYTHON and PEER_READY.exists() else "none"
+    if peer_kind == "quix" and not peer_python.exists():
+        raise SystemExit(f"no peer environment at {peer_python}: run `make bench-peer-env`")
+
+    with ExitStack() as stack:
+        bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            broker = stack.enter_context(LocalKafka(work_dir=work / "kafka"))
+            bootstrap = broker.bootstrap
+            say(f"local broker on {bootstrap} (started in {broker.startup_seconds:.1f}s)")
+        loadavg_start = _loadavg()
+        topic = f"bench-{spec.events}-{spec.profiles}-{uuid.uuid4().hex[:8]}"
+        say(f"loading {spec.events:,} events over {spec.profiles:,} profiles into {topic}")
+        loaded: LoadReport = load(bootstrap, topic, spec, args.load_workers)
+        say(f"  {loaded.seconds:.1f}s, {loaded.per_s:,.0f} events/s")
+        if args.pin_cpu is not None:
+            os.sched_setaffinity(0, {args.pin_cpu})  # inherited by the e2e and peer processes
+
+        seeded = work / "seeded.duckdb"
+        seed_s = seed_warehouse(seeded, spec)
+        seeded_rows = len(spec.seeded_ids)
+        say(f"seeded table: {seeded_rows:,} rows in {seed_s:.1f}s")
+        expected = expected_table(spec)
+
+        say("B0: raw consume loop")
+        b0_count, b0_s = raw_consume(bootstrap, topic, spec.partitions)
+        if b0_count != spec.events:
+            raise RuntimeError(f"B0 read {b0_count} messages, expected {spec.events}")
+        b0 = b0_count / b0_s
+        say(f"  {b0:,.0f} msg/s")
+
+        say("decode + reduce: SyncLoop.ingest over buffered messages")
+        ingested = decode_reduce(bootstrap, topic, spec.partitions)
+        if ingested.events != spec.events:
+            raise RuntimeError(f"ingest saw {ingested.events} events, expected {spec.events}")
+        decode_reduce_per_s = ingested.events / ingested.ingest_s
+        say(f"  {decode_reduce_per_s:,.0f} events/s, {ingested.keys:,} keys; "
+            f"staged in {ingested.stage_s:.2f}s")
+
+        say("end to end: kyc-sync run --until-caught-up")
+        e2e_db = work / "e2e.duckdb"
+        shutil.copyfile(seeded, e2e_db)
+        run_e2e, flushes = e2e(bootstrap, topic, e2e_db, spec, work / "e2e.log", timeout)
+        if run_e2e.returncode != 0:
+            raise RuntimeError(f"kyc-sync exited {run_e2e.returncode}:\n{run_e2e.log[-4000:]}")
+        e2e_bad = mismatches(e2e_db, expected)
+        e2e_per_s = spec.events / run_e2e.wall_s
+        say(f"  {e2e_per_s:,.0f} events/s in {run_e2e.wall_s:.1f}s, peak RSS "
+            f"{run_e2e.peak_rss_bytes / 2**20:,.0f} MiB, {len(flushes)} flush(es), "
+            f"{e2e_bad} mismatching rows")
+
+        say("MERGE vs CTAS of the staged winners")
+        writes = merge_vs_ctas(seeded, work, ingested.staged)
+        say(f"  MERGE {writes.merge_s:.2f}s, UPDATE+INSERT {writes.upsert_s:.2f}s, "
+            f"CTAS {writes.ctas_s:.2f}s")
+
+        peer_run: Measured | None = None
+        peer_bad: int | None = None
+        if peer_kind == "quix":
+            say("peer: Quix Streams application")
+            peer_db = work / "peer.duckdb"
+            shutil.copyfile(seeded, peer_db)
+            peer_run = peer(peer_python, bootstrap, topic, peer_db, spec, work / "peer.log",
+                            timeout)
+            if peer_run.returncode != 0:
+                raise RuntimeError(f"peer exited {peer_run.returncode}:\n{peer_run.log[-4000:]}")
+            peer_bad = mismatches(peer_db, expected)
+            say(f"  {spec.events / peer_run.wall_s:,.0f} events/s in {peer_run.wall_s:.1f}s, "
+                f"peak RSS {peer_run.peak_rss_bytes / 2**20:,.0f} MiB, "
+                f"{peer_bad} mismatching rows")
+        loadavg_end = _loadavg()
+
+    peer_per_s = None if peer_run is None else spec.events / peer_run.wall_s
+    results: dict[str, Any] = {
+        "events": spec.events,
+        "profiles": spec.profiles,
+        "partitions": spec.partitions,
+        "quick": bool(args.quick),
+        "keys": ingested.keys,
+        "seeded_rows": seeded_rows,
+        "payload_avg_bytes": loaded.payload_bytes / loaded.events,
+        "load_s": loaded.seconds,
+        "load_per_s": loaded.per_s,
+        "load_workers": loaded.workers,
+        "b0_msgs_per_s": b0,
+        "b0_s": b0_s,
+        "decode_reduce_per_s": decode_reduce_per_s,
+        "decode_reduce_s": ingested.ingest_s,
+        "decode_only_per_s": ingested.decode_only_events / ingested.decode_only_s,
+        "stage_s": ingested.stage_s,
+        "e2e_per_s": e2e_per_s,
+        "e2e_wall_s": run_e2e.wall_s,
+        "e2e_flushes": len(flushes),
+        "e2e_ingest_s": sum(float(f.get("decode_s", 0)) for f in flushes),
+        "e2e_flush_s": sum(float(f.get("total_s", 0)) for f in flushes),
+        "e2e_write_s": sum(float(f.get("write_s", 0)) for f in flushes),
+        "e2e_mismatches": e2e_bad,
+        "e2e_correct": e2e_bad == 0,
+        "peak_rss_bytes": run_e2e.peak_rss_bytes,
+        "merge_s": writes.merge_s,
+        "upsert_s": writes.upsert_s,
+        "ctas_s": writes.ctas_s,
+        "peer": "quixstreams" if peer_kind == "quix" else "none",
+        "peer_e2e_per_s": peer_per_s,
+        "peer_wall_s": None if peer_run is None else peer_run.wall_s,
+        "peer_peak_rss_bytes": None if peer_run is None else peer_run.peak_rss_bytes,
+        "peer_mismatches": peer_bad,
+        "peer_correct": None if peer_bad is None else peer_bad == 0,
+        "e2e_vs_b0": ratio(e2e_per_s, b0),
+        "decode_reduce_vs_b0": ratio(decode_reduce_per_s, b0),
+        "peak_rss_gb": run_e2e.peak_rss_bytes / 1e9,
+        "merge_vs_ctas": ratio(writes.merge_s, writes.ctas_s),
+        "upsert_vs_ctas": ratio(writes.upsert_s, writes.ctas_s),
+        "e2e_vs_peer": ratio(e2e_per_s, peer_per_s),
+        "cpus": os.cpu_count(),
+        "pinned_cpu": args.pin_cpu,
+        "loadavg_start": loadavg_start,
+        "loadavg_end": loadavg_end,
+        "versions": versions(),
+        "topic": topic,
+        "work_dir": str(work),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    results["targets"] = targets(results)
+    return results
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke size: {QUICK[0]:,} events over {QUICK[1]:,} profiles")
+    parser.add_argument("--events", type=int, default=0, help=f"default {FULL[0]:,}")
+    parser.add_argument("--profiles", type=int, default=0, help=f"default {FULL[1]:,}")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--bootstrap", default="",
+                        help="use this broker (default: KAFKA_BOOTSTRAP_SERVERS, else a local one)")
+    parser.add_argument("--peer", choices=["auto", "quix", "none"], default="auto",
+                        help="auto: the Quix Streams peer when `make bench-peer-env` was run")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--load-workers", type=int, default=2)
+    parser.add_argument("--pin-cpu", type=int, default=None,
+                        help="pin the measured processes (not the broker) to this CPU")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="limit of each end-to-end process, seconds")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run(args)
+    results_path: Path = args.results
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+    print(f"\nresults: {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
