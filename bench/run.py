@@ -398,7 +398,7 @@ def render(results: dict[str, Any]) -> str:
          ""),
         ("writer's UPDATE + INSERT, same rows (file)", f"{r['upsert_s']:.2f} s", ""),
         ("CTAS of the same Arrow table (file)", f"{r['ctas_s']:.2f} s", ""),
-        ("e2e flush: write (classify+MERGE+ledger)", f"{r['e2e_write_s']:.2f} s", ""),
+        ("e2e flush: write (classify+upsert+ledger)", f"{r['e2e_write_s']:.2f} s", ""),
         ("e2e flush: total (stage+write+commit)", f"{r['e2e_flush_s']:.2f} s", ""),
         ("load (produce the topic)", fmt_rate(r["load_per_s"]), ""),
     ]
