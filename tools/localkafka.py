@@ -551,26 +551,48 @@ def start_testcontainers_kafka() -> Iterator[str]:
 # --------------------------------------------------------------------------- CLI
 
 
-def _read_state(state_dir: Path) -> dict[str, object] | None:
+def read_state(path: Path) -> dict[str, object] | None:
+    """The state file a detached service's ``start`` wrote, or None."""
     try:
-        state: dict[str, object] = json.loads((state_dir / STATE_FILE).read_text())
+        state: dict[str, object] = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return state
 
 
-def _state_running(state: Mapping[str, object] | None) -> bool:
+def state_running(state: Mapping[str, object] | None, is_ours: Callable[[int], bool]) -> bool:
+    """The service of ``state`` is up: its pid is ours and its port accepts connections."""
     if state is None:
         return False
     pid, port = state.get("pid"), state.get("port")
-    return (
-        isinstance(pid, int) and isinstance(port, int) and is_kafka_process(pid) and port_open(port)
-    )
+    return isinstance(pid, int) and isinstance(port, int) and is_ours(pid) and port_open(port)
+
+
+def cli_stop(path: Path, is_ours: Callable[[int], bool], what: str, timeout: float) -> int:
+    """``stop``: terminate the process named in the state file, if it is still ours."""
+    state = read_state(path)
+    pid = state.get("pid") if state else None
+    if isinstance(pid, int) and is_ours(pid):
+        terminate_group(pid, timeout)
+        print(f"stopped {what} pid {pid}")
+    else:
+        print(f"{what} not running")
+    return 0
+
+
+def cli_status(path: Path, is_ours: Callable[[int], bool], address_key: str) -> int:
+    """``status``: exit 0 and the address when running, 1 when stopped."""
+    state = read_state(path)
+    if state is not None and state_running(state, is_ours):
+        print(f"running {state[address_key]} (pid {state['pid']})")
+        return 0
+    print("stopped")
+    return 1
 
 
 def _cli_start(state_dir: Path, timeout: float) -> int:
-    state = _read_state(state_dir)
-    if state is not None and _state_running(state):
+    state = read_state(state_dir / STATE_FILE)
+    if state is not None and state_running(state, is_kafka_process):
         print(state["bootstrap"])
         return 0
 
@@ -605,27 +627,6 @@ def _cli_start(state_dir: Path, timeout: float) -> int:
     return 0
 
 
-def _cli_stop(state_dir: Path, timeout: float) -> int:
-    state = _read_state(state_dir)
-    pid = state.get("pid") if state else None
-    if isinstance(pid, int) and is_kafka_process(pid):
-        terminate_group(pid, timeout)
-        print(f"stopped broker pid {pid}")
-    else:
-        print("broker not running")
-    return 0
-
-
-def _cli_status(state_dir: Path) -> int:
-    state = _read_state(state_dir)
-    if _state_running(state):
-        assert state is not None
-        print(f"running {state['bootstrap']} (pid {state['pid']})")
-        return 0
-    print("stopped")
-    return 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.localkafka", description=__doc__)
     parser.add_argument("command", choices=["start", "stop", "status"])
@@ -636,8 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "start":
         return _cli_start(state_dir, args.timeout)
     if args.command == "stop":
-        return _cli_stop(state_dir, min(args.timeout, 20.0))
-    return _cli_status(state_dir)
+        return cli_stop(state_dir / STATE_FILE, is_kafka_process, "broker", min(args.timeout, 20.0))
+    return cli_status(state_dir / STATE_FILE, is_kafka_process, "bootstrap")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from tools.localkafka import HOST, pid_alive, port_open, read_tail, terminate_group
+from tools.localkafka import (
+    HOST,
+    cli_status,
+    cli_stop,
+    pid_alive,
+    read_state,
+    read_tail,
+    state_running,
+    terminate_group,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_DIR = REPO_ROOT / "tools" / "registry"
@@ -385,27 +394,9 @@ class LocalRegistry:
 # --------------------------------------------------------------------------- CLI
 
 
-def _read_state(state_dir: Path) -> dict[str, object] | None:
-    try:
-        state: dict[str, object] = json.loads((state_dir / STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return state
-
-
-def _state_running(state: Mapping[str, object] | None) -> bool:
-    if state is None:
-        return False
-    pid, port = state.get("pid"), state.get("port")
-    return (
-        isinstance(pid, int) and isinstance(port, int)
-        and is_registry_process(pid) and port_open(port)
-    )
-
-
 def _cli_start(state_dir: Path, timeout: float) -> int:
-    state = _read_state(state_dir)
-    if state is not None and _state_running(state):
+    state = read_state(state_dir / STATE_FILE)
+    if state is not None and state_running(state, is_registry_process):
         print(state["ccompat_url"])
         return 0
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -430,27 +421,6 @@ def _cli_start(state_dir: Path, timeout: float) -> int:
     return 0
 
 
-def _cli_stop(state_dir: Path, timeout: float) -> int:
-    state = _read_state(state_dir)
-    pid = state.get("pid") if state else None
-    if isinstance(pid, int) and is_registry_process(pid):
-        terminate_group(pid, timeout)
-        print(f"stopped registry pid {pid}")
-    else:
-        print("registry not running")
-    return 0
-
-
-def _cli_status(state_dir: Path) -> int:
-    state = _read_state(state_dir)
-    if _state_running(state):
-        assert state is not None
-        print(f"running {state['ccompat_url']} (pid {state['pid']})")
-        return 0
-    print("stopped")
-    return 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.localregistry", description=__doc__)
     parser.add_argument("command", choices=["start", "stop", "status"])
@@ -461,8 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "start":
         return _cli_start(state_dir, args.timeout)
     if args.command == "stop":
-        return _cli_stop(state_dir, min(args.timeout, 60.0))
-    return _cli_status(state_dir)
+        return cli_stop(
+            state_dir / STATE_FILE, is_registry_process, "registry", min(args.timeout, 60.0)
+        )
+    return cli_status(state_dir / STATE_FILE, is_registry_process, "ccompat_url")
 
 
 if __name__ == "__main__":
