@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,8 @@ class RecordReader:
 
     schema: Any
     scales: tuple[tuple[str, int], ...]
+    plain: str
+    """The writer schema as JSON, logical types stripped (what ``schema`` was parsed from)."""
 
     def read(self, payload: bytes, start: int = 0) -> dict[str, Any]:
         buf = io.BytesIO(payload)
@@ -89,4 +92,4 @@ def reader_for(writer_schema: Mapping[str, Any]) -> RecordReader:
         parsed = fastavro.parse_schema(plain)
     except Exception as err:  # fastavro raises several types for bad schemas
         raise AvroSchemaError(f"invalid writer schema: {err}") from err
-    return RecordReader(parsed, tuple(scales))
+    return RecordReader(parsed, tuple(scales), json.dumps(plain))

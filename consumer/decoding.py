@@ -11,13 +11,16 @@ from __future__ import annotations
 import operator
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import polars as pl
+
 from batcher.events import OP_TYPES
 from consumer.avro import AvroSchemaError, RecordReader, reader_for
-from warehouse.tables import DATA_COLUMNS
+from consumer.columnar import BlockPlan, decode_block, plan_for
+from warehouse.tables import DATA_COLUMNS, KEY
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
 
@@ -57,9 +60,131 @@ class Decoded:
     row: tuple[Any, ...]
 
 
+INDEX = "_message"
+"""Column of ``DecodedBatch.rows``: the index of the row's message in the decoded batch."""
+
+ROW_SCHEMA = pl.Schema({
+    INDEX: pl.Int64,
+    **{c.name: (pl.String if c.type == "text" else pl.Int64) for c in DATA_COLUMNS},
+    "op_type": pl.String,
+    "op_time": pl.Int64,
+})
+"""Columns of ``DecodedBatch.rows``: timestamps are integers (microseconds, UTC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """A batch decoded in columns. Rows are valid events; the messages at ``singles`` must be
+    decoded one by one (``Decoder.decode``), which validates or rejects each with its reason.
+    Messages from ``stop`` on were not looked at: the registry was unavailable (``error``)."""
+
+    rows: pl.DataFrame
+    singles: tuple[int, ...]
+    stop: int
+    error: RegistryUnavailable | None = None
+
+
 class Decoder(Protocol):
     def decode(self, value: bytes | None, key: bytes | None) -> Decoded:
         """Decode and validate one message; raise ``InvalidEvent``."""
+
+    def decode_batch(
+        self, values: Sequence[bytes | None], keys: Sequence[bytes | None]
+    ) -> DecodedBatch:
+        """Decode the valid messages of a batch in columns; point at the others."""
+
+
+def empty_rows() -> pl.DataFrame:
+    return pl.DataFrame(schema=ROW_SCHEMA)
+
+
+def rows_of(decoded: Iterable[tuple[int, Decoded]]) -> pl.DataFrame:
+    """The rows of events decoded one by one, as ``(message index, event)`` pairs."""
+    pairs = list(decoded)
+    columns: list[list[Any]] = [[i for i, _ in pairs]]
+    columns += [list(c) for c in zip(*(e.row for _, e in pairs), strict=True)] if pairs else [
+        [] for _ in ROW_FIELDS
+    ]
+    columns += [[e.op_type for _, e in pairs], [e.op_time for _, e in pairs]]
+    return pl.DataFrame(columns, schema=ROW_SCHEMA, orient="col")
+
+
+SPLIT_BELOW = 8
+"""A failing block smaller than this is decoded one message at a time."""
+
+
+def _decode_group(
+    plan: BlockPlan | None,
+    bodies: Sequence[bytes | memoryview],
+    keys: Sequence[bytes | None],
+    indexes: Sequence[int],
+) -> tuple[list[pl.DataFrame], list[int]]:
+    """Rows of the valid events among ``bodies`` (one writer schema) and the indexes to decode
+    one by one. A block that fails is split in halves until the failing messages are isolated,
+    so a few bad events do not send a whole batch down the one-by-one path."""
+    if plan is None or not bodies:
+        return [], list(indexes)
+    frame = decode_block(plan, bodies)
+    if frame is not None and not _columns_fit(frame):
+        return [], list(indexes)  # the schema's types: the same for every half
+    if frame is None:
+        if len(bodies) < SPLIT_BELOW:
+            return [], list(indexes)
+        half = len(bodies) // 2
+        head, head_singles = _decode_group(plan, bodies[:half], keys[:half], indexes[:half])
+        tail, tail_singles = _decode_group(plan, bodies[half:], keys[half:], indexes[half:])
+        return head + tail, head_singles + tail_singles
+    key_text = pl.col(KEY).cast(pl.String).cast(pl.Binary)
+    checked = frame.with_columns(
+        pl.Series(INDEX, indexes, dtype=pl.Int64),
+        pl.Series("_key", keys, dtype=pl.Binary),
+        pl.col("op_type").cast(pl.String),
+    ).with_columns(
+        _valid=(
+            pl.col(KEY).is_not_null()
+            & pl.col("op_time").is_not_null()
+            & pl.col("op_type").is_in(sorted(OP_TYPES)).fill_null(False)
+            & (pl.col("_key").is_null() | (pl.col("_key") == key_text)).fill_null(False)
+        )
+    )
+    rejected = checked.filter(~pl.col("_valid")).get_column(INDEX).to_list()
+    valid = checked.filter(pl.col("_valid"))
+    rows = valid.select(
+        pl.col(name).cast(dtype) if name in valid.columns else pl.lit(None, dtype).alias(name)
+        for name, dtype in ROW_SCHEMA.items()
+    )
+    return [rows], rejected
+
+
+def _columns_fit(frame: pl.DataFrame) -> bool:
+    """Whether the decoded columns have the types the one-by-one path accepts; if not, that path
+    decides (and words) what happens to each event."""
+    schema = frame.schema
+    for name in (KEY, "op_time"):
+        if name not in schema or not schema[name].is_integer():
+            return False
+    if "op_type" not in schema or not isinstance(schema["op_type"], pl.String | pl.Categorical):
+        return False
+    for column in DATA_COLUMNS[1:]:
+        dtype = schema.get(column.name)
+        if dtype is None:
+            continue
+        if (column.type == "text") != (dtype == pl.String) or (
+            column.type != "text" and not dtype.is_integer()
+        ):
+            return False
+    return True
+
+
+def _batch(
+    frames: list[pl.DataFrame], singles: list[int], stop: int,
+    error: RegistryUnavailable | None = None,
+) -> DecodedBatch:
+    rows = pl.concat(frames, how="vertical") if frames else empty_rows()
+    if error is not None:
+        rows = rows.filter(pl.col(INDEX) < stop)
+        singles = [i for i in singles if i < stop]
+    return DecodedBatch(rows, tuple(sorted(singles)), stop, error)
 
 
 def validate(record: Mapping[str, Any], key: bytes | None) -> Decoded:
@@ -128,11 +253,21 @@ class PlainAvroDecoder:
 
     def __init__(self, writer_schema: Mapping[str, Any]) -> None:
         self.reader = reader_for(writer_schema)
+        self.plan = plan_for(self.reader)
 
     def decode(self, value: bytes | None, key: bytes | None) -> Decoded:
         if not value:
             raise InvalidEvent("decode", "empty message value")
         return _read(self.reader, value, 0, key)
+
+    def decode_batch(
+        self, values: Sequence[bytes | None], keys: Sequence[bytes | None]
+    ) -> DecodedBatch:
+        indexes = [i for i, value in enumerate(values) if value]
+        singles = [i for i, value in enumerate(values) if not value]
+        bodies = [values[i] or b"" for i in indexes]
+        rows, rejected = _decode_group(self.plan, bodies, [keys[i] for i in indexes], indexes)
+        return _batch(rows, singles + rejected, len(values))
 
 
 SchemaFetcher = Callable[[int], Mapping[str, Any]]
@@ -147,6 +282,7 @@ class ConfluentAvroDecoder:
     def __init__(self, fetch: SchemaFetcher) -> None:
         self.fetch = fetch
         self.cache: dict[int, RecordReader] = {}
+        self.plans: dict[int, BlockPlan | None] = {}
         self.rejected: dict[int, str] = {}
 
     def _reader(self, value: bytes) -> RecordReader:
@@ -174,3 +310,34 @@ class ConfluentAvroDecoder:
         if not value:
             raise InvalidEvent("decode", "empty message value")
         return _read(self._reader(value), value, WIRE_HEADER.size, key)
+
+    def decode_batch(
+        self, values: Sequence[bytes | None], keys: Sequence[bytes | None]
+    ) -> DecodedBatch:
+        groups: dict[bytes, list[int]] = {}
+        singles: list[int] = []
+        for i, value in enumerate(values):
+            if value is None or len(value) <= WIRE_HEADER.size or value[0] != 0:
+                singles.append(i)
+            else:
+                groups.setdefault(value[:WIRE_HEADER.size], []).append(i)
+        frames: list[pl.DataFrame] = []
+        for header, indexes in groups.items():
+            try:
+                reader = self._reader(header)
+            except InvalidEvent:
+                singles.extend(indexes)
+                continue
+            except RegistryUnavailable as err:
+                # The events are fine: stop at the first one, the caller re-reads from there.
+                return _batch(frames, singles, indexes[0], err)
+            schema_id = WIRE_HEADER.unpack_from(header)[1]
+            if schema_id not in self.plans:
+                self.plans[schema_id] = plan_for(reader)
+            bodies = [memoryview(values[i] or b"")[WIRE_HEADER.size:] for i in indexes]
+            rows, rejected = _decode_group(
+                self.plans[schema_id], bodies, [keys[i] for i in indexes], indexes
+            )
+            frames.extend(rows)
+            singles.extend(rejected)
+        return _batch(frames, singles, len(values))

@@ -21,22 +21,31 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, TypeVar
 
+import numpy as np
+import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from batcher.events import PartitionRange
-from batcher.reducer import Reduced, Reducer
+from batcher.frames import FrameReducer, ReducedFrame
 from batcher.window import Clock, FlushReason, Window, WindowPolicy
 from consumer.deadletter import DeadLetters
-from consumer.decoding import Decoder, InvalidEvent, RegistryUnavailable
+from consumer.decoding import (
+    INDEX,
+    Decoded,
+    Decoder,
+    InvalidEvent,
+    RegistryUnavailable,
+    rows_of,
+)
 from consumer.observer import Observer
 from consumer.retry import RetriesExhausted, retry_transient
 from warehouse.base import ApplyResult, Batch, Warehouse
-from warehouse.staging import Row, build_staged
+from warehouse.staging import stage_frame
 
 log = logging.getLogger("kyc_sync.loop")
 T = TypeVar("T")
@@ -96,7 +105,7 @@ class SyncLoop:
         self.warehouse = warehouse
         self.dead_letters = dead_letters
         self.window = Window(policy, clock)
-        self.reducer: Reducer[Row] = Reducer()
+        self.reducer = FrameReducer()
         self.on_flush = on_flush
         self.observer = observer or Observer()
         self.consumer: Consumer | None = None
@@ -182,49 +191,75 @@ class SyncLoop:
     # -- ingest ------------------------------------------------------------------------------
 
     def ingest(self, messages: list[Message]) -> None:
-        """Decode each message and offer it to the reducer, as it arrives."""
+        """Decode the batch in columns and offer its rows to the reducer, as it arrives."""
         started = time.perf_counter()
-        decode = self.decoder.decode
-        add = self.reducer.add
-        at_end = self.at_end
         self.window.note_event()
-        before = self.reducer.events - self.reducer.invalid
-        for index, msg in enumerate(messages):
+        kept: list[Message] = []
+        values: list[bytes | None] = []
+        keys: list[bytes | None] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        at_end = self.at_end
+        for msg in messages:
             error = msg.error()
             if error is not None:
-                self._on_message_error(msg, error)
+                self._on_message_error(msg, error)  # end of a partition: after its messages
                 continue
             partition: int = msg.partition()  # type: ignore[assignment]
-            offset: int = msg.offset()  # type: ignore[assignment]
-            value: bytes | None = msg.value()
-            size = len(value) if value else 0
             at_end.discard(partition)
-            try:
-                event = decode(value, msg.key())
-            except InvalidEvent as invalid:
-                self._invalid(msg, partition, offset, invalid, size)
-                continue
-            except RegistryUnavailable as err:
-                self._registry_down(err, messages[index:])
-                break
-            add(event.key, event.op_time, partition, offset, event.op_type, event.row, size)
-        else:
-            self.registry_failures = 0
+            kept.append(msg)
+            values.append(msg.value())
+            keys.append(msg.key())
+            partitions.append(partition)
+            offsets.append(msg.offset())  # type: ignore[arg-type]
+        before = self.reducer.events - self.reducer.invalid
+        if kept:
+            self._ingest_decoded(kept, values, keys, partitions, offsets)
         if self.reducer.events == 0:
             self.window.reset()
         self.decode_s += time.perf_counter() - started
         self.observer.consumed(messages, self.reducer.events - self.reducer.invalid - before)
-        self.observer.buffered(self.reducer.events, len(self.reducer))
+        self.observer.buffered(self.reducer.events, self.reducer.keys_at_most)
 
-    def _invalid(
-        self, msg: Message, partition: int, offset: int, invalid: InvalidEvent, size: int
+    def _ingest_decoded(
+        self, kept: list[Message], values: list[bytes | None], keys: list[bytes | None],
+        partitions: list[int], offsets: list[int],
     ) -> None:
+        decoded = self.decoder.decode_batch(values, keys)
+        stop = decoded.stop
+        singles: list[tuple[int, Decoded]] = []
+        for index in decoded.singles:
+            try:
+                singles.append((index, self.decoder.decode(values[index], keys[index])))
+            except InvalidEvent as invalid:
+                self._invalid(kept[index], partitions[index], offsets[index], invalid)
+            except RegistryUnavailable as err:  # pragma: no cover - the batch saw it first
+                stop = min(stop, index)
+                decoded = replace(decoded, error=err)
+                break
+        size = sum(len(v) for v in values[:stop] if v)
+        self.reducer.track(partitions[:stop], offsets[:stop], size)
+        rows = decoded.rows
+        if singles:
+            rows = pl.concat([rows, rows_of(s for s in singles if s[0] < stop)], how="vertical")
+        if rows.height:
+            where = rows.get_column(INDEX).to_numpy()
+            self.reducer.add(rows.drop(INDEX).with_columns(
+                pl.Series("src_partition", np.asarray(partitions)[where], dtype=pl.Int32),
+                pl.Series("src_offset", np.asarray(offsets)[where], dtype=pl.Int64),
+            ))
+        if decoded.error is not None and stop < len(kept):
+            self._registry_down(decoded.error, kept[stop:])
+        else:
+            self.registry_failures = 0
+
+    def _invalid(self, msg: Message, partition: int, offset: int, invalid: InvalidEvent) -> None:
         where = f"{msg.topic()}[{partition}]@{offset}"
         if self.options.on_invalid == "fail" or self.dead_letters is None:
             raise StopRun(f"invalid event at {where}: {invalid}")
         log.warning("invalid event at %s -> dead-letter topic: %s", where, invalid)
         self.dead_letters.send(msg, invalid.error_class, invalid.reason)
-        self.reducer.skip(partition, offset, size)
+        self.reducer.reject()
         self.observer.dead_lettered(invalid.error_class)
 
     def _registry_down(self, err: RegistryUnavailable, unprocessed: list[Message]) -> None:
@@ -278,8 +313,10 @@ class SyncLoop:
             if self.dead_letters is not None and reduced.invalid:
                 self.retry(self.dead_letters.flush, "dead-letter flush", budget)
             result = None
-            if reduced.winners:
-                batch = self.stage(batch_id, reduced, decode_s)
+            keys = 0 if reduced.rows is None else reduced.rows.height
+            if reduced.rows is not None:
+                batch = self.stage(batch_id, reduced.rows, reduced, decode_s)
+                reduced = replace(reduced, rows=None)  # the staged table is all the write needs
                 result = self.retry(lambda: self.warehouse.apply(batch), "warehouse apply", budget)
             committing = time.perf_counter()
             self.commit(reduced.ranges)
@@ -290,7 +327,7 @@ class SyncLoop:
         finally:
             self.in_flight = False
         report = FlushReport(
-            batch_id, reason, reduced.events, reduced.invalid, len(reduced.winners), result,
+            batch_id, reason, reduced.events, reduced.invalid, keys, result,
             reduced.ranges, decode_s, time.perf_counter() - started,
         )
         log_flush(report)
@@ -300,13 +337,15 @@ class SyncLoop:
             self.on_flush(report)
         return report
 
-    def stage(self, batch_id: str, reduced: Reduced[Row], decode_s: float) -> Batch:
+    def stage(
+        self, batch_id: str, rows: pl.DataFrame, reduced: ReducedFrame, decode_s: float
+    ) -> Batch:
         now = datetime.now(UTC).replace(tzinfo=None)
         return Batch(
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=build_staged(reduced.winners, batch_id, _utc_micros(now)),
+            rows=stage_frame(rows, batch_id, _utc_micros(now)),
             ranges=reduced.ranges,
             events_in=reduced.events,
             invalid_events=reduced.invalid,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -63,3 +64,26 @@ def assert_unique_keys(rows: pa.Table) -> None:
         raise ValueError(
             f"staged batch has {rows.num_rows} rows but {distinct} distinct keys"
         )
+
+
+def stage_frame(rows: pl.DataFrame, batch_id: str, synced_at_us: int) -> pa.Table:
+    """The staged table of a reduced frame: ``DATA_COLUMNS`` with integer timestamps, then
+    op_type, op_time, src_partition, src_offset (any extra column is ignored)."""
+    timestamp = pl.Datetime("us")
+    staged = rows.select(
+        *(
+            pl.col(c.name).cast(timestamp) if c.type == "timestamp" else pl.col(c.name)
+            for c in DATA_COLUMNS
+        ),
+        pl.col("op_type").cast(pl.String),
+        pl.col("op_time").cast(timestamp),
+        pl.col("src_partition").cast(pl.Int32),
+        pl.col("src_offset").cast(pl.Int64),
+        (pl.col("op_type").cast(pl.String) == "DELETE").alias("is_deleted"),
+        pl.lit(batch_id, pl.String).alias("batch_id"),
+        pl.lit(synced_at_us, pl.Int64).cast(timestamp).alias("synced_at"),
+    ).to_arrow(compat_level=pl.CompatLevel.oldest())
+    columns = [
+        column.cast(field.type) for column, field in zip(staged.columns, STAGED_SCHEMA, strict=True)
+    ]
+    return pa.Table.from_arrays(columns, schema=STAGED_SCHEMA)

@@ -1,0 +1,149 @@
+"""Latest-per-key reduction of columnar batches: the reducer the run loop uses.
+
+Same rule as ``reducer.Reducer`` (its reference): the latest event of a key is the one with the
+greatest (op_time, partition, offset). Batches of events arrive as polars frames; they are kept as
+they are until they hold as many rows as the reduced state, then state and batches are compacted
+in one sort: memory follows the number of distinct keys (at most twice it between compactions),
+and each event is sorted a bounded number of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from batcher.events import PartitionRange
+
+KEY = "kyc_profile_id"
+VERSION: tuple[str, str, str] = ("op_time", "src_partition", "src_offset")
+"""The columns that order the events of one key, most significant first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReducedFrame:
+    """What a window reduces to: one row per key (its latest event) and the offsets covered."""
+
+    rows: pl.DataFrame | None
+    """None when no event of the window yielded a row (all were dead-lettered)."""
+    ranges: tuple[PartitionRange, ...]
+    events: int
+    invalid: int
+    payload_bytes: int
+
+    @property
+    def next_offsets(self) -> dict[int, int]:
+        return {r.partition: r.next_offset for r in self.ranges}
+
+
+def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per key: the row with the greatest version (a full duplicate keeps either)."""
+    ordered = frame.sort([KEY, *VERSION])
+    return ordered.filter(pl.col(KEY).is_last_distinct())
+
+
+class FrameReducer:
+    """Not thread-safe; one per consumer. Every added frame must have the same schema."""
+
+    def __init__(self, compact_min_rows: int = 200_000) -> None:
+        if compact_min_rows <= 0:
+            raise ValueError("compact_min_rows must be > 0")
+        self.compact_min_rows = compact_min_rows
+        self._state: pl.DataFrame | None = None
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._first: dict[int, int] = {}
+        self._next: dict[int, int] = {}
+        self._events = 0
+        self._invalid = 0
+        self._bytes = 0
+
+    @property
+    def events(self) -> int:
+        """Events seen since the last drain (valid and invalid)."""
+        return self._events
+
+    @property
+    def invalid(self) -> int:
+        """Events since the last drain that yielded no row (dead-lettered)."""
+        return self._invalid
+
+    @property
+    def payload_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def keys_at_most(self) -> int:
+        """Distinct keys buffered, counted exactly at the last compaction plus rows added since."""
+        return (0 if self._state is None else self._state.height) + self._pending_rows
+
+    def track(self, partitions: Sequence[int], offsets: Sequence[int], size: int = 0) -> None:
+        """Account for events seen (whether they yield a row or not): count and offset ranges."""
+        count = len(offsets)
+        if count == 0:
+            return
+        self._events += count
+        self._bytes += size
+        parts = np.asarray(partitions, dtype=np.int64)
+        offs = np.asarray(offsets, dtype=np.int64)
+        distinct = np.unique(parts).tolist()
+        for partition in distinct:
+            mine = offs[parts == partition] if len(distinct) > 1 else offs
+            low, high = int(mine.min()), int(mine.max())
+            if partition in self._next:
+                self._first[partition] = min(self._first[partition], low)
+                self._next[partition] = max(self._next[partition], high + 1)
+            else:
+                self._first[partition] = low
+                self._next[partition] = high + 1
+
+    def reject(self, count: int = 1) -> None:
+        """Count tracked events that yield no row (sent to the dead-letter topic)."""
+        self._invalid += count
+
+    def add(self, rows: pl.DataFrame) -> None:
+        """Offer rows of tracked events (key, version columns and payload columns)."""
+        if rows.height == 0:
+            return
+        self._pending.append(rows)
+        self._pending_rows += rows.height
+        state_rows = 0 if self._state is None else self._state.height
+        if self._pending_rows >= max(self.compact_min_rows, state_rows):
+            self._compact()
+
+    def _compact(self) -> None:
+        frames = ([] if self._state is None else [self._state]) + self._pending
+        if not frames:
+            return
+        self._state = latest_per_key(pl.concat(frames, how="vertical", rechunk=False))
+        self._pending = []
+        self._pending_rows = 0
+
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._next)
+
+    def ranges(self) -> tuple[PartitionRange, ...]:
+        """The offsets seen so far, per partition (a snapshot; nothing is drained)."""
+        return tuple(PartitionRange(p, self._first[p], self._next[p]) for p in sorted(self._next))
+
+    def drain(self) -> ReducedFrame:
+        """Hand over the window's content and start empty."""
+        self._compact()
+        reduced = ReducedFrame(
+            rows=self._state, ranges=self.ranges(), events=self._events, invalid=self._invalid,
+            payload_bytes=self._bytes,
+        )
+        self.clear()
+        return reduced
+
+    def clear(self) -> None:
+        self._state = None
+        self._pending = []
+        self._pending_rows = 0
+        self._first = {}
+        self._next = {}
+        self._events = 0
+        self._invalid = 0
+        self._bytes = 0
