@@ -39,9 +39,18 @@ class ReducedFrame:
 
 
 def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per key: the row with the greatest version (a full duplicate keeps either)."""
-    ordered = frame.sort([KEY, *VERSION])
-    return ordered.filter(pl.col(KEY).is_last_distinct())
+    """One row per key: the row with the greatest version (a full duplicate keeps either).
+
+    Only the key and version columns are sorted; the other columns are gathered once, for the
+    winners: the peak is the winners' copy, not a sorted copy of every row."""
+    winners = (
+        frame.select(KEY, *VERSION)
+        .with_row_index("_row")
+        .sort([KEY, *VERSION])
+        .filter(pl.col(KEY).is_last_distinct())
+        .get_column("_row")
+    )
+    return frame[winners]
 
 
 class FrameReducer:

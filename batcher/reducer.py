@@ -1,9 +1,9 @@
-"""Keep, as events arrive, only the latest event per ``kyc_profile_id``.
+"""Keep, as events arrive, only the latest event per ``kyc_profile_id`` — one event at a time.
 
-The reducer holds one entry per distinct key (not per event) plus the offset range seen per
-partition. "Latest" is the greatest (op_time, partition, offset): see ``events.Version``.
-Entries are plain tuples for speed; ``payload`` is opaque to the reducer (the consumer stores the
-raw Avro value and decodes it fully only for the winners at flush time).
+The reference form of the reduction: one entry per distinct key (not per event) plus the offset
+range seen per partition. "Latest" is the greatest (op_time, partition, offset): see
+``events.Version``; ``payload`` is opaque to the reducer. The run loop uses the columnar
+``frames.FrameReducer``, which is tested against this one.
 """
 
 from __future__ import annotations

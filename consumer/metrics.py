@@ -88,7 +88,9 @@ class PrometheusObserver(Observer):
         self.buffered_events = Gauge(
             PREFIX + "buffered_events", "Events in the open window.", registry=r)
         self.buffered_keys = Gauge(
-            PREFIX + "buffered_keys", "Distinct keys in the open window.", registry=r)
+            PREFIX + "buffered_keys",
+            "Distinct keys in the open window (at most: exact after each compaction).",
+            registry=r)
         self.assigned_partitions = Gauge(
             PREFIX + "assigned_partitions", "Partitions this instance owns.", registry=r)
         self.last_success = Gauge(

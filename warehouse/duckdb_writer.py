@@ -18,12 +18,20 @@ from warehouse.base import ApplyResult, Batch
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident
-from warehouse.sql import classify_sql, insert_new_sql, ledger_insert_sql, update_sql
+from warehouse.sql import (
+    CLASSIFY_FIELDS,
+    classify_sql,
+    delete_superseded_sql,
+    insert_new_sql,
+    ledger_insert_sql,
+)
 from warehouse.staging import assert_unique_keys
 from warehouse.swap import discard_statements, swap_statements
 from warehouse.tables import TableNames, ddl
 
 STAGED = "kyc_sync_staged"
+APPLY_SLICE_ROWS = 250_000
+"""Staged rows written per statement group; bounds the memory of the hash joins of a flush."""
 
 
 def translate(err: duckdb.Error) -> WarehouseError:
@@ -38,6 +46,17 @@ def translate(err: duckdb.Error) -> WarehouseError:
     if isinstance(err, duckdb.TransactionException):
         return TransientWarehouseError(f"transaction conflict: {text}")
     return TerminalWarehouseError(f"{type(err).__name__}: {text}")
+
+
+def add_classified(total: tuple[Any, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Two ``classify_sql`` rows (of disjoint key sets) as one: counts add up, bounds widen."""
+    low = [t for t in (total[4], row[4]) if t is not None]
+    high = [t for t in (total[5], row[5]) if t is not None]
+    return (
+        *(int(a) + int(b) for a, b in zip(total[:4], row[:4], strict=True)),
+        min(low, default=None),
+        max(high, default=None),
+    )
 
 
 def utcnow() -> datetime:
@@ -92,16 +111,23 @@ class DuckDBWarehouse:
         try:
             con.begin()
             try:
-                con.register(STAGED, batch.rows)
-                row = con.execute(classify_sql(self.names.state, STAGED, "duckdb")).fetchone()
-                assert row is not None
-                inserted, updated, deleted, stale, min_t, max_t = row
-                # The guarded upsert as UPDATE + INSERT rather than one MERGE: DuckDB 2.0's
-                # MERGE has a slow path (seconds per 100k rows) when it updates rows inserted
-                # after an earlier update; the two statements are equivalent here because the
-                # staged rows hold one row per key, and they stay fast.
-                con.execute(update_sql(self.names.state, STAGED, "duckdb"))
-                con.execute(insert_new_sql(self.names.state, STAGED, "duckdb"))
+                # The guarded upsert as DELETE of the superseded rows + INSERT of the staged
+                # rows whose key is then absent, rather than MERGE or UPDATE: DuckDB 2.0's MERGE
+                # has a slow path (seconds per 100k rows) when it updates rows inserted after an
+                # earlier update, and an UPDATE keeps every updated column's old and new values
+                # in memory until the commit (about 500 MiB for 1M rows). The staged rows hold
+                # one row per key, so slices are independent; each is classified, then written.
+                classified: tuple[Any, ...] = (0, 0, 0, 0, None, None)
+                for start in range(0, max(batch.rows.num_rows, 1), APPLY_SLICE_ROWS):
+                    con.register(STAGED, batch.rows.slice(start, APPLY_SLICE_ROWS))
+                    row = con.execute(classify_sql(self.names.state, STAGED, "duckdb")).fetchone()
+                    assert row is not None
+                    assert len(row) == len(CLASSIFY_FIELDS)
+                    classified = add_classified(classified, row)
+                    con.execute(delete_superseded_sql(self.names.state, STAGED, "duckdb"))
+                    con.execute(insert_new_sql(self.names.state, STAGED, "duckdb"))
+                    con.unregister(STAGED)
+                inserted, updated, deleted, stale, min_t, max_t = classified
                 self.faults("after_merge")
                 write_ms = int((time.perf_counter() - started) * 1000)
                 con.execute(
@@ -113,7 +139,6 @@ class DuckDBWarehouse:
                         batch.decode_ms, write_ms,
                     ],
                 )
-                con.unregister(STAGED)
                 con.commit()
             except BaseException:
                 con.rollback()

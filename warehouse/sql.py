@@ -51,6 +51,18 @@ def update_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
     )
 
 
+def delete_superseded_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
+    """Delete the state rows a staged row supersedes (same key, older version). Followed by
+    ``insert_new_sql`` in the same transaction, this is the guarded upsert of ``merge_sql``: the
+    superseded keys are gone and get the staged row, stale ones keep theirs, new ones are added."""
+    key = col(KEY, dialect)
+    return (
+        f"DELETE FROM {state.sql()} AS t\n"
+        f"USING {staged} AS s\n"
+        f"WHERE t.{key} = s.{key} AND {newer_sql('s', 't', dialect)}"
+    )
+
+
 def insert_new_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
     """The NOT MATCHED half of ``merge_sql``: staged rows whose key the state table lacks."""
     key = col(KEY, dialect)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
 from batcher.events import Version
 from batcher.reducer import Winner
-from warehouse.staging import STAGED_SCHEMA, Row, assert_unique_keys, build_staged
-from warehouse.tables import STATE_COLUMNS
+from warehouse.staging import STAGED_SCHEMA, Row, assert_unique_keys, build_staged, stage_frame
+from warehouse.tables import DATA_COLUMNS, STATE_COLUMNS
 
 T0 = 1_700_000_000_123_456  # 2023-11-14 22:13:20.123456 UTC, in microseconds
 SYNCED = 1_700_000_600_000_001
@@ -143,3 +144,28 @@ def test_rows_of_mixed_arity_rejected() -> None:
     short = winner(2, row=(2, "g", "c", "p", T0))
     with pytest.raises(ValueError):
         build_staged([winner(1), short], "b", SYNCED)
+
+
+def as_frame(winners: list[Winner[Row]]) -> pl.DataFrame:
+    """The reduced frame the run loop holds for these winners (``decoding.ROW_SCHEMA`` order)."""
+    columns = [list(c) for c in zip(*(w.payload for w in winners), strict=True)]
+    return pl.DataFrame({
+        **{c.name: pl.Series(c.name, values, dtype=pl.String if c.type == "text" else pl.Int64)
+           for c, values in zip(DATA_COLUMNS, columns, strict=True)},
+        "op_type": [w.op_type for w in winners],
+        "op_time": [w.version.op_time for w in winners],
+        "src_partition": pl.Series([w.version.partition for w in winners], dtype=pl.Int32),
+        "src_offset": [w.version.offset for w in winners],
+    })
+
+
+def test_frame_staging_equals_winner_staging() -> None:
+    winners = [
+        winner(10, "INSERT", op_time=T0, partition=2, offset=7),
+        winner(11, "UPDATE", op_time=T0 + 5, partition=0, offset=99,
+               row=(11, None, None, None, None, None)),
+        winner(12, "DELETE", op_time=T0 + 9, partition=1, offset=2**40),
+    ]
+    staged = stage_frame(as_frame(winners), "batch-xyz", SYNCED)
+    assert staged.schema == STAGED_SCHEMA
+    assert staged.equals(build_staged(winners, "batch-xyz", SYNCED))

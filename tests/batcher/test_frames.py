@@ -1,0 +1,151 @@
+"""The columnar reducer the run loop uses, against the reference ``Reducer`` as its oracle:
+any events, in any order, split into any batches, compacted at any size, reduce to the same
+latest row per key, the same offset ranges and the same counts."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batcher.events import PartitionRange, Version
+from batcher.frames import KEY, FrameReducer, latest_per_key
+from batcher.reducer import Reducer
+
+Event = tuple[int, int, int, int, str]  # key, op_time, partition, offset, label
+
+SCHEMA = pl.Schema({
+    KEY: pl.Int64, "label": pl.String, "op_time": pl.Int64,
+    "src_partition": pl.Int32, "src_offset": pl.Int64,
+})
+
+
+def frame(events: Sequence[Event]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [[e[0] for e in events], [e[4] for e in events], [e[1] for e in events],
+         [e[2] for e in events], [e[3] for e in events]],
+        schema=SCHEMA, orient="col",
+    )
+
+
+def oracle(events: Sequence[Event]) -> dict[int, tuple[Version, str]]:
+    reducer: Reducer[str] = Reducer()
+    for key, op_time, partition, offset, label in events:
+        reducer.add(key, op_time, partition, offset, "UPDATE", label)
+    return {w.key: (w.version, w.payload) for w in reducer.drain().winners}
+
+
+def reduced(rows: pl.DataFrame | None) -> dict[int, tuple[Version, str]]:
+    assert rows is not None
+    out = {
+        r[KEY]: (Version(r["op_time"], r["src_partition"], r["src_offset"]), r["label"])
+        for r in rows.iter_rows(named=True)
+    }
+    assert len(out) == rows.height, "more than one row for a key"
+    return out
+
+
+def test_latest_wins_and_ties_go_to_the_later_position() -> None:
+    events: list[Event] = [
+        (1, 200, 0, 1, "newer"), (1, 100, 0, 2, "older-arrives-last"),
+        (2, 100, 0, 3, "tie-earlier"), (2, 100, 1, 0, "tie-later-partition"),
+        (3, 100, 0, 4, "tie-a"), (3, 100, 0, 5, "tie-b-later-offset"),
+    ]
+    reducer = FrameReducer(compact_min_rows=2)
+    for e in events:
+        reducer.track([e[2]], [e[3]])
+        reducer.add(frame([e]))
+    out = reducer.drain()
+    assert {k: v[1] for k, v in reduced(out.rows).items()} == {
+        1: "newer", 2: "tie-later-partition", 3: "tie-b-later-offset"
+    }
+    assert out.ranges == (PartitionRange(0, 1, 6), PartitionRange(1, 0, 1))
+    assert out.events == 6
+
+
+def test_rejected_events_count_and_still_cover_their_offsets() -> None:
+    reducer = FrameReducer()
+    reducer.track([0, 0, 0], [10, 11, 12], size=30)
+    reducer.reject(2)
+    reducer.add(frame([(1, 5, 0, 10, "only")]))
+    out = reducer.drain()
+    assert (out.events, out.invalid, out.payload_bytes) == (3, 2, 30)
+    assert out.ranges == (PartitionRange(0, 10, 13),)
+    assert reducer.events == 0
+    assert reducer.drain().rows is None
+
+
+def test_a_window_of_only_rejected_events_has_no_rows() -> None:
+    reducer = FrameReducer()
+    reducer.track([3], [7])
+    reducer.reject()
+    out = reducer.drain()
+    assert out.rows is None
+    assert out.next_offsets == {3: 8}
+
+
+def test_compaction_keeps_memory_to_the_distinct_keys() -> None:
+    reducer = FrameReducer(compact_min_rows=100)
+    for start in range(0, 10_000, 500):
+        batch = [(i % 50, start + i, 0, start + i, "x") for i in range(500)]
+        reducer.add(frame(batch))
+        assert reducer.keys_at_most <= 50 + 500 + 100
+    assert reducer.drain().rows is not None
+
+
+def test_compact_min_rows_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="compact_min_rows"):
+        FrameReducer(compact_min_rows=0)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Event], list[int], int]:
+    """Events with few keys and op_times (ties), unique positions, in any order; batch cuts."""
+    count = draw(st.integers(0, 120))
+    positions = draw(st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 10_000)),
+        min_size=count, max_size=count, unique=True,
+    ))
+    events = [
+        (draw(st.integers(0, 15)), draw(st.integers(0, 6)), p, o, f"e{n}")
+        for n, (p, o) in enumerate(positions)
+    ]
+    cuts = sorted(draw(st.lists(st.integers(0, count), max_size=8)))
+    return events, cuts, draw(st.integers(1, 40))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_matches_the_reference_reducer(history: tuple[list[Event], list[int], int]) -> None:
+    events, cuts, compact_min_rows = history
+    reducer = FrameReducer(compact_min_rows=compact_min_rows)
+    bounds = [0, *cuts, len(events)]
+    for start, end in itertools.pairwise(bounds):
+        batch = events[start:end]
+        reducer.track([e[2] for e in batch], [e[3] for e in batch], size=len(batch))
+        reducer.add(frame(batch))
+    out = reducer.drain()
+    if not events:
+        assert out.rows is None
+        assert out.ranges == ()
+        return
+    assert reduced(out.rows) == oracle(events)
+    parts = {e[2] for e in events}
+    assert out.ranges == tuple(
+        PartitionRange(p, min(e[3] for e in events if e[2] == p),
+                       max(e[3] for e in events if e[2] == p) + 1)
+        for p in sorted(parts)
+    )
+    assert (out.events, out.payload_bytes) == (len(events), len(events))
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories())
+def test_reducing_twice_changes_nothing(history: tuple[list[Event], list[int], int]) -> None:
+    events = history[0]
+    once = latest_per_key(frame(events))
+    assert latest_per_key(pl.concat([once, frame(events)])).sort(KEY).equals(once.sort(KEY))
