@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -97,24 +98,27 @@ class Measured:
 def run_measured(
     command: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float
 ) -> Measured:
-    """Run ``command`` to its end; wall time and the exact peak RSS (``wait4``'s ru_maxrss)."""
+    """Run ``command`` to its end; wall time and its exact peak RSS (``wait4``'s ru_maxrss, taken
+    by ``bench.peak_rss`` so that the benchmark's own peak does not leak into the figure)."""
+    rss_file = log_path.with_suffix(".rss")
+    rss_file.unlink(missing_ok=True)
     with log_path.open("wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            list(command), env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
+            [sys.executable, "-m", "bench.peak_rss", str(rss_file), "--", *command],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
+            start_new_session=True,
         )
-        killer = threading.Timer(timeout_s, proc.kill)
+        killer = threading.Timer(timeout_s, os.killpg, (proc.pid, signal.SIGKILL))
         killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _usage = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(
-        proc.returncode, wall, usage.ru_maxrss * 1024, log_path.read_text(errors="replace")
-    )
+    peak = int(rss_file.read_text()) if rss_file.exists() else 0
+    return Measured(proc.returncode, wall, peak, log_path.read_text(errors="replace"))
 
 
 # --------------------------------------------------------------------------- B0
