@@ -2,7 +2,8 @@
 
 Per flush a writer runs, in one transaction:
 1. ``classify_sql``: counts what the MERGE is about to do (for the ledger and metrics);
-2. ``merge_sql``: the guarded MERGE of the staged winners into the state table;
+2. ``merge_sql``: the guarded MERGE of the staged winners into the state table (Snowflake), or
+   its equivalent ``delete_superseded_sql`` + ``insert_new_sql`` (DuckDB);
 3. ``ledger_insert_sql``: the batch's ledger row, with bound parameters.
 
 The guard: a staged row is applied only if its version (op_time, src_partition, src_offset) is
@@ -36,18 +37,6 @@ def merge_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
         f"WHEN MATCHED AND {newer_sql('s', 't', dialect)} THEN UPDATE SET {updates}\n"
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) "
         f"VALUES ({', '.join('s.' + c for c in cols)})"
-    )
-
-
-def update_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
-    """The MATCHED half of ``merge_sql`` as a guarded ``UPDATE ... FROM``."""
-    key = col(KEY, dialect)
-    cols = [col(c.name, dialect) for c in STATE_COLUMNS]
-    updates = ", ".join(f"{c} = s.{c}" for c in cols if c != key)
-    return (
-        f"UPDATE {state.sql()} AS t SET {updates}\n"
-        f"FROM {staged} AS s\n"
-        f"WHERE t.{key} = s.{key} AND {newer_sql('s', 't', dialect)}"
     )
 
 

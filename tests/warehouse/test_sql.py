@@ -21,12 +21,12 @@ from warehouse.identifiers import (
 from warehouse.sql import (
     CLASSIFY_FIELDS,
     classify_sql,
+    delete_superseded_sql,
     duplicate_keys_sql,
     insert_new_sql,
     ledger_insert_sql,
     merge_sql,
     newer_sql,
-    update_sql,
 )
 from warehouse.tables import (
     KEY,
@@ -59,7 +59,7 @@ def in_case(name: str, dialect: Dialect) -> str:
 
 BUILDERS: dict[str, Callable[[Dialect], str]] = {
     "merge": lambda d: merge_sql(table_names(d).state, STAGED, d),
-    "update": lambda d: update_sql(table_names(d).state, STAGED, d),
+    "delete_superseded": lambda d: delete_superseded_sql(table_names(d).state, STAGED, d),
     "insert_new": lambda d: insert_new_sql(table_names(d).state, STAGED, d),
     "classify": lambda d: classify_sql(table_names(d).state, STAGED, d),
     "ledger_insert": lambda d: ledger_insert_sql(table_names(d).ledger, d),
@@ -70,7 +70,7 @@ BUILDERS: dict[str, Callable[[Dialect], str]] = {
 }
 EXPECTED_KIND: dict[str, type[exp.Expression]] = {
     "merge": exp.Merge,
-    "update": exp.Update,
+    "delete_superseded": exp.Delete,
     "insert_new": exp.Insert,
     "classify": exp.Select,
     "ledger_insert": exp.Insert,
