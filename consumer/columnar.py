@@ -8,8 +8,11 @@ Concatenated bodies carry no boundaries, so a body that is too short or too long
 later record. The decode is therefore accepted only if each record's canonical encoded length,
 computed from its decoded values, equals its message's length. A decoder never reads fewer bytes
 than the canonical length, so equal totals mean each record was read from exactly its own message
-bytes — the same result as decoding each message alone. Anything else (a decode error, a length
-mismatch, a schema this plan does not cover) returns None and the caller decodes one by one.
+bytes. Equal boundaries are not yet equal values: the native reader is more lenient than
+fastavro about a few bytes (a union branch index out of range, an enum index, a varint wider than
+64 bits), so those bytes are checked in place, and rows where they or the timestamp scaling are
+not exact are flagged (``EXACT``) for the caller to decode one by one, like a failed block. Any
+other failure (a decode error, a length mismatch, a schema this plan does not cover) returns None.
 """
 
 from __future__ import annotations
@@ -27,16 +30,19 @@ import polars as pl
 from consumer.avro import RecordReader
 
 MAGIC = b"Obj\x01"
+EXACT = "_exact"
+"""Column added by ``decode_block``: False where a row must be decoded one by one."""
 
 _PRIMITIVE_SIZES: dict[str, int | None] = {
-    # encoded size of a value; None: a zigzag varint
+    # encoded size of a value; None: a zigzag varint. Not here, so decoded one by one: "int"
+    # (the native reader wraps values beyond 32 bits) and "boolean" (it reads any non-zero byte
+    # as a value fastavro reads differently).
     "null": 0,
-    "boolean": 1,
-    "int": None,
     "long": None,
     "float": 4,
     "double": 8,
 }
+_INT64_MAX = 2**63 - 1
 _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 
 
@@ -72,40 +78,44 @@ class FieldSize:
     name: str
     kind: str  # "fixed", "varint", "string", "bytes", "enum"
     fixed: int = 0
-    nullable: bool = False  # a ["null", T] union: one byte of branch index first
+    nullable: bool = False  # a ["null", T] or [T, "null"] union: one byte of branch index first
+    null_first: bool = True  # the union's branch order
+    symbols: int = 0  # enum: number of symbols
 
 
-def _unwrap(field_type: Any) -> tuple[Any, bool] | None:
-    """The value type of a field and whether it is a ["null", T] union; None for other unions."""
+def _unwrap(field_type: Any) -> tuple[Any, bool, bool] | None:
+    """The value type of a field, whether it is a union with null and whether null is the first
+    branch; None for other unions."""
     if not isinstance(field_type, list):
-        return field_type, False
+        return field_type, False, True
     branches = [b for b in field_type if b != "null"]
-    if len(field_type) != 2 or len(branches) != 1:
+    if len(field_type) != 2 or len(branches) != 1:  # a union of two branches
         return None
-    return branches[0], True
+    return branches[0], True, field_type[0] == "null"
 
 
 def _field_size(name: str, field_type: Any) -> FieldSize | None:
     unwrapped = _unwrap(field_type)
     if unwrapped is None:
         return None
-    value_type, nullable = unwrapped
+    value_type, nullable, null_first = unwrapped
     if isinstance(value_type, dict):
         kind = value_type.get("type")
         if kind == "enum":
             # one-byte indexes only: the size of a symbol's index is then known
-            fits = len(value_type.get("symbols", [])) <= 64
-            return FieldSize(name, "enum", nullable=nullable) if fits else None
+            symbols = len(value_type.get("symbols", []))
+            fits = 0 < symbols <= 64  # zigzag indexes below 128: one byte
+            return FieldSize(name, "enum", 0, nullable, null_first, symbols) if fits else None
         if not isinstance(kind, str) or not set(value_type) <= {"type", "doc"}:
             return None
         value_type = kind
     if value_type in ("string", "bytes"):
-        return FieldSize(name, value_type, nullable=nullable)
+        return FieldSize(name, value_type, 0, nullable, null_first)
     if not isinstance(value_type, str) or value_type not in _PRIMITIVE_SIZES:
         return None
     size = _PRIMITIVE_SIZES[value_type]
     kind = "varint" if size is None else "fixed"
-    return FieldSize(name, kind, fixed=size or 0, nullable=nullable)
+    return FieldSize(name, kind, size or 0, nullable, null_first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,31 +159,64 @@ def _varint_sizes(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return sizes
 
 
-def _encoded_sizes(frame: pl.DataFrame, plan: BlockPlan) -> np.ndarray[Any, Any]:
+def _value_sizes(frame: pl.DataFrame, size: FieldSize) -> np.ndarray[Any, Any]:
+    """Encoded size of each row's value of one field, without a union's branch byte."""
+    column = frame.get_column(size.name)
+    if size.kind == "fixed":
+        return np.full(frame.height, size.fixed, dtype=np.int64)
+    if size.kind == "enum":
+        return np.ones(frame.height, dtype=np.int64)
+    if size.kind == "varint":
+        return _varint_sizes(column.fill_null(0).to_numpy())
+    lengths = (  # string or bytes: a length, then the bytes
+        column.str.len_bytes() if size.kind == "string" else column.bin.size()
+    ).fill_null(0).to_numpy().astype(np.int64)
+    sizes: np.ndarray[Any, Any] = _varint_sizes(lengths) + lengths
+    return sizes
+
+
+def _exact_rows(
+    frame: pl.DataFrame, plan: BlockPlan, payload: bytes, lengths: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any] | None:
+    """None if a record's canonical size differs from its message's; else, per row, whether the
+    bytes the native reader is lenient about hold what fastavro would accept and read the same."""
+    data = np.frombuffer(payload, dtype=np.uint8)
+    position = np.cumsum(lengths) - lengths  # where each record starts
     total = np.zeros(frame.height, dtype=np.int64)
+    exact = np.ones(frame.height, dtype=bool)
+    fields: list[tuple[FieldSize, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
     for size in plan.sizes:
-        column = frame.get_column(size.name)
-        present = column.is_not_null().to_numpy() if size.nullable else None
-        if size.kind == "fixed":
-            part = np.full(frame.height, size.fixed, dtype=np.int64)
-        elif size.kind == "enum":
-            part = np.ones(frame.height, dtype=np.int64)
+        present = (
+            frame.get_column(size.name).is_not_null().to_numpy() if size.nullable
+            else np.ones(frame.height, dtype=bool)
+        )
+        value = _value_sizes(frame, size)
+        fields.append((size, present, value))
+        total += np.where(present, value, 0) + (1 if size.nullable else 0)
+    if not np.array_equal(total, lengths):
+        return None
+    for size, present, value in fields:  # every record lies exactly in its message: read bytes
+        if size.nullable:
+            branch = data[position] if frame.height else np.zeros(0, dtype=np.uint8)
+            expected = np.where(present, 2, 0) if size.null_first else np.where(present, 0, 2)
+            exact &= branch == expected
+            position = position + 1
+        if size.kind == "enum":
+            index = data[np.where(present, position, 0)]
+            exact &= ~present | ((index % 2 == 0) & (index // 2 < size.symbols))
         elif size.kind == "varint":
-            part = _varint_sizes(column.fill_null(0).to_numpy())
-        else:  # string or bytes: a length, then the bytes
-            lengths = (
-                column.str.len_bytes() if size.kind == "string" else column.bin.size()
-            ).fill_null(0).to_numpy().astype(np.int64)
-            part = _varint_sizes(lengths) + lengths
-        if present is not None:
-            part = np.where(present, part + 1, 1)
-        total += part
-    return total
+            exact &= ~present | (value < 10)  # 10 bytes: beyond 62 bits, one by one
+        position = position + np.where(present, value, 0)
+    for name, factor in plan.scales:
+        values = frame.get_column(name).cast(pl.Int64).fill_null(0).to_numpy()
+        exact &= np.abs(values) <= _INT64_MAX // factor
+    return exact
 
 
 def decode_block(plan: BlockPlan, bodies: Sequence[bytes | memoryview]) -> pl.DataFrame | None:
     """Decode ``bodies`` (one schemaless Avro record each) into one frame, row i from body i,
-    timestamps scaled to microseconds; None when the batch must be decoded one by one."""
+    timestamps scaled to microseconds, plus the ``EXACT`` column; None when the batch must be
+    decoded one by one."""
     if not bodies:
         return None
     lengths = np.fromiter((len(b) for b in bodies), dtype=np.int64, count=len(bodies))
@@ -191,10 +234,17 @@ def decode_block(plan: BlockPlan, bodies: Sequence[bytes | memoryview]) -> pl.Da
         raise
     except BaseException:  # foreign bytes can make the reader panic (pyo3's
         return None  # PanicException is a BaseException); the caller decodes one by one
-    if frame.height != len(bodies) or not np.array_equal(_encoded_sizes(frame, plan), lengths):
+    if frame.height != len(bodies):
         return None
+    exact = _exact_rows(frame, plan, payload, lengths)
+    if exact is None:
+        return None
+    exact_column = pl.Series(EXACT, exact, dtype=pl.Boolean)
     if plan.scales:
-        frame = frame.with_columns(
-            pl.col(name).cast(pl.Int64) * factor for name, factor in plan.scales
-        )
-    return frame
+        scaled = [
+            (pl.when(exact_column).then(pl.col(name).cast(pl.Int64)).otherwise(0) * factor)
+            .alias(name)
+            for name, factor in plan.scales
+        ]
+        frame = frame.with_columns(scaled)
+    return frame.with_columns(exact_column)

@@ -19,10 +19,12 @@ import polars as pl
 
 from batcher.events import OP_TYPES
 from consumer.avro import AvroSchemaError, RecordReader, reader_for
-from consumer.columnar import BlockPlan, decode_block, plan_for
+from consumer.columnar import EXACT, BlockPlan, decode_block, plan_for
 from warehouse.tables import DATA_COLUMNS, KEY
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
+_INT64 = range(-(2**63), 2**63)
+_TEXT_FIELDS = frozenset(c.name for c in DATA_COLUMNS if c.type == "text")
 
 ROW_FIELDS: tuple[str, ...] = tuple(c.name for c in DATA_COLUMNS)
 """Order of the values in ``Decoded.row``: the business columns of the table."""
@@ -141,7 +143,8 @@ def _decode_group(
         pl.col("op_type").cast(pl.String),
     ).with_columns(
         _valid=(
-            pl.col(KEY).is_not_null()
+            pl.col(EXACT)
+            & pl.col(KEY).is_not_null()
             & pl.col("op_time").is_not_null()
             & pl.col("op_type").is_in(sorted(OP_TYPES)).fill_null(False)
             & (pl.col("_key").is_null() | (pl.col("_key") == key_text)).fill_null(False)
@@ -204,8 +207,22 @@ def validate(record: Mapping[str, Any], key: bytes | None) -> Decoded:
             row = _row(record)
         except KeyError:  # a writer schema without some business column: those are null
             row = tuple(record.get(f) for f in ROW_FIELDS)
-        return Decoded(profile_id, op_type, op_time, row)
+        if profile_id in _INT64 and op_time in _INT64 and _row_fits(row):
+            return Decoded(profile_id, op_type, op_time, row)
     return _validate(record, key)
+
+
+def _row_fits(row: tuple[Any, ...]) -> bool:
+    """Every value has its column's type: text or null, an int64 timestamp or null."""
+    for name, value in zip(ROW_FIELDS, row, strict=True):
+        if value is None:
+            continue
+        if name in _TEXT_FIELDS:
+            if type(value) is not str:
+                return False
+        elif type(value) is not int or value not in _INT64:
+            return False
+    return True
 
 
 def _validate(record: Mapping[str, Any], key: bytes | None) -> Decoded:
@@ -222,6 +239,12 @@ def _validate(record: Mapping[str, Any], key: bytes | None) -> Decoded:
     op_type = record.get("op_type")
     if op_type not in OP_TYPES:
         raise InvalidEvent("validation", f"op_type {op_type!r} is not INSERT, UPDATE or DELETE")
+    if profile_id not in _INT64 or op_time not in _INT64:
+        raise InvalidEvent("validation", "kyc_profile_id or op_time is outside 64-bit integers")
+    row = tuple(record.get(f) for f in ROW_FIELDS)
+    if not _row_fits(row):
+        kinds = {f: type(v).__name__ for f, v in zip(ROW_FIELDS, row, strict=True)}
+        raise InvalidEvent("validation", f"a column has a value of the wrong type: {kinds}")
     if key is not None:
         try:
             text = key.decode("ascii")
@@ -237,7 +260,7 @@ def _validate(record: Mapping[str, Any], key: bytes | None) -> Decoded:
                 "key_mismatch",
                 f"message key {key_id} disagrees with kyc_profile_id {profile_id}",
             )
-    return Decoded(profile_id, op_type, op_time, tuple(record.get(f) for f in ROW_FIELDS))
+    return Decoded(profile_id, op_type, op_time, row)
 
 
 def _read(reader: RecordReader, value: bytes, start: int, key: bytes | None) -> Decoded:

@@ -233,13 +233,17 @@ class SyncLoop:
                 singles.append((index, self.decoder.decode(values[index], keys[index])))
             except InvalidEvent as invalid:
                 self._invalid(kept[index], partitions[index], offsets[index], invalid)
-            except RegistryUnavailable as err:  # pragma: no cover - the batch saw it first
+            except RegistryUnavailable as err:  # a message the batch did not need a schema for
                 stop = min(stop, index)
                 decoded = replace(decoded, error=err)
                 break
         size = sum(len(v) for v in values[:stop] if v)
         self.reducer.track(partitions[:stop], offsets[:stop], size)
         rows = decoded.rows
+        if stop < len(kept):
+            rows = rows.filter(pl.col(INDEX) < stop)
+            # Not at the end any more: these partitions re-read from their first unprocessed one.
+            self.at_end.difference_update(partitions[stop:])
         if singles:
             rows = pl.concat([rows, rows_of(s for s in singles if s[0] < stop)], how="vertical")
         if rows.height:
@@ -395,6 +399,7 @@ class SyncLoop:
                 if delivered:
                     for partition, offset in _first_offsets(delivered).items():
                         seek_to.setdefault(partition, offset)
+                        self.at_end.discard(partition)
                     self._pause(consumer, consumer.assignment())
         finally:
             self._resume_and_seek(consumer, seek_to)

@@ -21,6 +21,7 @@ from consumer.decoding import (
     ConfluentAvroDecoder,
     InvalidEvent,
     PlainAvroDecoder,
+    RegistryUnavailable,
 )
 from tests.consumer.test_decoding import (
     AUDIT,
@@ -136,11 +137,13 @@ def test_non_canonical_varint_is_decoded_one_by_one() -> None:
 
 
 def test_other_timestamp_units_are_scaled_like_one_by_one() -> None:
-    for schema, rec in ((MILLIS, valid(5) | {"op_time": T0 // 1000}),
-                        (DATE, valid(6) | {"created_date": 19_000})):
+    for schema, rec, singles in (
+        (MILLIS, valid(5) | {"op_time": T0 // 1000}, ()),
+        (DATE, valid(6) | {"created_date": 19_000}, (0, 1, 2)),  # an int field: one by one
+    ):
         decoder = PlainAvroDecoder(schema)
         values: list[bytes | None] = [plain(rec, schema)] * 3
-        assert assert_same_as_one_by_one(decoder, values, [None] * 3) == ()
+        assert assert_same_as_one_by_one(decoder, values, [None] * 3) == singles
 
 
 def test_schema_the_plan_cannot_size_is_decoded_one_by_one() -> None:
@@ -156,11 +159,11 @@ def test_schema_the_plan_cannot_size_is_decoded_one_by_one() -> None:
 def test_extra_fields_of_fixed_size_types_are_sized() -> None:
     schema = variant({})
     schema["fields"] += [
-        {"name": "score", "type": "double"}, {"name": "flag", "type": ["null", "boolean"]},
+        {"name": "score", "type": "double"}, {"name": "flag", "type": ["null", "double"]},
         {"name": "blob", "type": "bytes"}, {"name": "ratio", "type": "float"},
     ]
     decoder = PlainAvroDecoder(schema)
-    extra = {"score": 1.5, "flag": True, "blob": b"\x00\x01", "ratio": 0.25}
+    extra = {"score": 1.5, "flag": None, "blob": b"\x00\x01", "ratio": 0.25}
     values: list[bytes | None] = [plain(valid(i) | extra, schema) for i in range(10)]
     assert assert_same_as_one_by_one(decoder, values, [None] * 10) == ()
 
@@ -233,3 +236,68 @@ def test_wire_batches_match_one_by_one(batch: Batch) -> None:
 
 def test_audit_id_is_the_default_wire_schema() -> None:
     assert WIRE_HEADER.unpack_from(wire(valid(1)))[1] == AUDIT_ID
+
+
+# --------------------------------------------------------------------------- lenient bytes
+
+
+def test_union_branch_index_out_of_range_goes_one_by_one() -> None:
+    """goldtier_id is ["null", "string"]: branch byte 4 (index 2) does not exist. The native
+    reader would take it as a string; fastavro rejects the event, and so must the batch."""
+    decoder = PlainAvroDecoder(AUDIT)
+    body = plain(valid(1))
+    assert body[1] == 2  # kyc_profile_id 1 is one byte, then goldtier_id's branch index 1
+    bad = body[:1] + b"\x04" + body[2:]
+    values: list[bytes | None] = [plain(valid(i)) for i in range(10)]
+    values.append(bad)
+    assert 10 in assert_same_as_one_by_one(decoder, values, [None] * len(values))
+    assert one_by_one(decoder, bad, None) == "decode"
+
+
+def test_null_last_unions_are_checked_too() -> None:
+    schema = variant({"goldtier_id": ["string", "null"], "cid": ["string", "null"]})
+    decoder = PlainAvroDecoder(schema)
+    values: list[bytes | None] = [plain(valid(i), schema) for i in range(12)]
+    assert assert_same_as_one_by_one(decoder, values, [None] * 12) == ()
+
+
+def test_int_and_boolean_fields_are_decoded_one_by_one() -> None:
+    for extra in ({"name": "n", "type": "int"}, {"name": "b", "type": "boolean"}):
+        schema = variant({})
+        schema["fields"].append(extra)
+        assert plan_for(PlainAvroDecoder(schema).reader) is None
+
+
+def test_scaled_timestamp_beyond_int64_is_a_validation_error() -> None:
+    decoder = PlainAvroDecoder(MILLIS)
+    huge = plain(valid(3) | {"op_time": 2**62}, MILLIS)
+    values: list[bytes | None] = [plain(valid(i) | {"op_time": T0 // 1000}, MILLIS)
+                                  for i in range(9)]
+    values.append(huge)
+    assert 9 in assert_same_as_one_by_one(decoder, values, [None] * len(values))
+    assert one_by_one(decoder, huge, None) == "validation"
+
+
+def test_values_of_the_wrong_type_are_a_validation_error() -> None:
+    schema = variant({"goldtier_id": ["null", "long"]})
+    decoder = PlainAvroDecoder(schema)
+    body = plain(valid(4) | {"goldtier_id": 7}, schema)
+    values: list[bytes | None] = [body]
+    assert assert_same_as_one_by_one(decoder, values, [None]) == (0,)
+    assert one_by_one(decoder, body, None) == "validation"
+
+
+def test_a_message_too_short_for_the_batch_can_still_meet_the_registry_down() -> None:
+    """A 5-byte message is left to the one-by-one path, which is the first to need its schema."""
+    fetcher = Fetcher(REGISTRY)
+    decoder = ConfluentAvroDecoder(fetcher)
+    decoder.decode(wire(valid(1)), None)
+    fetcher.down = True
+    result = decoder.decode_batch([wire(valid(1)), WIRE_HEADER.pack(0, MILLIS_ID)], [None, None])
+    assert (result.stop, result.singles) == (2, (1,))
+    try:
+        decoder.decode(WIRE_HEADER.pack(0, MILLIS_ID), None)
+    except RegistryUnavailable:
+        pass
+    else:
+        raise AssertionError("the one-by-one path must report the registry")
