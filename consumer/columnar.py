@@ -126,29 +126,23 @@ class BlockPlan:
     sync: bytes
     sizes: tuple[FieldSize, ...]
     scales: tuple[tuple[str, int], ...]
-    names: frozenset[str]
-    types: dict[str, str]
 
 
 def plan_for(reader: RecordReader) -> BlockPlan | None:
     """A block plan for the reader's schema, or None if it holds a type the plan cannot size."""
     schema = json.loads(reader.plain)
     sizes: list[FieldSize] = []
-    types: dict[str, str] = {}
     for field in schema.get("fields", []):
         size = _field_size(field["name"], field["type"])
         if size is None:
             return None
         sizes.append(size)
-        types[size.name] = size.kind
     sync = os.urandom(16)
     return BlockPlan(
         header=container_header(reader.plain, sync),
         sync=sync,
         sizes=tuple(sizes),
         scales=reader.scales,
-        names=frozenset(types),
-        types=types,
     )
 
 
