@@ -1,52 +1,30 @@
-"""Keep, as events arrive, only the latest event per ``kyc_profile_id`` — one event at a time.
+"""Latest-per-key reduction of columnar batches: the reducer the run loop uses.
 
-The reference form of the reduction: one entry per distinct key (not per event) plus the offset
-range seen per partition. "Latest" is the greatest (op_time, partition, offset): see
-``events.Version``; ``payload`` is opaque to the reducer. The run loop uses the columnar
-``frames.FrameReducer``, which is tested against this one.
+The latest event of a key is the one with the greatest (op_time, partition, offset); the
+one-at-a-time reference in ``tests/oracles`` is its oracle. Batches of events arrive as polars
+frames; they are kept as they are until they hold as many rows as the reduced state, then state
+and batches are compacted in one sort: memory follows the number of distinct keys (at most twice
+it between compactions), and each event is sorted a bounded number of times.
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-from batcher.events import PartitionRange, Version
+import numpy as np
+import polars as pl
 
-P = TypeVar("P")
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many acyclic objects (a drain makes
-    two per key): its collections would walk the whole buffer again and again for nothing."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+from batcher.ranges import PartitionRange
+from schemas.columns import KEY, VERSION
 
 
 @dataclass(frozen=True, slots=True)
-class Winner(Generic[P]):
-    """The latest event of one key in a window."""
+class Reduced:
+    """What a window reduces to: one row per key (its latest event) and the offsets covered."""
 
-    key: int
-    version: Version
-    op_type: str
-    payload: P
-
-
-@dataclass(frozen=True, slots=True)
-class Reduced(Generic[P]):
-    """What a window reduces to: one winner per key and the offsets it covers."""
-
-    winners: tuple[Winner[P], ...]
+    rows: pl.DataFrame | None
+    """None when no event of the window yielded a row (all were dead-lettered)."""
     ranges: tuple[PartitionRange, ...]
     events: int
     invalid: int
@@ -57,25 +35,40 @@ class Reduced(Generic[P]):
         return {r.partition: r.next_offset for r in self.ranges}
 
 
-class Reducer(Generic[P]):
-    """Latest-per-key reduction with offset bookkeeping. Not thread-safe; one per consumer."""
+def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per key: the row with the greatest version (a full duplicate keeps either).
 
-    def __init__(self) -> None:
-        # key -> (op_time, partition, offset, op_type, payload)
-        self._latest: dict[int, tuple[int, int, int, str, P]] = {}
+    Only the key and version columns are sorted; the other columns are gathered once, for the
+    winners: the peak is the winners' copy, not a sorted copy of every row."""
+    winners = (
+        frame.select(KEY, *VERSION)
+        .with_row_index("_row")
+        .sort([KEY, *VERSION])
+        .filter(pl.col(KEY).is_last_distinct())
+        .get_column("_row")
+    )
+    return frame[winners]
+
+
+class Reducer:
+    """Not thread-safe; one per consumer. Every added frame must have the same schema."""
+
+    def __init__(self, compact_min_rows: int = 200_000) -> None:
+        if compact_min_rows <= 0:
+            raise ValueError("compact_min_rows must be > 0")
+        self.compact_min_rows = compact_min_rows
+        self._state: pl.DataFrame | None = None
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
         self._first: dict[int, int] = {}
         self._next: dict[int, int] = {}
         self._events = 0
         self._invalid = 0
         self._bytes = 0
 
-    def __len__(self) -> int:
-        """Number of distinct keys buffered."""
-        return len(self._latest)
-
     @property
     def events(self) -> int:
-        """Events added since the last drain (valid and invalid)."""
+        """Events seen since the last drain (valid and invalid)."""
         return self._events
 
     @property
@@ -87,77 +80,74 @@ class Reducer(Generic[P]):
     def payload_bytes(self) -> int:
         return self._bytes
 
-    def add(
-        self, key: int, op_time: int, partition: int, offset: int, op_type: str, payload: P,
-        size: int = 0,
-    ) -> bool:
-        """Offer one event; returns True when it is now the latest for its key."""
-        # _track, inlined: this runs once per event.
-        self._events += 1
-        self._bytes += size
-        nxt = self._next.get(partition)
-        if nxt is None:
-            self._first[partition] = offset
-            self._next[partition] = offset + 1
-        elif offset >= nxt:
-            self._next[partition] = offset + 1
-        elif offset < self._first[partition]:
-            self._first[partition] = offset
-        latest = self._latest
-        current = latest.get(key)
-        if current is not None:
-            known = current[0]
-            if known > op_time or (
-                known == op_time and (current[1], current[2]) >= (partition, offset)
-            ):
-                return False
-        latest[key] = (op_time, partition, offset, op_type, payload)
-        return True
+    @property
+    def keys_at_most(self) -> int:
+        """Distinct keys buffered, counted exactly at the last compaction plus rows added since."""
+        return (0 if self._state is None else self._state.height) + self._pending_rows
 
-    def skip(self, partition: int, offset: int, size: int = 0) -> None:
-        """Account for an event that yields no row (it went to the dead-letter topic)."""
-        self._track(partition, offset, size)
-        self._invalid += 1
-
-    def _track(self, partition: int, offset: int, size: int) -> None:
-        self._events += 1
+    def track(self, partitions: Sequence[int], offsets: Sequence[int], size: int = 0) -> None:
+        """Account for events seen (whether they yield a row or not): count and offset ranges."""
+        count = len(offsets)
+        if count == 0:
+            return
+        self._events += count
         self._bytes += size
-        nxt = self._next.get(partition)
-        if nxt is None:
-            self._first[partition] = offset
-            self._next[partition] = offset + 1
-        elif offset >= nxt:
-            self._next[partition] = offset + 1
-        elif offset < self._first[partition]:
-            self._first[partition] = offset
+        parts = np.asarray(partitions, dtype=np.int64)
+        offs = np.asarray(offsets, dtype=np.int64)
+        distinct = np.unique(parts).tolist()
+        for partition in distinct:
+            mine = offs[parts == partition] if len(distinct) > 1 else offs
+            low, high = int(mine.min()), int(mine.max())
+            if partition in self._next:
+                self._first[partition] = min(self._first[partition], low)
+                self._next[partition] = max(self._next[partition], high + 1)
+            else:
+                self._first[partition] = low
+                self._next[partition] = high + 1
+
+    def reject(self, count: int = 1) -> None:
+        """Count tracked events that yield no row (sent to the dead-letter topic)."""
+        self._invalid += count
+
+    def add(self, rows: pl.DataFrame) -> None:
+        """Offer rows of tracked events (key, version columns and payload columns)."""
+        if rows.height == 0:
+            return
+        self._pending.append(rows)
+        self._pending_rows += rows.height
+        state_rows = 0 if self._state is None else self._state.height
+        if self._pending_rows >= max(self.compact_min_rows, state_rows):
+            self._compact()
+
+    def _compact(self) -> None:
+        frames = ([] if self._state is None else [self._state]) + self._pending
+        if not frames:
+            return
+        self._state = latest_per_key(pl.concat(frames, how="vertical", rechunk=False))
+        self._pending = []
+        self._pending_rows = 0
 
     def partitions(self) -> frozenset[int]:
         return frozenset(self._next)
 
     def ranges(self) -> tuple[PartitionRange, ...]:
-        """The offsets buffered so far, per partition (a snapshot; nothing is drained)."""
+        """The offsets seen so far, per partition (a snapshot; nothing is drained)."""
         return tuple(PartitionRange(p, self._first[p], self._next[p]) for p in sorted(self._next))
 
-    def iter_winners(self) -> Iterator[Winner[P]]:
-        for key, (op_time, partition, offset, op_type, payload) in self._latest.items():
-            yield Winner(key, Version(op_time, partition, offset), op_type, payload)
-
-    def drain(self) -> Reduced[P]:
+    def drain(self) -> Reduced:
         """Hand over the window's content and start empty."""
-        with gc_paused():
-            winners = tuple(self.iter_winners())
+        self._compact()
         reduced = Reduced(
-            winners=winners,
-            ranges=self.ranges(),
-            events=self._events,
-            invalid=self._invalid,
+            rows=self._state, ranges=self.ranges(), events=self._events, invalid=self._invalid,
             payload_bytes=self._bytes,
         )
         self.clear()
         return reduced
 
     def clear(self) -> None:
-        self._latest = {}
+        self._state = None
+        self._pending = []
+        self._pending_rows = 0
         self._first = {}
         self._next = {}
         self._events = 0

@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 from confluent_kafka import Producer
 
-from consumer.encoding import AuditEncoder, message_key
+from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 from tools.localkafka import create_topic
 from warehouse.duckdb_writer import DuckDBWarehouse

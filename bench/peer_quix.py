@@ -35,13 +35,13 @@ from quixstreams.models.serializers.avro import (  # type: ignore[import-not-fou
 from quixstreams.sinks import BaseSink  # type: ignore[import-not-found]
 
 from schemas import audit_schema
+from schemas.columns import BUSINESS_COLUMNS, KEY
 from warehouse.identifiers import QualifiedName
 from warehouse.sql import merge_sql
 from warehouse.staging import STAGED_SCHEMA
-from warehouse.tables import DATA_COLUMNS, KEY
 
 STATE = QualifiedName.of("main", "kyc_profile_state")
-DATA_FIELDS = tuple(c.name for c in DATA_COLUMNS)
+DATA_FIELDS = tuple(c.name for c in BUSINESS_COLUMNS)
 
 
 def naive_utc(value: datetime | None) -> datetime | None:

@@ -48,8 +48,8 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from batcher.window import WindowPolicy
 from bench.load import LoadReport, Spec, expected_table, load, mismatches, seed_warehouse
-from consumer.decoding import PlainAvroDecoder
-from consumer.loop import LoopOptions, SyncLoop
+from consumer.decode.decoder import PlainAvroDecoder
+from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
 from tools.localkafka import REPO_ROOT, LocalKafka
 from warehouse.base import ApplyResult, Batch

@@ -39,12 +39,12 @@ from typing import Any
 from pydantic import SecretStr
 from snowflake.connector.cursor import SnowflakeCursor
 
-from batcher.events import PartitionRange, Version
-from batcher.reducer import Winner
+from batcher.ranges import PartitionRange
+from tests.oracles.reducer import Version, Winner
+from tests.oracles.staging import Row, build_staged
 from warehouse.base import Batch
 from warehouse.identifiers import QualifiedName
 from warehouse.snowflake_writer import SnowflakeConfig, SnowflakeWarehouse
-from warehouse.staging import Row, build_staged
 from warehouse.tables import TableNames
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds

@@ -8,13 +8,13 @@ from functools import partial
 from typing import Any
 
 from batcher.window import WindowPolicy
-from consumer.client import new_consumer, new_producer
-from consumer.deadletter import DeadLetters
-from consumer.decoding import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
-from consumer.loop import LoopOptions, SyncLoop
-from consumer.observer import Observer
-from consumer.registry import SchemaRegistry
+from consumer.decode.decoder import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
+from consumer.decode.registry import SchemaRegistry
+from consumer.run.loop import LoopOptions, SyncLoop
+from consumer.run.observer import Observer
 from consumer.settings import Settings
+from consumer.source.client import new_consumer, new_producer
+from consumer.source.deadletters import DeadLetters
 from schemas import audit_schema
 from warehouse.base import Warehouse
 from warehouse.duckdb_writer import DuckDBWarehouse

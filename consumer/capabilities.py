@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from consumer.app import build_warehouse
-from consumer.retry import retry_transient
+from consumer.run.retry import retry_transient
 from consumer.settings import Settings
 from warehouse.base import Inspector, Refresher, Warehouse
 

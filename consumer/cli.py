@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from consumer.durations import parse_duration
-from consumer.logs import LogFormat, setup_logging
-from consumer.opargs import parse_count, parse_datetime_ms, parse_partitions
+from consumer.ops.arguments import parse_count, parse_datetime_ms, parse_partitions
+from consumer.ops.durations import parse_duration
 from consumer.settings import Settings, load_settings
+from consumer.telemetry.logs import LogFormat, setup_logging
 
 log = logging.getLogger("kyc_sync")
 T = TypeVar("T")
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.code, file=sys.stderr)
         return 2
     _setup_logging(settings.log_level, settings.log_format)
-    from consumer import commands
+    from consumer.ops import commands
 
     if args.command == "settings":
         print(json.dumps(settings.redacted(), indent=2))

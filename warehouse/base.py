@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from batcher.events import PartitionRange
+from batcher.ranges import PartitionRange
 from warehouse.tables import TableNames
 
 

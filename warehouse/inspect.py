@@ -6,8 +6,9 @@ bound as ``?`` parameters, never formatted in. Each builder documents the one ro
 
 from __future__ import annotations
 
+from schemas.columns import KEY
 from warehouse.identifiers import QualifiedName
-from warehouse.tables import KEY, VIEW_COLUMNS, Dialect, col
+from warehouse.tables import VIEW_COLUMNS, Dialect, col
 
 LAST_BATCH_FIELDS: tuple[str, ...] = ("batch_id", "committed_at", "newest_op_time", "batches")
 

@@ -48,6 +48,7 @@ from snowflake.connector import SnowflakeConnection
 from snowflake.connector import errors as sf
 from snowflake.connector.cursor import SnowflakeCursor
 
+from schemas.columns import Column
 from warehouse.base import ApplyResult, Batch
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.faults import FaultPlan
@@ -56,7 +57,7 @@ from warehouse.snowflake_errors import translate
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
 from warehouse.swap import discard_statements, swap_statements
-from warehouse.tables import STATE_COLUMNS, Column, TableNames, col, column_list, ddl, sql_type
+from warehouse.tables import STATE_COLUMNS, TableNames, col, column_list, ddl, sql_type
 
 log = logging.getLogger("kyc_sync.snowflake")
 

@@ -12,8 +12,9 @@ greater than the version the state row already holds, deleted rows included.
 
 from __future__ import annotations
 
+from schemas.columns import KEY
 from warehouse.identifiers import QualifiedName
-from warehouse.tables import KEY, LEDGER_COLUMNS, STATE_COLUMNS, Dialect, col
+from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, Dialect, col
 
 
 def newer_sql(new: str, old: str, dialect: Dialect) -> str:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from schemas.columns import BUSINESS_COLUMNS, VERSION_COLUMNS, Column, ColumnType
 from warehouse.identifiers import QualifiedName
 
 Dialect = Literal["duckdb", "snowflake"]
-ColumnType = Literal["int", "bigint", "text", "timestamp", "bool"]
 
 _TYPES: dict[Dialect, dict[ColumnType, str]] = {
     "duckdb": {
@@ -34,41 +34,17 @@ _TYPES: dict[Dialect, dict[ColumnType, str]] = {
     },
 }
 
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    type: ColumnType
-    nullable: bool = True
-
-
-KEY = "kyc_profile_id"
-
-# Business columns, as in the audit stream.
-DATA_COLUMNS: tuple[Column, ...] = (
-    Column(KEY, "bigint", nullable=False),
-    Column("goldtier_id", "text"),
-    Column("cid", "text"),
-    Column("party_id", "text"),
-    Column("created_date", "timestamp"),
-    Column("updated_date", "timestamp"),
-)
-
-# The version of the event a row reflects, and where it came from.
-VERSION_COLUMNS: tuple[Column, ...] = (
-    Column("op_type", "text", nullable=False),
-    Column("op_time", "timestamp", nullable=False),
-    Column("src_partition", "int", nullable=False),
-    Column("src_offset", "bigint", nullable=False),
+BOOKKEEPING_COLUMNS: tuple[Column, ...] = (
     Column("is_deleted", "bool", nullable=False),
     Column("batch_id", "text", nullable=False),
     Column("synced_at", "timestamp", nullable=False),
 )
+"""What the writer adds to each row: tombstone flag, the batch that wrote it, when."""
 
-STATE_COLUMNS: tuple[Column, ...] = DATA_COLUMNS + VERSION_COLUMNS
+STATE_COLUMNS: tuple[Column, ...] = BUSINESS_COLUMNS + VERSION_COLUMNS + BOOKKEEPING_COLUMNS
 """Columns of the state table and, in the same order, of every staged batch."""
 
-VIEW_COLUMNS: tuple[str, ...] = (*(c.name for c in DATA_COLUMNS), "op_time", "synced_at")
+VIEW_COLUMNS: tuple[str, ...] = (*(c.name for c in BUSINESS_COLUMNS), "op_time", "synced_at")
 
 LEDGER_COLUMNS: tuple[Column, ...] = (
     Column("batch_id", "text", nullable=False),

@@ -1,349 +1,152 @@
-"""Unit tests of the latest-per-key reducer: ordering, offsets bookkeeping, and its algebra."""
+"""The columnar reducer the run loop uses, against the reference ``ReferenceReducer`` as its oracle:
+any events, in any order, split into any batches, compacted at any size, reduce to the same
+latest row per key, the same offset ranges and the same counts."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import pairwise
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batcher.events import PartitionRange, Version
-from batcher.reducer import Reduced, Reducer, Winner
+from batcher.ranges import PartitionRange
+from batcher.reducer import Reducer, latest_per_key
+from schemas.columns import KEY
+from tests.oracles.reducer import ReferenceReducer, Version
+
+Event = tuple[int, int, int, int, str]  # key, op_time, partition, offset, label
+
+SCHEMA = pl.Schema({
+    KEY: pl.Int64, "label": pl.String, "op_time": pl.Int64,
+    "src_partition": pl.Int32, "src_offset": pl.Int64,
+})
 
 
-@dataclass(frozen=True)
-class Ev:
-    """One audit event as the reducer sees it; ``payload`` tells events apart in the results."""
-
-    key: int
-    op_time: int
-    partition: int
-    offset: int
-    op_type: str = "UPDATE"
-    payload: str = ""
-
-    @property
-    def version(self) -> Version:
-        return Version(self.op_time, self.partition, self.offset)
-
-    @property
-    def label(self) -> str:
-        return self.payload or f"{self.op_type}@{self.op_time}/{self.partition}:{self.offset}"
-
-
-def reduce_all(events: Sequence[Ev]) -> Reduced[str]:
-    reducer: Reducer[str] = Reducer()
-    for e in events:
-        reducer.add(e.key, e.op_time, e.partition, e.offset, e.op_type, e.label)
-    return reducer.drain()
-
-
-def by_key(reduced: Reduced[str]) -> dict[int, tuple[Version, str, str]]:
-    return {w.key: (w.version, w.op_type, w.payload) for w in reduced.winners}
-
-
-# --------------------------------------------------------------------------- who wins
-
-WINNER_CASES = [
-    pytest.param(
-        [Ev(1, 200, 0, 1, payload="newer"), Ev(1, 100, 0, 2, payload="older")],
-        "newer",
-        id="out-of-order-op-time-older-arrives-last",
-    ),
-    pytest.param(
-        [Ev(1, 100, 0, 2, payload="older"), Ev(1, 200, 0, 1, payload="newer")],
-        "newer",
-        id="out-of-order-op-time-newer-arrives-last",
-    ),
-    pytest.param(
-        [Ev(1, 100, 0, 5, payload="a"), Ev(1, 100, 0, 6, payload="b")],
-        "b",
-        id="equal-op-time-later-offset-wins",
-    ),
-    pytest.param(
-        [Ev(1, 100, 0, 6, payload="b"), Ev(1, 100, 0, 5, payload="a")],
-        "b",
-        id="equal-op-time-later-offset-wins-arriving-first",
-    ),
-    pytest.param(
-        [Ev(1, 100, 1, 0, payload="p1"), Ev(1, 100, 0, 999, payload="p0")],
-        "p1",
-        id="equal-op-time-later-partition-wins-over-higher-offset",
-    ),
-    pytest.param(
-        [Ev(1, 100, 0, 999, payload="p0"), Ev(1, 100, 1, 0, payload="p1")],
-        "p1",
-        id="equal-op-time-later-partition-wins-arriving-last",
-    ),
-    pytest.param(
-        [Ev(1, 101, 0, 0, payload="time"), Ev(1, 100, 9, 999, payload="position")],
-        "time",
-        id="op-time-dominates-kafka-position",
-    ),
-    pytest.param(
-        [Ev(1, 300, 0, 7, "DELETE", "del"), Ev(1, 100, 0, 8, "INSERT", "ins")],
-        "del",
-        id="delete-then-older-insert-delete-stays",
-    ),
-    pytest.param(
-        [Ev(1, 100, 0, 7, "DELETE", "del"), Ev(1, 300, 0, 8, "INSERT", "ins")],
-        "ins",
-        id="delete-then-newer-insert-insert-wins",
-    ),
-    pytest.param(
-        [Ev(1, 100, 0, 7, "INSERT", "ins"), Ev(1, 100, 0, 8, "DELETE", "del")],
-        "del",
-        id="insert-and-delete-same-op-time-later-offset-wins",
-    ),
-]
-
-
-@pytest.mark.parametrize(("events", "expected"), WINNER_CASES)
-def test_latest_event_wins(events: list[Ev], expected: str) -> None:
-    winners = by_key(reduce_all(events))
-    assert list(winners) == [1]
-    want = next(e for e in events if e.label == expected)
-    assert winners[1] == (want.version, want.op_type, expected)
-
-
-@pytest.mark.parametrize(
-    ("first", "second", "accepted"),
-    [
-        pytest.param(Ev(1, 100, 0, 1), Ev(1, 200, 0, 2), True, id="newer-accepted"),
-        pytest.param(Ev(1, 200, 0, 1), Ev(1, 100, 0, 2), False, id="older-refused"),
-        pytest.param(Ev(1, 100, 0, 1), Ev(1, 100, 0, 1), False, id="exact-duplicate-refused"),
-        pytest.param(Ev(1, 100, 0, 1), Ev(2, 50, 0, 2), True, id="other-key-accepted"),
-    ],
-)
-def test_add_tells_whether_event_is_now_latest(first: Ev, second: Ev, accepted: bool) -> None:
-    reducer: Reducer[str] = Reducer()
-    assert reducer.add(first.key, first.op_time, first.partition, first.offset, "UPDATE", "a")
-    assert (
-        reducer.add(second.key, second.op_time, second.partition, second.offset, "UPDATE", "b")
-        is accepted
+def frame(events: Sequence[Event]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [[e[0] for e in events], [e[4] for e in events], [e[1] for e in events],
+         [e[2] for e in events], [e[3] for e in events]],
+        schema=SCHEMA, orient="col",
     )
 
 
-@pytest.mark.parametrize(
-    "copies", [pytest.param(2, id="redelivered-once"), pytest.param(5, id="redelivered-4x")]
-)
-def test_exact_duplicates_keep_first_delivery(copies: int) -> None:
-    reducer: Reducer[str] = Reducer()
-    for i in range(copies):
-        reducer.add(7, 100, 3, 42, "INSERT", f"delivery-{i}", size=10)
-    reduced = reducer.drain()
-    assert by_key(reduced) == {7: (Version(100, 3, 42), "INSERT", "delivery-0")}
-    assert reduced.events == copies
-    assert reduced.payload_bytes == 10 * copies
-    assert reduced.ranges == (PartitionRange(3, 42, 43),)
+def oracle(events: Sequence[Event]) -> dict[int, tuple[Version, str]]:
+    reducer: ReferenceReducer[str] = ReferenceReducer()
+    for key, op_time, partition, offset, label in events:
+        reducer.add(key, op_time, partition, offset, "UPDATE", label)
+    return {w.key: (w.version, w.payload) for w in reducer.drain().winners}
 
 
-def test_keys_are_independent() -> None:
-    events = [
-        Ev(1, 100, 0, 0, payload="k1-old"),
-        Ev(2, 500, 0, 1, payload="k2-new"),
-        Ev(1, 300, 1, 0, payload="k1-new"),
-        Ev(2, 200, 1, 1, payload="k2-old"),
-        Ev(3, 1, 0, 2, "DELETE", "k3-only"),
+def reduced(rows: pl.DataFrame | None) -> dict[int, tuple[Version, str]]:
+    assert rows is not None
+    out = {
+        r[KEY]: (Version(r["op_time"], r["src_partition"], r["src_offset"]), r["label"])
+        for r in rows.iter_rows(named=True)
+    }
+    assert len(out) == rows.height, "more than one row for a key"
+    return out
+
+
+def test_latest_wins_and_ties_go_to_the_later_position() -> None:
+    events: list[Event] = [
+        (1, 200, 0, 1, "newer"), (1, 100, 0, 2, "older-arrives-last"),
+        (2, 100, 0, 3, "tie-earlier"), (2, 100, 1, 0, "tie-later-partition"),
+        (3, 100, 0, 4, "tie-a"), (3, 100, 0, 5, "tie-b-later-offset"),
     ]
-    winners = by_key(reduce_all(events))
-    assert {k: v[2] for k, v in winners.items()} == {1: "k1-new", 2: "k2-new", 3: "k3-only"}
-    assert winners[3][1] == "DELETE"
+    reducer = Reducer(compact_min_rows=2)
+    for e in events:
+        reducer.track([e[2]], [e[3]])
+        reducer.add(frame([e]))
+    out = reducer.drain()
+    assert {k: v[1] for k, v in reduced(out.rows).items()} == {
+        1: "newer", 2: "tie-later-partition", 3: "tie-b-later-offset"
+    }
+    assert out.ranges == (PartitionRange(0, 1, 6), PartitionRange(1, 0, 1))
+    assert out.events == 6
 
 
-# --------------------------------------------------------------------------- offsets and counters
+def test_rejected_events_count_and_still_cover_their_offsets() -> None:
+    reducer = Reducer()
+    reducer.track([0, 0, 0], [10, 11, 12], size=30)
+    reducer.reject(2)
+    reducer.add(frame([(1, 5, 0, 10, "only")]))
+    out = reducer.drain()
+    assert (out.events, out.invalid, out.payload_bytes) == (3, 2, 30)
+    assert out.ranges == (PartitionRange(0, 10, 13),)
+    assert reducer.events == 0
+    assert reducer.drain().rows is None
 
 
-@pytest.mark.parametrize(
-    ("positions", "skipped", "expected"),
-    [
-        pytest.param([], [], (), id="nothing"),
-        pytest.param([(0, 10)], [], (PartitionRange(0, 10, 11),), id="one-event"),
-        pytest.param(
-            [(0, 10), (0, 11), (0, 12)], [], (PartitionRange(0, 10, 13),), id="contiguous"
-        ),
-        pytest.param([(0, 10), (0, 15)], [], (PartitionRange(0, 10, 16),), id="gap-covered"),
-        pytest.param(
-            [(0, 12), (0, 10), (0, 11)], [], (PartitionRange(0, 10, 13),), id="out-of-order"
-        ),
-        pytest.param(
-            [(2, 5), (0, 100), (2, 6), (1, 0)],
-            [],
-            (PartitionRange(0, 100, 101), PartitionRange(1, 0, 1), PartitionRange(2, 5, 7)),
-            id="several-partitions-sorted",
-        ),
-        pytest.param(
-            [(0, 11)], [(0, 10), (0, 12)], (PartitionRange(0, 10, 13),), id="skips-widen-range"
-        ),
-        pytest.param(
-            [], [(4, 7), (4, 8)], (PartitionRange(4, 7, 9),), id="only-invalid-events"
-        ),
-        pytest.param(
-            [(0, 1)],
-            [(3, 9)],
-            (PartitionRange(0, 1, 2), PartitionRange(3, 9, 10)),
-            id="skip-on-other-partition",
-        ),
-    ],
-)
-def test_offset_ranges_per_partition(
-    positions: list[tuple[int, int]],
-    skipped: list[tuple[int, int]],
-    expected: tuple[PartitionRange, ...],
-) -> None:
-    reducer: Reducer[str] = Reducer()
-    for i, (partition, offset) in enumerate(positions):
-        reducer.add(i % 3, 1000 + i, partition, offset, "UPDATE", "x")
-    for partition, offset in skipped:
-        reducer.skip(partition, offset)
-    assert reducer.partitions() == frozenset(r.partition for r in expected)
-    reduced = reducer.drain()
-    assert reduced.ranges == expected
-    assert reduced.next_offsets == {r.partition: r.next_offset for r in expected}
-    assert reduced.events == len(positions) + len(skipped)
-    assert reduced.invalid == len(skipped)
+def test_a_window_of_only_rejected_events_has_no_rows() -> None:
+    reducer = Reducer()
+    reducer.track([3], [7])
+    reducer.reject()
+    out = reducer.drain()
+    assert out.rows is None
+    assert out.next_offsets == {3: 8}
 
 
-def test_skip_counts_events_and_bytes_but_yields_no_winner() -> None:
-    reducer: Reducer[str] = Reducer()
-    reducer.add(1, 100, 0, 0, "INSERT", "a", size=30)
-    reducer.skip(0, 1, size=7)
-    reducer.skip(0, 2)
-    assert len(reducer) == 1
-    assert reducer.events == 3
-    assert reducer.invalid == 2
-    assert reducer.payload_bytes == 37
-    reduced = reducer.drain()
-    assert [w.key for w in reduced.winners] == [1]
-    assert (reduced.events, reduced.invalid, reduced.payload_bytes) == (3, 2, 37)
-    assert reduced.ranges == (PartitionRange(0, 0, 3),)
-    assert reduced.ranges[0].count == 3
+def test_compaction_keeps_memory_to_the_distinct_keys() -> None:
+    reducer = Reducer(compact_min_rows=100)
+    for start in range(0, 10_000, 500):
+        batch = [(i % 50, start + i, 0, start + i, "x") for i in range(500)]
+        reducer.add(frame(batch))
+        assert reducer.keys_at_most <= 50 + 500 + 100
+    assert reducer.drain().rows is not None
 
 
-@pytest.mark.parametrize(
-    ("keys", "expected_len"),
-    [
-        pytest.param([], 0, id="empty"),
-        pytest.param([1], 1, id="one"),
-        pytest.param([1, 1, 1], 1, id="same-key-thrice"),
-        pytest.param([1, 2, 1, 3, 2], 3, id="three-distinct"),
-    ],
-)
-def test_len_counts_distinct_keys(keys: list[int], expected_len: int) -> None:
-    reducer: Reducer[str] = Reducer()
-    for offset, key in enumerate(keys):
-        reducer.add(key, 100, 0, offset, "UPDATE", "x")
-    reducer.skip(0, len(keys))
-    assert len(reducer) == expected_len
-    assert reducer.events == len(keys) + 1
-
-
-def test_drain_hands_over_and_resets() -> None:
-    reducer: Reducer[str] = Reducer()
-    reducer.add(1, 100, 0, 5, "INSERT", "a", size=3)
-    reducer.skip(1, 9, size=4)
-    first = reducer.drain()
-    assert len(first.winners) == 1
-    assert first.events == 2
-
-    assert len(reducer) == 0
-    assert (reducer.events, reducer.invalid, reducer.payload_bytes) == (0, 0, 0)
-    assert reducer.partitions() == frozenset()
-    assert list(reducer.iter_winners()) == []
-    empty = reducer.drain()
-    assert empty == Reduced(winners=(), ranges=(), events=0, invalid=0, payload_bytes=0)
-
-    # A key seen in a drained window competes afresh: an older event is accepted again.
-    assert reducer.add(1, 50, 0, 6, "UPDATE", "b")
-    again = reducer.drain()
-    assert again.winners == (Winner(1, Version(50, 0, 6), "UPDATE", "b"),)
-    assert again.ranges == (PartitionRange(0, 6, 7),)
-
-
-def test_clear_discards_window() -> None:
-    reducer: Reducer[str] = Reducer()
-    reducer.add(1, 100, 0, 5, "INSERT", "a", size=3)
-    reducer.skip(0, 6)
-    reducer.clear()
-    assert reducer.drain() == Reduced(winners=(), ranges=(), events=0, invalid=0, payload_bytes=0)
-
-
-# --------------------------------------------------------------------------- properties
-
-OP_TYPES = ("INSERT", "UPDATE", "DELETE")
+def test_compact_min_rows_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="compact_min_rows"):
+        Reducer(compact_min_rows=0)
 
 
 @st.composite
-def event_streams(draw: st.DrawFn) -> list[Ev]:
-    """A delivery sequence: distinct Kafka positions, each one event, some redelivered.
-
-    Few keys, partitions and op_times so that ties on op_time and on partition are common.
-    """
-    rows = draw(
-        st.lists(
-            st.tuples(
-                st.integers(0, 2),  # partition
-                st.integers(0, 30),  # offset
-                st.integers(1, 4),  # key
-                st.integers(0, 5),  # op_time
-                st.sampled_from(OP_TYPES),
-            ),
-            max_size=40,
-            unique_by=lambda row: (row[0], row[1]),
-        )
-    )
-    events = [Ev(key, time, partition, offset, op) for partition, offset, key, time, op in rows]
-    if not events:
-        return []
-    redelivered = draw(st.lists(st.sampled_from(events), max_size=10))
-    return draw(st.permutations(events + redelivered))
+def histories(draw: st.DrawFn) -> tuple[list[Event], list[int], int]:
+    """Events with few keys and op_times (ties), unique positions, in any order; batch cuts."""
+    count = draw(st.integers(0, 120))
+    positions = draw(st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 10_000)),
+        min_size=count, max_size=count, unique=True,
+    ))
+    events = [
+        (draw(st.integers(0, 15)), draw(st.integers(0, 6)), p, o, f"e{n}")
+        for n, (p, o) in enumerate(positions)
+    ]
+    cuts = sorted(draw(st.lists(st.integers(0, count), max_size=8)))
+    return events, cuts, draw(st.integers(1, 40))
 
 
-def oracle(events: Sequence[Ev]) -> dict[int, tuple[Version, str, str]]:
-    """Independent model: per key, the last event of the list sorted by version."""
-    result: dict[int, tuple[Version, str, str]] = {}
-    for key in {e.key for e in events}:
-        latest = sorted(
-            (e for e in events if e.key == key), key=lambda e: (e.op_time, e.partition, e.offset)
-        )[-1]
-        result[key] = (latest.version, latest.op_type, latest.label)
-    return result
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(event_streams())
-def test_reducer_matches_oracle(events: list[Ev]) -> None:
-    reduced = reduce_all(events)
-    assert by_key(reduced) == oracle(events)
-    assert len({w.key for w in reduced.winners}) == len(reduced.winners)
-    assert reduced.events == len(events)
-    expected_ranges = {
-        p: (
-            min(e.offset for e in events if e.partition == p),
-            max(e.offset for e in events if e.partition == p) + 1,
-        )
-        for p in {e.partition for e in events}
-    }
-    assert {r.partition: (r.first, r.next_offset) for r in reduced.ranges} == expected_ranges
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(event_streams(), st.data())
-def test_reducing_chunk_winners_is_associative(events: list[Ev], data: st.DataObject) -> None:
-    cuts = sorted(
-        data.draw(st.lists(st.integers(0, len(events)), max_size=5), label="cut points")
-    )
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_matches_the_reference_reducer(history: tuple[list[Event], list[int], int]) -> None:
+    events, cuts, compact_min_rows = history
+    reducer = Reducer(compact_min_rows=compact_min_rows)
     bounds = [0, *cuts, len(events)]
-    chunks = [events[a:b] for a, b in pairwise(bounds)]
+    for start, end in itertools.pairwise(bounds):
+        batch = events[start:end]
+        reducer.track([e[2] for e in batch], [e[3] for e in batch], size=len(batch))
+        reducer.add(frame(batch))
+    out = reducer.drain()
+    if not events:
+        assert out.rows is None
+        assert out.ranges == ()
+        return
+    assert reduced(out.rows) == oracle(events)
+    parts = {e[2] for e in events}
+    assert out.ranges == tuple(
+        PartitionRange(p, min(e[3] for e in events if e[2] == p),
+                       max(e[3] for e in events if e[2] == p) + 1)
+        for p in sorted(parts)
+    )
+    assert (out.events, out.payload_bytes) == (len(events), len(events))
 
-    second_pass: Reducer[str] = Reducer()
-    for chunk in chunks:
-        for w in reduce_all(chunk).winners:
-            second_pass.add(
-                w.key, w.version.op_time, w.version.partition, w.version.offset, w.op_type,
-                w.payload,
-            )
-    assert by_key(second_pass.drain()) == by_key(reduce_all(events))
+
+@settings(max_examples=200, deadline=None)
+@given(histories())
+def test_reducing_twice_changes_nothing(history: tuple[list[Event], list[int], int]) -> None:
+    events = history[0]
+    once = latest_per_key(frame(events))
+    assert latest_per_key(pl.concat([once, frame(events)])).sort(KEY).equals(once.sort(KEY))

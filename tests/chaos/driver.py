@@ -55,8 +55,8 @@ import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.decoding import InvalidEvent, PlainAvroDecoder
-from consumer.encoding import AuditEncoder, message_key
+from consumer.decode.decoder import InvalidEvent, PlainAvroDecoder
+from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 from tests.integration.harness import (
     BASE_US,

@@ -15,8 +15,8 @@ import pytest
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from consumer.cli import main
-from consumer.client import admin_config, consumer_config, producer_config
 from consumer.settings import REDACTED, Settings, is_secret_client_option, load_settings
+from consumer.source.client import admin_config, consumer_config, producer_config
 
 # A setting whose name says it holds a secret must be a SecretStr (paths to key files are not).
 SECRET_NAME = re.compile(r"password|passphrase|secret|token|private_key(?!_(path|file))")

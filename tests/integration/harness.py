@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.encoding import AuditEncoder, message_key
+from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 
 BASE_US = 1_700_000_000_000_000

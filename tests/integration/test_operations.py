@@ -22,8 +22,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.durations import format_duration
-from consumer.encoding import AuditEncoder, message_key
+from consumer.decode.encoder import AuditEncoder, message_key
+from consumer.ops.durations import format_duration
 from schemas import audit_schema
 from tests.integration.harness import (
     BASE_US,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.sample import expected_current
+from consumer.ops.sample import expected_current
 from tests.integration.harness import (
     Event,
     cli_env,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message
 
-from consumer.decoding import WIRE_HEADER, UnknownSchemaId
-from consumer.encoding import AuditEncoder, message_key
-from consumer.registry import SchemaRegistry
-from consumer.sample import expected_current, value_subject
+from consumer.decode.decoder import WIRE_HEADER, UnknownSchemaId
+from consumer.decode.encoder import AuditEncoder, message_key
+from consumer.decode.registry import SchemaRegistry
+from consumer.ops.sample import expected_current, value_subject
 from schemas import audit_schema
 from tests.integration.harness import Event, cli_env, ledger, produce_raw, read_current, run_cli
 from tools.localkafka import create_topic

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message
 
-from consumer.encoding import AuditEncoder, message_key
+from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 from tests.integration.harness import (
     Event,

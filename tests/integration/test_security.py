@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.sample import expected_current
+from consumer.ops.sample import expected_current
 from tests.integration.harness import cli_env, committed, ledger, read_current, run_cli
 from tools.localkafka import BrokerStartError, ExtraListener, LocalKafka, create_topic
 

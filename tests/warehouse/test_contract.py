@@ -4,9 +4,9 @@ on a database file, and the Snowflake writer against a fakesnow server through t
 
 Covered: the seed scenario, the version guard, tombstones, the ledger's contents, rollback on a
 failure after the MERGE, and convergence: random histories, split into random batches with
-redeliveries and replayed ranges, reduced by ``Reducer`` and applied by the writer, leave the live
-view equal to an independent oracle (per key the greatest (op_time, partition, offset) event,
-absent if it is a DELETE).
+redeliveries and replayed ranges, reduced by ``ReferenceReducer`` and applied by the writer,
+leave the live view equal to an independent oracle (per key the greatest (op_time, partition,
+offset) event, absent if it is a DELETE).
 
 Reads go through the writers' own ``fetch``. Nullable timestamps are read with an ``IS NULL``
 flag next to them: fakesnow's server renders a NULL TIMESTAMP_NTZ as 1970-01-01 in results.
@@ -29,25 +29,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from batcher.events import OP_TYPES, Version
-from batcher.reducer import Reducer, Winner
+from schemas.columns import KEY, OP_TYPES, Column
+from tests.oracles.reducer import ReferenceReducer, Version, Winner
+from tests.oracles.staging import Row, build_staged
 from warehouse import duckdb_writer
 from warehouse.base import ApplyResult, Batch
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultMode, FaultPlan
 from warehouse.identifiers import QualifiedName
-from warehouse.staging import Row, build_staged
 from warehouse.swap import rebuild_names
-from warehouse.tables import (
-    KEY,
-    LEDGER_COLUMNS,
-    STATE_COLUMNS,
-    VIEW_COLUMNS,
-    Column,
-    Dialect,
-    TableNames,
-    col,
-)
+from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, VIEW_COLUMNS, Dialect, TableNames, col
 
 TOPIC = "kyc_profile_audit"
 GROUP = "kyc-sync-contract"
@@ -95,7 +86,7 @@ class Event:
 
 def make_batch(events: Sequence[Event], invalid: Sequence[tuple[int, int]] = ()) -> Batch:
     """Reduce ``events`` (plus ``invalid`` (partition, offset) positions) into one batch."""
-    reducer: Reducer[Row] = Reducer()
+    reducer: ReferenceReducer[Row] = ReferenceReducer()
     for e in events:
         reducer.add(e.key, e.op_time, e.partition, e.offset, e.op_type, e.payload())
     for partition, offset in invalid:

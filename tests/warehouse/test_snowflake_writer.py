@@ -23,10 +23,10 @@ from snowflake.connector import SnowflakeConnection
 from snowflake.connector import errors as sf
 from sqlglot import exp
 
-from batcher.events import Version
-from batcher.reducer import Winner
 from consumer.app import build_warehouse
 from consumer.settings import REDACTED, Settings, load_settings
+from tests.oracles.reducer import Version, Winner
+from tests.oracles.staging import Row, build_staged
 from tests.warehouse.test_contract import T0, Event, fakesnow_config, make_batch, snowflake_harness
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.identifiers import Ident, QualifiedName
@@ -45,7 +45,6 @@ from warehouse.snowflake_writer import (
     recorded_sql,
     use_schema_sql,
 )
-from warehouse.staging import Row, build_staged
 from warehouse.swap import discard_statements, rebuild_names, swap_statements
 from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, TableNames, ddl
 

@@ -12,6 +12,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
+from schemas.columns import KEY
 from warehouse.identifiers import (
     Ident,
     InvalidIdentifierError,
@@ -29,7 +30,6 @@ from warehouse.sql import (
     newer_sql,
 )
 from warehouse.tables import (
-    KEY,
     LEDGER_COLUMNS,
     STATE_COLUMNS,
     VIEW_COLUMNS,

@@ -8,10 +8,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from batcher.events import Version
-from batcher.reducer import Winner
-from warehouse.staging import STAGED_SCHEMA, Row, assert_unique_keys, build_staged, stage_frame
-from warehouse.tables import DATA_COLUMNS, STATE_COLUMNS
+from schemas.columns import BUSINESS_COLUMNS
+from tests.oracles.reducer import Version, Winner
+from tests.oracles.staging import Row, build_staged
+from warehouse.staging import STAGED_SCHEMA, assert_unique_keys, stage_frame
+from warehouse.tables import STATE_COLUMNS
 
 T0 = 1_700_000_000_123_456  # 2023-11-14 22:13:20.123456 UTC, in microseconds
 SYNCED = 1_700_000_600_000_001
@@ -151,7 +152,7 @@ def as_frame(winners: list[Winner[Row]]) -> pl.DataFrame:
     columns = [list(c) for c in zip(*(w.payload for w in winners), strict=True)]
     return pl.DataFrame({
         **{c.name: pl.Series(c.name, values, dtype=pl.String if c.type == "text" else pl.Int64)
-           for c, values in zip(DATA_COLUMNS, columns, strict=True)},
+           for c, values in zip(BUSINESS_COLUMNS, columns, strict=True)},
         "op_type": [w.op_type for w in winners],
         "op_time": [w.version.op_time for w in winners],
         "src_partition": pl.Series([w.version.partition for w in winners], dtype=pl.Int32),

@@ -14,12 +14,12 @@ import duckdb
 import pytest
 import sqlglot
 
-from batcher.reducer import Reducer
+from tests.oracles.reducer import ReferenceReducer
+from tests.oracles.staging import Row, build_staged
 from warehouse.base import Batch, Inspector, Refresher
 from warehouse.duckdb_writer import DuckDBWarehouse
 from warehouse.errors import WarehouseError
 from warehouse.identifiers import QualifiedName
-from warehouse.staging import Row, build_staged
 from warehouse.swap import discard_statements, rebuild_names, swap_statements
 from warehouse.tables import Dialect, TableNames
 
@@ -36,7 +36,7 @@ def names(*prefix: str, upper: bool = False) -> TableNames:
 
 def batch(events: Sequence[tuple[int, int, str, str]], group: str = "g") -> Batch:
     """``events``: (key, op_time offset in seconds, op_type, goldtier_id)."""
-    reducer: Reducer[Row] = Reducer()
+    reducer: ReferenceReducer[Row] = ReferenceReducer()
     for offset, (key, seconds, op, gold) in enumerate(events):
         op_time = T0 + seconds * 1_000_000
         reducer.add(key, op_time, 0, offset, op, (key, gold, None, None, None, None))

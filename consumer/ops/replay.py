@@ -1,0 +1,227 @@
+"""``kyc-sync replay``: move the group's committed offsets, as
+``kafka-consumer-groups --reset-offsets`` does. A dry run unless executed.
+
+Planning is pure: the new offset of a partition is a function of its committed offset, its
+watermarks, the ``offsets_for_times`` answer and the option (``plan_move``). Execution checks the
+group has no active member and moves the offsets with the admin API (which the broker also
+refuses for a group with members).
+
+Replays are safe by construction: the warehouse applies an event only when its version
+(op_time, partition, offset) is newer than the row's, tombstones included, so re-reading old
+events can neither roll a row back nor bring a deleted profile back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from consumer.ops.offsets import GroupInfo, KafkaSide
+from consumer.ops.render import text_table
+
+
+class ResetKind(StrEnum):
+    EARLIEST = "to-earliest"
+    LATEST = "to-latest"
+    DATETIME = "to-datetime"
+    DURATION = "by-duration"
+    SHIFT = "shift-by"
+    OFFSET = "to-offset"
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Where to move: ``value`` is N for shift-by / to-offset, the timestamp (ms since the
+    epoch) for to-datetime / by-duration; ``label`` is the option as the user gave it."""
+
+    kind: ResetKind
+    value: int = 0
+    label: str = ""
+
+    @property
+    def by_time(self) -> bool:
+        return self.kind in (ResetKind.DATETIME, ResetKind.DURATION)
+
+    def describe(self) -> str:
+        text = f"--{self.kind.value}" + (f" {self.label}" if self.label else "")
+        if self.by_time:
+            moment = datetime.fromtimestamp(self.value / 1000, UTC)
+            text += f" (messages from {moment.isoformat(timespec='milliseconds')})"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """What Kafka says about one partition: the group's committed offset (None: none yet),
+    the watermarks, and for time-based resets the ``offsets_for_times`` answer (None: no
+    message at or after the time)."""
+
+    partition: int
+    committed: int | None
+    low: int
+    high: int
+    at_time: int | None = None
+
+    @property
+    def position(self) -> int:
+        """Where the group would read next: the committed offset, or the earliest offset when
+        there is none or retention removed it (kyc-sync uses ``auto.offset.reset=earliest``)."""
+        if self.committed is None or self.committed < self.low:
+            return self.low
+        return min(self.committed, self.high)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    partition: int
+    committed: int | None
+    new_offset: int
+    low: int
+    high: int
+    clamped: bool = False
+
+    @property
+    def position(self) -> int:
+        return PartitionOffsets(self.partition, self.committed, self.low, self.high).position
+
+    @property
+    def reread(self) -> int:
+        """Messages read before that will be read again."""
+        return max(0, self.position - self.new_offset)
+
+    @property
+    def skipped(self) -> int:
+        """Unread messages jumped over (never applied)."""
+        return max(0, self.new_offset - self.position)
+
+    @property
+    def to_read(self) -> int:
+        """Messages between the new offset and the end of the log."""
+        return self.high - self.new_offset
+
+
+def plan_move(offsets: PartitionOffsets, reset: Reset) -> Move:
+    """The new offset of one partition; targets outside the log are clamped into
+    ``[low, high]`` (as ``kafka-consumer-groups`` does) and flagged."""
+    low, high = offsets.low, offsets.high
+    if reset.kind is ResetKind.EARLIEST:
+        target = low
+    elif reset.kind is ResetKind.LATEST:
+        target = high
+    elif reset.by_time:
+        target = high if offsets.at_time is None else offsets.at_time
+    elif reset.kind is ResetKind.SHIFT:
+        target = offsets.position + reset.value
+    else:
+        target = reset.value
+    new_offset = min(max(target, low), high)
+    return Move(offsets.partition, offsets.committed, new_offset, low, high, new_offset != target)
+
+
+def select_partitions(available: Sequence[int], wanted: Iterable[int] | None) -> tuple[int, ...]:
+    """``wanted`` (all when None); each must exist."""
+    if wanted is None:
+        return tuple(available)
+    chosen = tuple(sorted(set(wanted)))
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise ValueError(
+            f"partitions {unknown} do not exist (the topic has {len(available)} partitions)"
+        )
+    return chosen
+
+
+class GroupActiveError(Exception):
+    """Offsets of a group with active members cannot be moved."""
+
+
+def refuse_if_active(info: GroupInfo, action: str = "move offsets") -> None:
+    if info.active:
+        raise GroupActiveError(
+            f"refusing to {action}: consumer group {info.group!r} has {info.summary()}. "
+            "Stop every kyc-sync instance of the group first (a killed instance stays a member "
+            "until its session times out)."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    topic: str
+    group: str
+    reset: Reset
+    moves: tuple[Move, ...]
+    group_info: GroupInfo
+
+    def offsets(self) -> dict[int, int]:
+        return {m.partition: m.new_offset for m in self.moves}
+
+    def to_json(self, executed: bool) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "group": self.group,
+            "reset": self.reset.describe(),
+            "executed": executed,
+            "group_active": self.group_info.active,
+            "partitions": [
+                {
+                    "partition": m.partition, "committed": m.committed, "new_offset": m.new_offset,
+                    "log_start": m.low, "log_end": m.high, "reread": m.reread,
+                    "skipped": m.skipped, "to_read": m.to_read, "clamped": m.clamped,
+                }
+                for m in self.moves
+            ],
+        }
+
+    def render(self, executed: bool) -> str:
+        header = ("partition", "committed", "new offset", "log start", "log end", "re-read",
+                  "skipped", "to read")
+        rows = [
+            (m.partition, m.committed, m.new_offset, m.low, m.high, m.reread, m.skipped,
+             m.to_read)
+            for m in self.moves
+        ]
+        lines = [
+            f"replay {self.reset.describe()} on topic {self.topic}, group {self.group}",
+            text_table(header, rows),
+            f"total: {sum(m.reread for m in self.moves)} message(s) to re-read, "
+            f"{sum(m.skipped for m in self.moves)} to skip",
+        ]
+        lines += [
+            f"note: partition {m.partition}: target outside the log, clamped to {m.new_offset}"
+            for m in self.moves if m.clamped
+        ]
+        if executed:
+            lines.append("offsets moved; the next `kyc-sync run` reads from the new offsets")
+        else:
+            lines.append("dry run: nothing changed; add --execute to move the offsets")
+            if self.group_info.active:
+                lines.append(f"warning: --execute would be refused now: the group has "
+                             f"{self.group_info.summary()}")
+        return "\n".join(lines)
+
+
+def prepare(
+    kafka: KafkaSide, group: str, reset: Reset, wanted: Iterable[int] | None = None
+) -> ReplayPlan:
+    """Read the group and the partitions, plan every move. Changes nothing."""
+    partitions = select_partitions(kafka.partitions(), wanted)
+    marks = kafka.watermarks(partitions)
+    committed = kafka.committed(group, partitions)
+    at_time = kafka.offsets_for_time(partitions, reset.value) if reset.by_time else {}
+    moves = tuple(
+        plan_move(
+            PartitionOffsets(p, committed.get(p), marks[p].low, marks[p].high, at_time.get(p)),
+            reset,
+        )
+        for p in partitions
+    )
+    return ReplayPlan(kafka.topic, group, reset, moves, kafka.describe_group(group))
+
+
+def execute(kafka: KafkaSide, plan: ReplayPlan) -> None:
+    """Move the offsets, unless the group has active members now."""
+    refuse_if_active(kafka.describe_group(plan.group))
+    kafka.alter_offsets(plan.group, plan.offsets())

@@ -1,0 +1,66 @@
+"""Retry of transient failures: exponential backoff with jitter, bounded in total time.
+
+The waits are injectable: the run loop waits by polling its paused consumer, so that a long
+retry never lets ``max.poll.interval.ms`` expire and the instance stays in its group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from consumer.source.deadletters import DeadLetterTimeout
+from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
+
+T = TypeVar("T")
+log = logging.getLogger("kyc_sync.retry")
+
+TRANSIENT: tuple[type[Exception], ...] = (TransientWarehouseError, DeadLetterTimeout)
+"""Failures worth retrying; everything else stops the run without committing."""
+
+
+class RetriesExhausted(TerminalWarehouseError):
+    """A transient failure outlasted its retry budget."""
+
+
+def retry_transient(
+    call: Callable[[], T],
+    max_s: float,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+    initial_s: float = 0.2,
+    cap_s: float = 10.0,
+) -> T:
+    """Run ``call``; retry ``TRANSIENT`` failures for up to ``max_s`` seconds in total.
+
+    Exhausted retries raise ``RetriesExhausted`` naming the last failure.
+    """
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s failed (attempt %d), retrying in %.1fs: %s",
+                    what, state.attempt_number, wait, error)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=cap_s, jitter=initial_s),
+        stop=stop_after_delay(max_s),
+        before_sleep=log_retry,
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(call)
+    except TRANSIENT as err:
+        raise RetriesExhausted(f"{what}: still failing after {max_s:.0f}s: {err}") from err

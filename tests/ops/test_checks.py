@@ -1,0 +1,180 @@
+"""Unit tests of ``check``: the pure evaluation of each check (tables of cases) and
+``run_checks`` on a DuckDB file written by the real writer. No network."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from consumer.ops.checks import (
+    CheckResult,
+    freshness,
+    not_null,
+    render,
+    run_checks,
+    to_json,
+    unique_key,
+)
+from consumer.ops.ledger import LastBatch
+from tests.oracles.reducer import ReferenceReducer
+from tests.oracles.staging import Row, build_staged
+from warehouse.base import Batch
+from warehouse.duckdb_writer import DuckDBWarehouse
+from warehouse.identifiers import QualifiedName
+from warehouse.tables import TableNames
+
+NOW = datetime(2027, 1, 15, 12, 0, 0)
+T0 = 1_700_000_000_000_000
+NOT_NULL = ("kyc_profile_id", "op_time")
+
+
+def last(minutes_ago: float) -> LastBatch:
+    return LastBatch("b", NOW - timedelta(minutes=minutes_ago), None, 1)
+
+
+@pytest.mark.parametrize(
+    ("batch", "max_age_s", "ok", "reason"),
+    [
+        (last(1), 900, True, "last successful sync 2027-01-15T11:59:00Z is 1m00s old (max 15m00s)"),
+        (last(15), 900, True, "last successful sync 2027-01-15T11:45:00Z is 15m00s old "
+                              "(max 15m00s)"),
+        (last(16), 900, False, "last successful sync 2027-01-15T11:44:00Z is 16m00s old > "
+                               "15m00s"),
+        (last(2), 60, False, "last successful sync 2027-01-15T11:58:00Z is 2m00s old > 1m00s"),
+        (last(-1), 60, True, "last successful sync 2027-01-15T12:01:00Z is 0s old (max 1m00s)"),
+        (None, 900, False, "no successful sync recorded for the topic"),
+    ],
+)
+def test_freshness(batch: LastBatch | None, max_age_s: float, ok: bool, reason: str) -> None:
+    assert freshness(batch, NOW, max_age_s) == CheckResult("freshness", ok, reason)
+
+
+@pytest.mark.parametrize(
+    ("rows", "ok", "reason"),
+    [
+        ([], True, "kyc_profile_id is unique"),
+        ([(7, 2, 1)], False, "1 kyc_profile_id value(s) appear more than once (e.g. 7 x2)"),
+        ([(1, 2, 9), (5, 3, 9)], False,
+         "9 kyc_profile_id value(s) appear more than once (e.g. 1 x2, 5 x3, ...)"),
+    ],
+)
+def test_unique_key(rows: list[tuple[int, int, int]], ok: bool, reason: str) -> None:
+    assert unique_key(rows) == CheckResult("unique_key", ok, reason)
+
+
+@pytest.mark.parametrize(
+    ("row", "ok", "reason"),
+    [
+        ((10, 0, 0), True, "kyc_profile_id, op_time never null (10 rows)"),
+        ((0, 0, 0), True, "kyc_profile_id, op_time never null (0 rows)"),
+        ((10, 1, 0), False, "kyc_profile_id is null in 1 of 10 row(s)"),
+        ((10, 2, 3), False,
+         "kyc_profile_id is null in 2 of 10 row(s); op_time is null in 3 of 10 row(s)"),
+    ],
+)
+def test_not_null(row: tuple[int, ...], ok: bool, reason: str) -> None:
+    assert not_null(NOT_NULL, row) == CheckResult("not_null", ok, reason)
+
+
+def test_output() -> None:
+    results = [CheckResult("freshness", True, "fine"), CheckResult("unique_key", False, "dup")]
+    assert render(results).splitlines() == [
+        "ok   freshness: fine", "FAIL unique_key: dup", "1 of 2 check(s) failed",
+    ]
+    assert to_json(results) == {"ok": False, "checks": [
+        {"name": "freshness", "ok": True, "reason": "fine"},
+        {"name": "unique_key", "ok": False, "reason": "dup"},
+    ]}
+    assert render(results[:1]).endswith("all checks passed")
+
+
+# --------------------------------------------------------------------------- on DuckDB
+
+
+def names() -> TableNames:
+    return TableNames(
+        state=QualifiedName.of("main", "kyc_profile_state"),
+        current=QualifiedName.of("main", "kyc_profile_current"),
+        ledger=QualifiedName.of("main", "kyc_sync_ledger"),
+    )
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> DuckDBWarehouse:
+    """Profiles 1-3 live, 4 deleted, applied by the real writer for topic ``audit``."""
+    warehouse = DuckDBWarehouse(str(tmp_path / "kyc.duckdb"), names())
+    warehouse.open()
+    reducer: ReferenceReducer[Row] = ReferenceReducer()
+    for offset, (key, op) in enumerate([(1, "INSERT"), (2, "INSERT"), (3, "INSERT"),
+                                        (4, "DELETE")]):
+        reducer.add(key, T0 + offset, 0, offset, op, (key, f"GT-{key}", None, None, None, None))
+    reduced = reducer.drain()
+    batch_id = uuid.uuid4().hex
+    warehouse.apply(Batch(batch_id, "audit", "g", build_staged(reduced.winners, batch_id, T0),
+                          reduced.ranges, reduced.events, 0, NOW))
+    return warehouse
+
+
+def checks(writer: DuckDBWarehouse, max_age_s: float = 900, topic: str = "audit"
+           ) -> dict[str, CheckResult]:
+    now = datetime.now(UTC).replace(tzinfo=None)  # the ledger stores naive UTC
+    return {r.name: r for r in run_checks(writer, "duckdb", topic, NOT_NULL, max_age_s, now)}
+
+
+def corrupt(writer: DuckDBWarehouse, *statements: str) -> None:
+    con = duckdb.connect(writer.path)
+    try:
+        for statement in statements:
+            con.execute(statement)
+    finally:
+        con.close()
+
+
+def test_fresh_data_passes(writer: DuckDBWarehouse) -> None:
+    results = checks(writer)
+    assert all(r.ok for r in results.values()), results
+    assert results["not_null"].reason == "kyc_profile_id, op_time never null (3 rows)"
+
+
+def test_stale_sync_fails_freshness_only(writer: DuckDBWarehouse) -> None:
+    corrupt(writer, "UPDATE kyc_sync_ledger SET committed_at = committed_at - INTERVAL 2 HOUR")
+    results = checks(writer)
+    assert not results["freshness"].ok
+    assert results["freshness"].reason.endswith("old > 15m00s")
+    assert results["unique_key"].ok
+    assert results["not_null"].ok
+
+
+def test_other_topic_has_no_sync(writer: DuckDBWarehouse) -> None:
+    assert checks(writer, topic="elsewhere")["freshness"].reason == (
+        "no successful sync recorded for the topic")
+
+
+def test_duplicated_key_fails_unique(writer: DuckDBWarehouse) -> None:
+    corrupt(writer, "INSERT INTO kyc_profile_state SELECT * FROM kyc_profile_state "
+                    "WHERE kyc_profile_id = 2")
+    results = checks(writer)
+    assert results["unique_key"] == CheckResult(
+        "unique_key", False, "1 kyc_profile_id value(s) appear more than once (e.g. 2 x2)")
+    assert results["freshness"].ok
+    assert results["not_null"].ok
+
+
+def test_null_key_fails_not_null(writer: DuckDBWarehouse) -> None:
+    corrupt(writer,
+            "ALTER TABLE kyc_profile_state ALTER COLUMN kyc_profile_id DROP NOT NULL",
+            "UPDATE kyc_profile_state SET kyc_profile_id = NULL WHERE kyc_profile_id = 3")
+    results = checks(writer)
+    assert results["not_null"] == CheckResult(
+        "not_null", False, "kyc_profile_id is null in 1 of 3 row(s)")
+
+
+def test_unreadable_warehouse_fails_every_check(tmp_path: Path) -> None:
+    missing = DuckDBWarehouse(str(tmp_path / "absent.duckdb"), names())
+    results = checks(missing)
+    assert [r.ok for r in results.values()] == [False, False, False]
+    assert all(r.reason.startswith("cannot read the warehouse:") for r in results.values())

@@ -1,0 +1,42 @@
+"""The reference staging: the staged table built from one-by-one winners, row by row.
+
+The oracle of ``warehouse.staging.stage_frame``, and how the contract tests build batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from schemas.columns import BUSINESS_COLUMNS
+from tests.oracles.reducer import Winner
+from warehouse.staging import ARROW_TYPES, STAGED_SCHEMA
+
+Row = tuple[Any, ...]
+"""Values of ``BUSINESS_COLUMNS`` in order, timestamps as integers (microseconds, UTC)."""
+
+
+def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: int) -> pa.Table:
+    """Column-wise build of the batch; timestamps stay integers until Arrow casts them."""
+    n = len(winners)
+    columns: list[Sequence[Any]] = (
+        [list(c) for c in zip(*(w.payload for w in winners), strict=True)]
+        if n else [[] for _ in BUSINESS_COLUMNS]
+    )
+    op_type = [w.op_type for w in winners]
+    arrays: list[pa.Array] = [
+        pa.array(values, type=ARROW_TYPES[c.type])
+        for c, values in zip(BUSINESS_COLUMNS, columns, strict=True)
+    ]
+    arrays += [
+        pa.array(op_type, type=pa.string()),
+        pa.array([w.version.op_time for w in winners], type=pa.timestamp("us")),
+        pa.array([w.version.partition for w in winners], type=pa.int32()),
+        pa.array([w.version.offset for w in winners], type=pa.int64()),
+        pa.array([o == "DELETE" for o in op_type], type=pa.bool_()),
+        pa.array([batch_id] * n, type=pa.string()),
+        pa.array([synced_at_us] * n, type=pa.timestamp("us")),
+    ]
+    return pa.Table.from_arrays(arrays, schema=STAGED_SCHEMA)
