@@ -255,7 +255,8 @@ def decode_reduce(bootstrap: str, topic: str, partitions: int) -> IngestResult:
     reduced = loop.reducer.drain()
     assert reduced.rows is not None
     keys = reduced.rows.height
-    batch = loop.stage("bench", reduced.rows, reduced, ingest_s)
+    batch = loop.stage(reduced, ingest_s)
+    assert batch is not None
     stage_s = time.perf_counter() - started
     return IngestResult(
         events, ingest_s, decode_only_events, decode_only_s, keys, stage_s, batch.rows

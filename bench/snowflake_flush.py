@@ -44,7 +44,8 @@ from tests.oracles.reducer import Version, Winner
 from tests.oracles.staging import Row, build_staged
 from warehouse.base import Batch
 from warehouse.identifiers import QualifiedName
-from warehouse.snowflake_writer import SnowflakeConfig, SnowflakeWarehouse
+from warehouse.snowflake_settings import SnowflakeSettings
+from warehouse.snowflake_writer import SnowflakeWarehouse
 from warehouse.tables import TableNames
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
@@ -125,7 +126,7 @@ def make_batch(rows: int, first_key: int, version: int) -> Batch:
 
 def run(rows: int, host: str, port: int, repeat: int) -> dict[str, Any]:
     database = f"KYC_BENCH_{uuid.uuid4().hex[:8].upper()}"
-    config = SnowflakeConfig(
+    config = SnowflakeSettings(
         account="fakesnow", user="bench", password=SecretStr("bench"), database=database,
         schema_name="KYC", host=host, port=port, protocol="http", network_timeout_s=600,
     )

@@ -1,9 +1,14 @@
-"""Composition root: builds the decoder, the warehouse and the loop from settings."""
+"""Composition root: builds the decoder, the warehouse and the loop from settings, and opens the
+warehouse's optional capabilities for the operations commands: reading (``Inspector``) for
+``lag`` and ``check``, the full-refresh swap (``Refresher``). A writer that lacks one is reported
+clearly instead of failing half-way."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -11,12 +16,15 @@ from batcher.window import WindowPolicy
 from consumer.decode.decoder import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from consumer.decode.registry import SchemaRegistry
 from consumer.run.loop import LoopOptions, SyncLoop
-from consumer.run.observer import Observer
+from consumer.run.observer import Observer, Observers
+from consumer.run.retry import retry_transient
 from consumer.settings import Settings
 from consumer.source.client import new_consumer, new_producer
 from consumer.source.deadletters import DeadLetters
+from consumer.telemetry.logs import FlushLog
 from schemas import audit_schema
-from warehouse.base import Warehouse
+from schemas.errors import UsageError
+from warehouse.base import Inspector, Refresher, Warehouse
 from warehouse.duckdb_writer import DuckDBWarehouse
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import QualifiedName
@@ -66,19 +74,20 @@ def build_warehouse(settings: Settings) -> Warehouse:
             fault_plan(settings),
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
-    from warehouse.snowflake_writer import SnowflakeConfig, SnowflakeWarehouse
+    from warehouse.snowflake_writer import SnowflakeWarehouse
 
     sf = settings.snowflake
     return SnowflakeWarehouse(
-        SnowflakeConfig(**sf.model_dump()),
+        settings.snowflake,
         table_names(settings, True, sf.database, sf.schema_name),
         fault_plan(settings),
     )
 
 
 def build_loop(
-    settings: Settings, until_caught_up: bool = False, observer: Observer | None = None
+    settings: Settings, until_caught_up: bool = False, observers: Sequence[Observer] = ()
 ) -> SyncLoop:
+    """The run loop; it reports to a flush log line and to ``observers``."""
     kafka = settings.kafka
     options = LoopOptions(
         topic=kafka.topic,
@@ -102,5 +111,42 @@ def build_loop(
         build_warehouse(settings),
         dead_letters,
         WindowPolicy(window.seconds, window.max_events, window.max_bytes),
-        observer=observer,
+        observer=Observers([FlushLog(), *observers]),
     )
+
+
+class UnsupportedWarehouse(UsageError):
+    """The configured writer does not implement what the command needs."""
+
+
+@contextmanager
+def _writer(settings: Settings) -> Iterator[Warehouse]:
+    try:
+        writer = build_warehouse(settings)
+    except NotImplementedError as err:
+        raise UnsupportedWarehouse(str(err)) from None
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+@contextmanager
+def open_inspector(settings: Settings) -> Iterator[Inspector]:
+    with _writer(settings) as writer:
+        if not isinstance(writer, Inspector):
+            raise UnsupportedWarehouse(f"the {settings.warehouse.kind} writer has no fetch()")
+        yield writer
+
+
+@contextmanager
+def open_refresher(settings: Settings) -> Iterator[Refresher]:
+    """The writer, opened: the live objects exist (created if missing) for the swap."""
+    with _writer(settings) as writer:
+        if not isinstance(writer, Refresher):
+            raise UnsupportedWarehouse(
+                f"the {settings.warehouse.kind} writer has no discard()/swap_in() "
+                "for a full refresh"
+            )
+        retry_transient(writer.open, settings.warehouse.retry_max_s, "warehouse open")
+        yield writer

@@ -1,7 +1,7 @@
 """``kyc-sync``: the command line.
 
-Exit codes: 0 done; 1 stopped by a terminal error (nothing uncommitted was committed);
-2 invalid settings or usage, reported before touching Kafka or the warehouse.
+Exit codes: 0 done; 1 stopped by a terminal error (nothing uncommitted was committed), printed as
+one line; 2 invalid settings or usage, reported before touching Kafka or the warehouse.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,43 +20,71 @@ from pydantic import ValidationError
 from consumer.ops.arguments import parse_count, parse_datetime_ms, parse_partitions
 from consumer.ops.durations import parse_duration
 from consumer.settings import Settings, load_settings
-from consumer.telemetry.logs import LogFormat, setup_logging
+from consumer.telemetry.logs import setup_logging
+from schemas.errors import KycSyncError, UsageError
 
 log = logging.getLogger("kyc_sync")
 T = TypeVar("T")
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def _package_version() -> str:
+    try:
+        return version("kyc-sync")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Options every command takes, before or after the sub-command's name."""
+    parser.add_argument("--config", type=Path, default=default,
+                        help="TOML settings file (or KYC_SYNC_CONFIG)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default,
+                        help="override log_format: plain text lines or one JSON object per line")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from consumer.ops import commands
+
     parser = argparse.ArgumentParser(prog="kyc-sync", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="TOML settings file (or KYC_SYNC_CONFIG)")
-    parser.add_argument("--log-format", choices=("text", "json"),
-                        help="override log_format: plain text lines or one JSON object per line")
+    parser.add_argument("--version", action="version", version=f"kyc-sync {_package_version()}")
+    _common_options(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)  # absent after the command: keep the global one
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="consume the audit topic and keep the table in sync")
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        added: argparse.ArgumentParser = sub.add_parser(name, help=help_text, parents=[common])
+        added.set_defaults(handler=handler)
+        return added
+
+    run = command("run", commands.run, "consume the audit topic and keep the table in sync")
     run.add_argument("--until-caught-up", action="store_true",
                      help="exit 0 once every assigned partition is read to its end and flushed")
     run.add_argument("--window-seconds", type=float, help="override window.seconds")
     run.add_argument("--on-invalid", choices=("dlq", "fail"),
                      help="override decoding.on_invalid: dead-letter invalid events, or stop")
 
-    sample = sub.add_parser("produce-sample", help="produce the seed's sample audit trail")
+    sample = command("produce-sample", commands.sample,
+                     "produce the seed's sample audit trail")
     sample.add_argument("--partitions", type=int, default=3)
     sample.add_argument("--create-topic", action="store_true", help="create the topic first")
     sample.add_argument("--seed", type=int, default=None, help="shuffle seed")
 
-    sub.add_parser("show", help="print kyc_profile_current (DuckDB)")
-    _operations(sub)
-    sub.add_parser("settings", help="print the effective settings, secrets redacted")
+    command("show", commands.show, "print kyc_profile_current (DuckDB)")
+    _operations(command)
+    command("settings", _print_settings, "print the effective settings, secrets redacted")
     return parser
 
 
-def _operations(sub: Any) -> None:
-    """replay, lag, check: see "Operations" in README.md."""
+def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    """replay, lag, check: see docs/operations.md."""
+    from consumer.ops import commands
+
     duration = _arg_type(parse_duration, "duration")
-    replay = sub.add_parser(
-        "replay", help="move the group's committed offsets (a dry run unless --execute), or "
-        "rebuild the table from the topic (--full-refresh)")
+    replay = command(
+        "replay", commands.replay, "move the group's committed offsets (a dry run unless "
+        "--execute), or rebuild the table from the topic (--full-refresh)")
     to = replay.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true", help="the earliest offset still kept")
     to.add_argument("--to-latest", action="store_true", help="the log end (skip everything)")
@@ -76,15 +105,15 @@ def _operations(sub: Any) -> None:
                         "retention has dropped the start of the topic")
     replay.add_argument("--json", action="store_true", help="print the plan as JSON")
 
-    lag = sub.add_parser("lag", help="per partition: committed, log end, lag in messages and "
-                         "seconds; the last batch from the ledger")
+    lag = command("lag", commands.lag, "per partition: committed, log end, lag in messages "
+                  "and seconds; the last batch from the ledger")
     lag.add_argument("--json", action="store_true", help="machine-readable output")
     lag.add_argument("--max-lag", metavar="N", type=_arg_type(parse_count, "count"),
                      help="exit 1 when the total lag exceeds N messages")
     lag.add_argument("--max-age", metavar="DURATION", type=duration,
                      help="exit 1 when an unconsumed message is older, e.g. 15m")
 
-    check = sub.add_parser("check", help="freshness, unique kyc_profile_id, no null keys")
+    check = command("check", commands.check, "freshness, unique kyc_profile_id, no null keys")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--max-age", metavar="DURATION", type=duration,
                        help="override checks.freshness_max_age_s, e.g. 15m")
@@ -102,11 +131,13 @@ def _arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
     return convert
 
 
-def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
-    setup_logging(level, log_format, sys.stderr)
+def _print_settings(settings: Settings, _args: argparse.Namespace) -> int:
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0
 
 
-def _load(args: argparse.Namespace) -> Settings:
+def load(args: argparse.Namespace) -> Settings:
+    """The settings, with the command line's overrides; ``UsageError`` naming what is wrong."""
     overrides: dict[str, object] = {}
     if getattr(args, "log_format", None) is not None:
         overrides["log_format"] = args.log_format
@@ -117,9 +148,9 @@ def _load(args: argparse.Namespace) -> Settings:
     try:
         return load_settings(args.config, **overrides)
     except ValidationError as err:
-        raise SystemExit(f"kyc-sync: invalid settings: {describe_invalid(err)}") from None
+        raise UsageError(f"invalid settings: {describe_invalid(err)}") from None
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"kyc-sync: invalid settings: {_one_line(str(err))}") from None
+        raise UsageError(f"invalid settings: {_one_line(str(err))}") from None
 
 
 def describe_invalid(err: ValidationError) -> str:
@@ -140,17 +171,13 @@ def _one_line(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = _load(args)
-    except SystemExit as exc:
-        print(exc.code, file=sys.stderr)
-        return 2
-    _setup_logging(settings.log_level, settings.log_format)
-    from consumer.ops import commands
-
-    if args.command == "settings":
-        print(json.dumps(settings.redacted(), indent=2))
-        return 0
-    return commands.dispatch(args, settings)
+        settings = load(args)
+        setup_logging(settings.log_level, settings.log_format, sys.stderr)
+        handler: Handler = args.handler
+        return handler(settings, args)
+    except KycSyncError as err:
+        print(f"kyc-sync: {_one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,6 +26,7 @@ from pydantic_settings import (
 )
 
 from warehouse.identifiers import validate_identifier
+from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.tables import VIEW_COLUMNS
 
 # Options kyc-sync owns: passing them through would break the commit protocol.
@@ -148,78 +148,6 @@ class DuckDBSettings(Section):
     @classmethod
     def _identifier(cls, value: str) -> str:
         return validate_identifier(value)
-
-
-class SnowflakeSettings(Section):
-    """The Snowflake writer's connection (used when ``warehouse.kind`` is "snowflake")."""
-
-    account: str = Field(
-        default="", description="Account identifier, e.g. myorg-myaccount. Required for Snowflake."
-    )
-    user: str = Field(default="", description="User name. Required for Snowflake.")
-    password: SecretStr = Field(
-        default=SecretStr(""), description="Password; leave empty to authenticate by key pair."
-    )
-    private_key_file: Path | None = Field(
-        default=None, description="Key-pair authentication: file holding the PEM private key."
-    )
-    private_key: SecretStr = Field(
-        default=SecretStr(""),
-        description="Key-pair authentication: the PEM private key itself (e.g. from a secret "
-        "store), instead of a file.",
-    )
-    private_key_passphrase: SecretStr = Field(
-        default=SecretStr(""), description="Passphrase of an encrypted private key."
-    )
-    role: str = Field(default="", description="Role; empty: the user's default role.")
-    warehouse: str = Field(
-        default="", description="Virtual warehouse; empty: the user's default warehouse."
-    )
-    database: str = Field(default="", description="Database of the tables. Required for Snowflake.")
-    schema_name: str = Field(default="PUBLIC", description="Schema of the tables; must exist.")
-    query_tag: str = Field(default="kyc-sync", description="QUERY_TAG of every statement.")
-    host: str = Field(
-        default="", description="Host name override (e.g. PrivateLink); empty: from the account."
-    )
-    port: int | None = Field(
-        default=None, ge=1, le=65535, description="Port override; none: the protocol's default."
-    )
-    protocol: Literal["https", "http"] = Field(
-        default="https", description="https; http only for a local Snowflake test double."
-    )
-    login_timeout_s: int = Field(default=60, gt=0, description="Give up logging in after this.")
-    network_timeout_s: int = Field(
-        default=300, gt=0,
-        description="Give up retrying one request after this; the flush is then retried as a "
-        "transient error.",
-    )
-
-    @field_validator("role", "warehouse", "database", "schema_name")
-    @classmethod
-    def _identifier(cls, value: str, info: ValidationInfo) -> str:
-        if not value and info.field_name != "schema_name":
-            return value  # optional, or required only for Snowflake (see ``incomplete``)
-        return validate_identifier(value)
-
-    def incomplete(self) -> str | None:
-        """Why these settings cannot connect, naming the settings; None when complete."""
-        required = ("account", "user", "database")
-        missing = [f"snowflake.{n}" for n in required if not getattr(self, n)]
-        if missing:
-            envs = ", ".join("KYC_SYNC_" + m.upper().replace(".", "__") for m in missing)
-            return f"{', '.join(missing)} required when warehouse.kind is 'snowflake' ({envs})"
-        has_file = self.private_key_file is not None
-        has_pem = bool(self.private_key.get_secret_value())
-        if has_file and has_pem:
-            return "set snowflake.private_key_file or snowflake.private_key, not both"
-        if self.password.get_secret_value() and (has_file or has_pem):
-            return "set snowflake.password or a private key, not both"
-        if not (self.password.get_secret_value() or has_file or has_pem):
-            return (
-                "snowflake.password or a private key (snowflake.private_key_file or "
-                "snowflake.private_key) is required when warehouse.kind is 'snowflake'"
-            )
-        return None
 
 
 class RunSettings(Section):

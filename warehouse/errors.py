@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from schemas.errors import KycSyncError, TerminalError, TransientError
 
-class WarehouseError(Exception):
+
+class WarehouseError(KycSyncError):
     """Base of every error a writer raises."""
 
 
-class TransientWarehouseError(WarehouseError):
+class TransientWarehouseError(WarehouseError, TransientError):
     """Worth retrying: lock conflicts, network trouble, a warehouse resuming."""
 
 
-class TerminalWarehouseError(WarehouseError):
+class TerminalWarehouseError(WarehouseError, TerminalError):
     """Retrying will not help: bad SQL, missing privilege, authentication. Stop, commit nothing."""

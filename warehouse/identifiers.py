@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from schemas.errors import UsageError
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 
 
-class InvalidIdentifierError(ValueError):
+class InvalidIdentifierError(UsageError, ValueError):
     """A table, schema or database name that is not a plain SQL identifier."""
 
 

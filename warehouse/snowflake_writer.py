@@ -35,15 +35,13 @@ import io
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import snowflake.connector
-from pydantic import SecretStr
 from snowflake.connector import SnowflakeConnection
 from snowflake.connector import errors as sf
 from snowflake.connector.cursor import SnowflakeCursor
@@ -54,6 +52,7 @@ from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident, QualifiedName
 from warehouse.snowflake_errors import translate
+from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
 from warehouse.swap import discard_statements, swap_statements
@@ -67,103 +66,6 @@ session's current schema)."""
 STAGE = Ident("kyc_sync_stage", upper=True)
 """The session's temporary stage the batch file is uploaded to."""
 STAGED_FILE = "batch.parquet"
-
-
-NO_SECRET = SecretStr("")
-
-
-@dataclass(frozen=True, slots=True)
-class SnowflakeConfig:
-    """How to reach Snowflake. Field names match ``consumer.settings.SnowflakeSettings``."""
-
-    account: str
-    user: str
-    password: SecretStr = NO_SECRET
-    private_key_file: Path | None = None
-    private_key: SecretStr = NO_SECRET
-    private_key_passphrase: SecretStr = NO_SECRET
-    role: str = ""
-    warehouse: str = ""
-    database: str = ""
-    schema_name: str = "PUBLIC"
-    query_tag: str = "kyc-sync"
-    host: str = ""
-    port: int | None = None
-    protocol: Literal["https", "http"] = "https"
-    login_timeout_s: int = 60
-    network_timeout_s: int = 300
-
-    @property
-    def auth(self) -> Literal["key-pair", "password"]:
-        has_key = self.private_key_file is not None or bool(self.private_key.get_secret_value())
-        return "key-pair" if has_key else "password"
-
-    def connect_args(self) -> dict[str, Any]:
-        """Keyword arguments of ``snowflake.connector.connect`` (secrets included: never log)."""
-        args: dict[str, Any] = {
-            "account": self.account,
-            "user": self.user,
-            "database": self.database.upper(),
-            "schema": self.schema_name.upper(),
-            "paramstyle": "qmark",
-            "login_timeout": self.login_timeout_s,
-            "network_timeout": self.network_timeout_s,
-            "session_parameters": {"QUERY_TAG": self.query_tag} if self.query_tag else {},
-        }
-        optional = {"role": self.role, "warehouse": self.warehouse, "host": self.host}
-        args.update({k: v for k, v in optional.items() if v})
-        if self.port is not None:
-            args["port"] = self.port
-        args["protocol"] = self.protocol
-        if self.auth == "key-pair":
-            args["authenticator"] = "SNOWFLAKE_JWT"
-            args["private_key"] = private_key_der(self)
-        else:
-            args["password"] = self.password.get_secret_value()
-        return args
-
-
-def private_key_der(config: SnowflakeConfig) -> bytes:
-    """The configured private key (file, or PEM text) as unencrypted PKCS#8 DER for the connector.
-
-    Raises ``TerminalWarehouseError`` naming the setting, never the key or the passphrase.
-    """
-    if config.private_key_file is not None:
-        try:
-            pem = config.private_key_file.read_bytes()
-        except OSError as err:
-            raise TerminalWarehouseError(
-                f"snowflake.private_key_file: cannot read {config.private_key_file}: "
-                f"{err.strerror}"
-            ) from None
-        where = "snowflake.private_key_file"
-    else:
-        text = config.private_key.get_secret_value().strip()
-        if "\\n" in text and "\n" not in text:
-            text = text.replace("\\n", "\n")  # a PEM squeezed onto one line (env var, secret)
-        pem = text.encode()
-        where = "snowflake.private_key"
-    return load_private_key(pem, config.private_key_passphrase, where)
-
-
-def load_private_key(pem: bytes, passphrase: SecretStr, where: str) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    secret = passphrase.get_secret_value().encode() or None
-    try:
-        key = serialization.load_pem_private_key(pem, password=secret)
-    except (ValueError, TypeError) as err:
-        reason = (
-            "it is encrypted: set snowflake.private_key_passphrase"
-            if secret is None and "encrypted" in str(err).lower()
-            else "not a PEM private key, or the passphrase does not match"
-        )
-        raise TerminalWarehouseError(f"{where}: cannot load the private key: {reason}") from None
-    return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 # -- SQL of the session and the staging steps (the MERGE, classification and ledger SQL are
@@ -254,7 +156,7 @@ class SnowflakeWarehouse:
     """Applies batches to Snowflake (see the module doc for the statements of one flush)."""
 
     def __init__(
-        self, config: SnowflakeConfig, names: TableNames, faults: FaultPlan | None = None
+        self, config: SnowflakeSettings, names: TableNames, faults: FaultPlan | None = None
     ) -> None:
         self.config = config
         self.names = names

@@ -19,6 +19,7 @@ from typing import Any
 import fastavro
 
 from schemas.columns import REQUIRED_FIELDS
+from schemas.errors import TerminalError
 
 _SCALE_TO_MICROS: dict[str, int] = {
     "timestamp-micros": 1,
@@ -29,8 +30,9 @@ _SCALE_TO_MICROS: dict[str, int] = {
 }
 
 
-class AvroSchemaError(ValueError):
-    """The writer schema cannot carry an audit record."""
+class AvroSchemaError(TerminalError):
+    """The writer schema cannot carry an audit record (terminal for a schema file; a registry
+    schema makes its events dead letters instead)."""
 
 
 def _strip(field_type: Any) -> tuple[Any, int]:

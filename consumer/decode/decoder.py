@@ -20,6 +20,7 @@ import polars as pl
 from consumer.decode.avro import AvroSchemaError, RecordReader, reader_for
 from consumer.decode.columnar import EXACT, BlockPlan, decode_block, plan_for
 from schemas.columns import BUSINESS_COLUMNS, KEY, OP_TYPES
+from schemas.errors import InvalidEvent, KycSyncError, TransientError
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
 _INT64 = range(-(2**63), 2**63)
@@ -34,20 +35,11 @@ ERROR_CLASSES: tuple[str, ...] = ("decode", "wire_format", "schema", "validation
 """The classes of ``InvalidEvent``: the ``kyc_sync.error_class`` header of a dead letter."""
 
 
-class InvalidEvent(Exception):
-    """An event that cannot be applied: bad bytes, schema or values."""
-
-    def __init__(self, error_class: str, reason: str) -> None:
-        super().__init__(f"{error_class}: {reason}")
-        self.error_class = error_class
-        self.reason = reason
-
-
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(TransientError):
     """The schema registry could not be reached; retry, do not dead-letter."""
 
 
-class UnknownSchemaId(Exception):
+class UnknownSchemaId(KycSyncError):
     """The registry answered that a schema id does not exist."""
 
 

@@ -11,8 +11,13 @@ from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
-from consumer.app import build_loop, table_names, writer_schema
-from consumer.capabilities import UnsupportedWarehouse, open_inspector
+from consumer.app import (
+    UnsupportedWarehouse,
+    build_loop,
+    open_inspector,
+    table_names,
+    writer_schema,
+)
 from consumer.ops import rebuild
 from consumer.ops import replay as offset_replay
 from consumer.ops.checks import render as render_checks
@@ -21,52 +26,39 @@ from consumer.ops.checks import to_json as checks_json
 from consumer.ops.durations import format_duration
 from consumer.ops.lag import LagReport, Thresholds, measure
 from consumer.ops.ledger import last_batch
-from consumer.ops.offsets import KafkaOffsets, OffsetsError
-from consumer.ops.replay import GroupActiveError, Reset, ResetKind
+from consumer.ops.offsets import KafkaOffsets
+from consumer.ops.replay import Reset, ResetKind
 from consumer.ops.sample import produce_sample, sample_encoder
 from consumer.run.loop import StopRun
+from consumer.run.retry import RetriesExhausted
 from consumer.settings import Settings
 from consumer.source.client import new_producer
 from consumer.source.deadletters import DeadLetterError
 from consumer.source.topics import TopicError, ensure_topic, preflight
 from consumer.telemetry.metrics import serving
+from schemas.errors import KycSyncError, UsageError
 from warehouse.errors import WarehouseError
 
 log = logging.getLogger("kyc_sync")
 
 
-def dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command == "run":
-        return run(settings, args.until_caught_up)
-    if args.command == "produce-sample":
-        return sample(settings, args.partitions, args.create_topic, args.seed)
-    if args.command == "show":
-        return show(settings)
-    if args.command == "replay":
-        return replay(settings, args)
-    if args.command == "lag":
-        return lag(settings, args.json, Thresholds(args.max_lag, args.max_age))
-    if args.command == "check":
-        return check(settings, args.json, args.max_age)
-    raise AssertionError(args.command)
-
-
-def run(settings: Settings, until_caught_up: bool) -> int:
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """``kyc-sync run``: exit 0 when stopped cleanly or caught up, 1 on a terminal error."""
     log.info("settings %s", json.dumps(settings.redacted(), sort_keys=True))
     try:
-        with serving(settings.metrics, settings.kafka.topic) as observer:
+        with serving(settings.metrics, settings.kafka.topic) as metrics:
             preflight(settings.kafka, settings.decoding.on_invalid == "dlq")
-            loop = build_loop(settings, until_caught_up, observer)
+            loop = build_loop(settings, args.until_caught_up, [metrics] if metrics else [])
             loop.install_signal_handlers()
             return loop.run()
-    except (WarehouseError, StopRun, TopicError, DeadLetterError) as err:
+    except KycSyncError as err:
         log.error("stopped without committing the open window: %s", err)
         return 1
 
 
-def sample(settings: Settings, partitions: int, create: bool, seed: int | None) -> int:
-
-    if create:
+def sample(settings: Settings, args: argparse.Namespace) -> int:
+    partitions: int = args.partitions
+    if args.create_topic:
         ensure_topic(settings.kafka, settings.kafka.topic, partitions)
     try:
         encoder = sample_encoder(settings, writer_schema(settings))
@@ -74,19 +66,18 @@ def sample(settings: Settings, partitions: int, create: bool, seed: int | None) 
         print(f"kyc-sync: registering the schema failed: {err}", file=sys.stderr)
         return 1
     producer = new_producer(settings.kafka)
-    count = produce_sample(producer, settings.kafka.topic, encoder, partitions, seed)
+    count = produce_sample(producer, settings.kafka.topic, encoder, partitions, args.seed)
     wire = "" if encoder.schema_id is None else f", schema id {encoder.schema_id}"
     print(f"produced {count} sample events to {settings.kafka.topic} ({partitions} partitions"
           f"{wire})")
     return 0
 
 
-def show(settings: Settings) -> int:
+def show(settings: Settings, _args: argparse.Namespace) -> int:
     import duckdb
 
     if settings.warehouse.kind != "duckdb":
-        print("show reads the DuckDB table; use your Snowflake client for Snowflake")
-        return 2
+        raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake")
     names = table_names(settings, False, settings.duckdb.schema_name)
     con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
@@ -135,57 +126,40 @@ def replay(settings: Settings, args: argparse.Namespace) -> int:
     if args.full_refresh:
         return full_refresh(settings, args)
     if args.allow_partial:
-        print("kyc-sync: --allow-partial goes with --full-refresh", file=sys.stderr)
-        return 2
+        raise UsageError("--allow-partial goes with --full-refresh")
     group = settings.kafka.group_id
-    try:
-        with closing(KafkaOffsets(settings.kafka)) as kafka:
-            plan = offset_replay.prepare(kafka, group, _reset(args), args.partitions)
-            if args.execute:
-                offset_replay.execute(kafka, plan)
-    except ValueError as err:
-        print(f"kyc-sync: {err}", file=sys.stderr)
-        return 2
-    except (GroupActiveError, OffsetsError) as err:
-        print(f"kyc-sync: {err}", file=sys.stderr)
-        return 1
+    with closing(KafkaOffsets(settings.kafka)) as kafka:
+        plan = offset_replay.prepare(kafka, group, _reset(args), args.partitions)
+        if args.execute:
+            offset_replay.execute(kafka, plan)
     _emit(args.json, plan.to_json(args.execute), plan.render(args.execute))
     return 0
 
 
 def full_refresh(settings: Settings, args: argparse.Namespace) -> int:
     if args.partitions is not None:
-        print("kyc-sync: --full-refresh rebuilds from every partition; drop --partitions",
-              file=sys.stderr)
-        return 2
-    try:
-        with closing(KafkaOffsets(settings.kafka)) as kafka:
-            plan = rebuild.plan_refresh(kafka, settings.kafka.group_id)
-            if not args.execute:
-                _emit(args.json, plan.to_json(False), plan.render(False, args.allow_partial))
-                return 0
+        raise UsageError("--full-refresh rebuilds from every partition; drop --partitions")
+    with closing(KafkaOffsets(settings.kafka)) as kafka:
+        plan = rebuild.plan_refresh(kafka, settings.kafka.group_id)
+        if not args.execute:
+            _emit(args.json, plan.to_json(False), plan.render(False, args.allow_partial))
+            return 0
+        try:
             result = rebuild.full_refresh(settings, kafka, plan, args.allow_partial)
-    except (GroupActiveError, rebuild.RefreshError, OffsetsError, UnsupportedWarehouse) as err:
-        print(f"kyc-sync: {err}", file=sys.stderr)
-        return 1
-    except (WarehouseError, StopRun, TopicError, DeadLetterError) as err:
-        log.error("full refresh stopped, the live table is unchanged: %s", err)
-        return 1
+        except (WarehouseError, StopRun, TopicError, DeadLetterError, RetriesExhausted) as err:
+            log.error("full refresh stopped, the live table is unchanged: %s", err)
+            return 1
     data = {**plan.to_json(True), "events": result.events, "batches": result.batches,
             "offsets": dict(result.offsets)}
     _emit(args.json, data, f"{plan.render(True, args.allow_partial)}\n{result.render()}")
     return 0
 
 
-def lag(settings: Settings, as_json: bool, thresholds: Thresholds) -> int:
+def lag(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0: within the thresholds; 1: over one, or Kafka unreadable."""
     kafka_settings = settings.kafka
-    try:
-        with closing(KafkaOffsets(kafka_settings)) as kafka:
-            partitions, now_ms = measure(kafka, kafka_settings.group_id)
-    except OffsetsError as err:
-        print(f"kyc-sync: {err}", file=sys.stderr)
-        return 1
+    with closing(KafkaOffsets(kafka_settings)) as kafka:
+        partitions, now_ms = measure(kafka, kafka_settings.group_id)
     batch, error = None, None
     try:
         with open_inspector(settings) as inspector:
@@ -194,21 +168,17 @@ def lag(settings: Settings, as_json: bool, thresholds: Thresholds) -> int:
     except (WarehouseError, UnsupportedWarehouse) as err:
         error = str(err)
     report = LagReport(kafka_settings.topic, kafka_settings.group_id, partitions, now_ms,
-                       batch, error, thresholds)
-    _emit(as_json, report.to_json(), report.render())
+                       batch, error, Thresholds(args.max_lag, args.max_age))
+    _emit(args.json, report.to_json(), report.render())
     return 1 if report.problems() else 0
 
 
-def check(settings: Settings, as_json: bool, max_age_s: float | None) -> int:
+def check(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0: every check passed; 1: one failed (one line each)."""
-    max_age = settings.checks.freshness_max_age_s if max_age_s is None else max_age_s
+    max_age = settings.checks.freshness_max_age_s if args.max_age is None else args.max_age
     now = datetime.now(UTC).replace(tzinfo=None)
-    try:
-        with open_inspector(settings) as inspector:
-            results = run_checks(inspector, settings.warehouse.kind, settings.kafka.topic,
-                                 settings.checks.not_null, max_age, now)
-    except UnsupportedWarehouse as err:
-        print(f"kyc-sync: {err}", file=sys.stderr)
-        return 2
-    _emit(as_json, checks_json(results), render_checks(results))
+    with open_inspector(settings) as inspector:
+        results = run_checks(inspector, settings.warehouse.kind, settings.kafka.topic,
+                             settings.checks.not_null, max_age, now)
+    _emit(args.json, checks_json(results), render_checks(results))
     return 0 if all(r.ok for r in results) else 1

@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.settings import KafkaSettings
 from consumer.source.client import common_config, consumer_config
 from consumer.source.topics import partition_count
+from schemas.errors import TerminalError
 
 log = logging.getLogger("kyc_sync.offsets")
 
@@ -36,7 +37,7 @@ IDLE_STATES = frozenset({ConsumerGroupState.EMPTY.name, ConsumerGroupState.DEAD.
 """Group states in which no member holds partitions: offsets may be moved."""
 
 
-class OffsetsError(Exception):
+class OffsetsError(TerminalError):
     """Kafka could not answer (topic missing, broker unreachable, request failed)."""
 
 

@@ -22,14 +22,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.app import build_loop
-from consumer.capabilities import open_refresher
+from consumer.app import build_loop, open_refresher
 from consumer.ops.offsets import GroupInfo, KafkaSide, OffsetsError, Watermarks
 from consumer.ops.render import text_table
 from consumer.ops.replay import refuse_if_active
-from consumer.run.loop import FlushReport
+from consumer.run.observer import FlushCollector
 from consumer.settings import Settings
 from consumer.source.topics import preflight
+from schemas.errors import TerminalError
 from warehouse.base import Refresher
 from warehouse.errors import WarehouseError
 from warehouse.swap import REBUILD_SUFFIX, rebuild_names
@@ -38,7 +38,7 @@ from warehouse.tables import TableNames
 log = logging.getLogger("kyc_sync.rebuild")
 
 
-class RefreshError(Exception):
+class RefreshError(TerminalError):
     """The full refresh was refused or stopped before the swap; the live table is untouched."""
 
 
@@ -181,17 +181,16 @@ def _rebuild(settings: Settings, rebuild_group: str) -> tuple[dict[int, int], in
     """Run the loop into the rebuild objects until caught up; the offsets it reached."""
     overridden = rebuild_settings(settings, rebuild_group)
     preflight(overridden.kafka, overridden.decoding.on_invalid == "dlq")
-    loop = build_loop(overridden, until_caught_up=True)
-    flushes: list[FlushReport] = []
-    loop.on_flush = flushes.append
+    collector = FlushCollector()
+    loop = build_loop(overridden, until_caught_up=True, observers=[collector])
     log.info("full refresh: reading %s from the earliest offsets as group %s",
              settings.kafka.topic, rebuild_group)
     loop.run()
     if loop.stopping:
         raise RefreshError("the rebuild stopped before catching up; nothing was swapped")
     consumed: dict[int, int] = {}
-    for report in flushes:
+    for report in collector.reports:
         for r in report.ranges:
             consumed[r.partition] = max(consumed.get(r.partition, 0), r.next_offset)
-    return consumed, sum(report.events for report in flushes), len(flushes)
+    return consumed, sum(report.events for report in collector.reports), len(collector.reports)
 

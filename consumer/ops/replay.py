@@ -21,6 +21,7 @@ from typing import Any
 
 from consumer.ops.offsets import GroupInfo, KafkaSide
 from consumer.ops.render import text_table
+from schemas.errors import TerminalError, UsageError
 
 
 class ResetKind(StrEnum):
@@ -128,13 +129,13 @@ def select_partitions(available: Sequence[int], wanted: Iterable[int] | None) ->
     chosen = tuple(sorted(set(wanted)))
     unknown = sorted(set(chosen) - set(available))
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"partitions {unknown} do not exist (the topic has {len(available)} partitions)"
         )
     return chosen
 
 
-class GroupActiveError(Exception):
+class GroupActiveError(TerminalError):
     """Offsets of a group with active members cannot be moved."""
 
 

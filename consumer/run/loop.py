@@ -20,11 +20,12 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -33,17 +34,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from batcher.ranges import PartitionRange
 from batcher.reducer import Reduced, Reducer
 from batcher.window import Clock, FlushReason, Window, WindowPolicy
-from consumer.decode.decoder import (
-    INDEX,
-    Decoded,
-    Decoder,
-    InvalidEvent,
-    RegistryUnavailable,
-    rows_of,
-)
-from consumer.run.observer import Observer
+from consumer.decode.decoder import INDEX, Decoded, Decoder, RegistryUnavailable, rows_of
+from consumer.run.observer import FlushReport, Observer
+from consumer.run.partitions import Partitions, first_offsets
 from consumer.run.retry import RetriesExhausted, retry_transient
 from consumer.source.deadletters import DeadLetters
+from schemas.errors import InvalidEvent, TerminalError
 from warehouse.base import ApplyResult, Batch, Warehouse
 from warehouse.staging import stage_frame
 
@@ -51,7 +47,7 @@ log = logging.getLogger("kyc_sync.loop")
 T = TypeVar("T")
 
 
-class StopRun(Exception):
+class StopRun(TerminalError):
     """A terminal condition: stop without committing what is buffered."""
 
 
@@ -69,16 +65,13 @@ class LoopOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class FlushReport:
-    batch_id: str
-    reason: FlushReason
-    events: int
-    invalid: int
-    keys: int
-    result: ApplyResult | None
-    ranges: tuple[PartitionRange, ...]
+class Drained:
+    """A drained window: its offsets and counts (rows released), its staged batch (None when
+    every event was dead-lettered), the time spent decoding it."""
+
+    window: Reduced
+    batch: Batch | None
     decode_s: float
-    total_s: float
 
 
 ConsumerFactory = Callable[..., Consumer]
@@ -96,7 +89,6 @@ class SyncLoop:
         dead_letters: DeadLetters | None,
         policy: WindowPolicy,
         clock: Clock = time.monotonic,
-        on_flush: Callable[[FlushReport], None] | None = None,
         observer: Observer | None = None,
     ) -> None:
         self.options = options
@@ -106,19 +98,19 @@ class SyncLoop:
         self.dead_letters = dead_letters
         self.window = Window(policy, clock)
         self.reducer = Reducer()
-        self.on_flush = on_flush
         self.observer = observer or Observer()
-        self.consumer: Consumer | None = None
-        self.assigned: set[int] = set()
-        self.at_end: set[int] = set()
+        self.partitions = Partitions(options.topic, options.consume_batch)
         self.stopping = False
         self.abandoned = False
         self.in_flight = False
-        self.in_callback = False  # inside a rebalance callback, i.e. inside consumer.consume()
         self.fatal: str | None = None
         self.decode_s = 0.0
         self.registry_failures = 0
         self.last_warning: dict[int, float] = {}
+
+    @property
+    def consumer(self) -> Consumer | None:
+        return self.partitions.consumer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,7 +141,7 @@ class SyncLoop:
     def run(self) -> int:
         self.retry(self.warehouse.open, "warehouse open")
         consumer = self.new_consumer(error_cb=self._on_client_error)
-        self.consumer = consumer
+        self.partitions.consumer = consumer
         consumer.subscribe(
             [self.options.topic],
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
@@ -160,7 +152,7 @@ class SyncLoop:
                 reason = self.window.due(self.reducer.events, self.reducer.payload_bytes)
                 if reason is not None:
                     self.flush(reason)
-                if self.options.until_caught_up and self.caught_up():
+                if self.options.until_caught_up and self.partitions.caught_up():
                     self.flush(FlushReason.CAUGHT_UP)
                     log.info("caught up with the end of every assigned partition")
                     break
@@ -171,22 +163,23 @@ class SyncLoop:
             self.abandon()
             raise
         finally:
-            self.consumer = None
+            self.partitions.consumer = None
             consumer.close()
             self.warehouse.close()
         return 0
 
     def poll(self) -> None:
-        assert self.consumer is not None
-        messages = self.consumer.consume(self.options.consume_batch, self.options.poll_timeout_s)
+        consumer = self.consumer
+        assert consumer is not None
+        messages = consumer.consume(self.options.consume_batch, self.options.poll_timeout_s)
         if self.fatal is not None:
             raise StopRun(self.fatal)
         if messages:
             self.ingest(messages)
-        self.observer.tick(self.consumer)
+        self.observer.tick(consumer)
 
     def caught_up(self) -> bool:
-        return bool(self.assigned) and self.assigned <= self.at_end
+        return self.partitions.caught_up()
 
     # -- ingest ------------------------------------------------------------------------------
 
@@ -199,7 +192,7 @@ class SyncLoop:
         keys: list[bytes | None] = []
         partitions: list[int] = []
         offsets: list[int] = []
-        at_end = self.at_end
+        at_end = self.partitions.at_end
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -243,7 +236,7 @@ class SyncLoop:
         if stop < len(kept):
             rows = rows.filter(pl.col(INDEX) < stop)
             # Not at the end any more: these partitions re-read from their first unprocessed one.
-            self.at_end.difference_update(partitions[stop:])
+            self.partitions.unread(partitions[stop:])
         if singles:
             rows = pl.concat([rows, rows_of(s for s in singles if s[0] < stop)], how="vertical")
         if rows.height:
@@ -271,13 +264,13 @@ class SyncLoop:
         self.registry_failures += 1
         wait = min(30.0, 0.5 * 2 ** min(self.registry_failures, 6))
         log.warning("%s; re-reading %d message(s) in %.1fs", err, len(unprocessed), wait)
-        self.wait_in_group(wait, rewind=_first_offsets(unprocessed))
+        self.wait_in_group(wait, rewind=first_offsets(unprocessed))
 
     def _on_message_error(self, msg: Message, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             partition = msg.partition()
-            if partition is not None and partition in self.assigned:
-                self.at_end.add(partition)
+            if partition is not None:
+                self.partitions.reached_end(partition)
             return
         if error.fatal():
             raise StopRun(f"fatal Kafka error: {error}")
@@ -301,58 +294,94 @@ class SyncLoop:
     # -- the commit protocol -----------------------------------------------------------------
 
     def flush(self, reason: FlushReason, budget_s: float | None = None) -> FlushReport | None:
-        """Drain -> (already reduced) -> apply in one transaction -> commit offsets."""
+        """Write the open window and commit the offsets it covers.
+
+        1. Drain the reducer: the latest event per key, and the offsets the window covers.
+        2. Wait until the window's dead letters are acknowledged by the broker.
+        3. Apply the rows in one warehouse transaction.
+        4. Commit the next offsets of the partitions this instance still owns.
+        5. Report to the observers.
+
+        A failure in steps 2-4 raises with nothing committed; the events are re-read.
+        """
         if self.reducer.events == 0 or self.abandoned:
             self.window.reset()
             return None
         started = time.perf_counter()
-        reduced = self.reducer.drain()
-        self.window.reset()
-        self.observer.timed("reduce", time.perf_counter() - started)
-        decode_s, self.decode_s = self.decode_s, 0.0
-        batch_id = uuid.uuid4().hex
         budget = self.options.retry_max_s if budget_s is None else budget_s
+        with self._in_flight():
+            # Step 1
+            drained = self._drain()
+            # Step 2
+            if self.dead_letters is not None and drained.window.invalid:
+                self.retry(self.dead_letters.flush, "dead-letter flush", budget)
+            # Step 3
+            result = None if (batch := drained.batch) is None else self.retry(
+                lambda: self.warehouse.apply(batch), "warehouse apply", budget)
+            # Step 4
+            with self._timed("commit"):
+                self.commit(drained.window.ranges)
+        # Step 5
+        return self._report(reason, drained, result, started)
+
+    def _drain(self) -> Drained:
+        """Empty the reducer and stage its rows. The reduced rows are released once staged:
+        the staged table is all the write needs."""
+        with self._timed("reduce"):
+            window = self.reducer.drain()
+            self.window.reset()
+        decode_s, self.decode_s = self.decode_s, 0.0
+        batch = self.stage(window, decode_s)
+        return Drained(replace(window, rows=None), batch, decode_s)
+
+    def _report(
+        self, reason: FlushReason, drained: Drained, result: ApplyResult | None, started: float
+    ) -> FlushReport:
+        window, batch = drained.window, drained.batch
+        report = FlushReport(
+            batch_id="-" if batch is None else batch.batch_id, reason=reason,
+            events=window.events, invalid=window.invalid,
+            keys=0 if batch is None else batch.rows.num_rows, result=result, ranges=window.ranges,
+            decode_s=drained.decode_s, total_s=time.perf_counter() - started,
+        )
+        self.observer.flushed(report)
+        self.observer.buffered(0, 0)
+        return report
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Marks a flush in progress (revocations then leave the buffer alone); a failure is
+        reported and raised."""
         self.in_flight = True
         try:
-            if self.dead_letters is not None and reduced.invalid:
-                self.retry(self.dead_letters.flush, "dead-letter flush", budget)
-            result = None
-            keys = 0 if reduced.rows is None else reduced.rows.height
-            if reduced.rows is not None:
-                batch = self.stage(batch_id, reduced.rows, reduced, decode_s)
-                reduced = replace(reduced, rows=None)  # the staged table is all the write needs
-                result = self.retry(lambda: self.warehouse.apply(batch), "warehouse apply", budget)
-            committing = time.perf_counter()
-            self.commit(reduced.ranges)
-            self.observer.timed("commit", time.perf_counter() - committing)
+            yield
         except BaseException as err:
             self.observer.flush_failed(err)
             raise
         finally:
             self.in_flight = False
-        report = FlushReport(
-            batch_id, reason, reduced.events, reduced.invalid, keys, result,
-            reduced.ranges, decode_s, time.perf_counter() - started,
-        )
-        log_flush(report)
-        self.observer.flushed(report)
-        self.observer.buffered(0, 0)
-        if self.on_flush is not None:
-            self.on_flush(report)
-        return report
 
-    def stage(
-        self, batch_id: str, rows: pl.DataFrame, reduced: Reduced, decode_s: float
-    ) -> Batch:
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.observer.timed(phase, time.perf_counter() - started)
+
+    def stage(self, window: Reduced, decode_s: float) -> Batch | None:
+        """The window as a batch for the warehouse; None when it holds no row (every event of
+        it was dead-lettered). The reduced frame is released once staged."""
+        if window.rows is None:
+            return None
         now = datetime.now(UTC).replace(tzinfo=None)
+        batch_id = uuid.uuid4().hex
         return Batch(
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=stage_frame(rows, batch_id, _utc_micros(now)),
-            ranges=reduced.ranges,
-            events_in=reduced.events,
-            invalid_events=reduced.invalid,
+            rows=stage_frame(window.rows, batch_id, _utc_micros(now)),
+            ranges=window.ranges,
+            events_in=window.events,
+            invalid_events=window.invalid,
             started_at=now,
             decode_ms=int(decode_s * 1000),
         )
@@ -363,7 +392,7 @@ class SyncLoop:
 
     def commit(self, ranges: tuple[PartitionRange, ...]) -> None:
         """Commit the next offsets of the partitions this instance still owns."""
-        owned = [r for r in ranges if r.partition in self.assigned]
+        owned = [r for r in ranges if r.partition in self.partitions.assigned]
         if self.consumer is None or not owned:
             return
         offsets = [TopicPartition(self.options.topic, r.partition, r.next_offset) for r in owned]
@@ -374,58 +403,9 @@ class SyncLoop:
             # re-applied as a no-op by the guard (at-least-once).
             log.warning("offset commit failed, the batch will be re-read: %s", err)
 
-    # -- staying in the group while waiting --------------------------------------------------
-
     def wait_in_group(self, seconds: float, rewind: dict[int, int] | None = None) -> None:
-        """Wait ``seconds`` with every partition paused, polling so that the group keeps this
-        member. Messages delivered meanwhile (partitions assigned during the wait) are not
-        processed: their partitions are rewound to them, like ``rewind``, after resuming."""
-        consumer = self.consumer
-        if consumer is None or self.in_callback:
-            # No consume() nested in the consume() that runs the rebalance callback: the client
-            # cannot re-enter (it aborts the process). librdkafka heartbeats in the background,
-            # and the callback is bounded by revoke_budget_s, far below max.poll.interval.ms.
-            time.sleep(seconds)
-            return
-        seek_to = dict(rewind or {})
-        self._pause(consumer, consumer.assignment())
-        try:
-            deadline = time.monotonic() + seconds
-            while (left := deadline - time.monotonic()) > 0 and not self.abandoned:
-                delivered = [
-                    m for m in consumer.consume(self.options.consume_batch, min(left, 0.5))
-                    if m.error() is None
-                ]
-                if delivered:
-                    for partition, offset in _first_offsets(delivered).items():
-                        seek_to.setdefault(partition, offset)
-                        self.at_end.discard(partition)
-                    self._pause(consumer, consumer.assignment())
-        finally:
-            self._resume_and_seek(consumer, seek_to)
-
-    @staticmethod
-    def _pause(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions:
-            consumer.pause(partitions)
-
-    def _resume_and_seek(self, consumer: Consumer, seek_to: dict[int, int]) -> None:
-        assignment = consumer.assignment()
-        if assignment:
-            consumer.resume(assignment)
-        self.seek(seek_to)
-
-    def seek(self, offsets: dict[int, int]) -> None:
-        """Re-read the owned partitions among ``offsets`` from the given offsets."""
-        if self.consumer is None:
-            return
-        for partition, offset in sorted(offsets.items()):
-            if partition not in self.assigned:
-                continue
-            try:
-                self.consumer.seek(TopicPartition(self.options.topic, partition, offset))
-            except KafkaException as err:
-                raise StopRun(f"cannot rewind partition {partition} to {offset}: {err}") from err
+        """Wait with the partitions paused, staying in the group (``Partitions.wait``)."""
+        self.partitions.wait(seconds, rewind, stop=lambda: self.abandoned)
 
     # -- rebalances --------------------------------------------------------------------------
 
@@ -439,14 +419,14 @@ class SyncLoop:
         """Forget buffered events without writing them; owned partitions re-read them."""
         self.reducer.clear()
         self.window.reset()
-        rewind = {r.partition: r.first for r in ranges if r.partition in self.assigned}
+        rewind = {r.partition: r.first for r in ranges if r.partition in self.partitions.assigned}
         log.warning("%s: dropped the buffer uncommitted; re-reading %s", why, rewind or "nothing")
-        self.seek(rewind)
+        self.partitions.seek(rewind)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {tp.partition for tp in partitions}
+        self.partitions.assign(tp.partition for tp in partitions)
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
-        self.observer.assignment(frozenset(self.assigned))
+        self.observer.assignment(frozenset(self.partitions.assigned))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Flush what is buffered within the revocation budget, or drop it uncommitted: the
@@ -455,55 +435,26 @@ class SyncLoop:
         if not self.abandoned and not self.in_flight and revoked & self.reducer.partitions():
             log.info("partitions %s revoked: flushing what is buffered", sorted(revoked))
             ranges = self.reducer.ranges()
-            self.in_callback = True
+            self.partitions.in_callback = True
             try:
                 self.flush(FlushReason.REVOKE, budget_s=self.options.revoke_budget_s)
             except RetriesExhausted as err:
-                self.assigned -= revoked
+                self.partitions.release(revoked)
                 self._drop_buffer(f"revocation flush over budget ({err})", ranges)
             finally:
-                self.in_callback = False
+                self.partitions.in_callback = False
         else:
             log.info("partitions %s revoked", sorted(revoked))
-        self.assigned -= revoked
-        self.at_end -= revoked
-        self.observer.assignment(frozenset(self.assigned))
+        self.partitions.release(revoked)
+        self.observer.assignment(frozenset(self.partitions.assigned))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {tp.partition for tp in partitions}
-        self.assigned -= lost
-        self.at_end -= lost
+        self.partitions.release(tp.partition for tp in partitions)
         if not self.abandoned and not self.in_flight and self.reducer.events:
-            self._drop_buffer(f"partitions {sorted(lost)} lost", self.reducer.ranges())
-        self.observer.assignment(frozenset(self.assigned))
-
-
-def _first_offsets(messages: Iterable[Message]) -> dict[int, int]:
-    """The first offset per partition among real (non-error) messages."""
-    first: dict[int, int] = {}
-    for msg in messages:
-        partition, offset = msg.partition(), msg.offset()
-        if msg.error() is None and partition is not None and offset is not None:
-            first[partition] = min(first.get(partition, offset), offset)
-    return first
+            lost = sorted(tp.partition for tp in partitions)
+            self._drop_buffer(f"partitions {lost} lost", self.reducer.ranges())
+        self.observer.assignment(frozenset(self.partitions.assigned))
 
 
 def _utc_micros(naive_utc: datetime) -> int:
     return int(naive_utc.replace(tzinfo=UTC).timestamp() * 1_000_000)
-
-
-def log_flush(report: FlushReport) -> None:
-    result = report.result
-    offsets = ",".join(f"{r.partition}:{r.first}-{r.next_offset - 1}" for r in report.ranges)
-    fields: dict[str, Any] = {
-        "batch_id": report.batch_id, "reason": report.reason.value, "events": report.events,
-        "invalid": report.invalid, "keys": report.keys, "offsets": offsets,
-        "decode_s": round(report.decode_s, 3), "total_s": round(report.total_s, 3),
-    }
-    if result is not None:
-        fields.update(
-            inserted=result.inserted, updated=result.updated, deleted=result.deleted,
-            stale=result.skipped_stale, write_s=round(result.write_s, 3),
-        )
-    log.info("flush %s", " ".join(f"{k}={v}" for k, v in fields.items()),
-             extra={"flush": fields})

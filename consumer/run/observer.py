@@ -1,14 +1,36 @@
-"""What the run loop reports while it works. Metrics (Prometheus) implement this interface;
-``Observer`` itself records nothing and is what the loop uses when metrics are off."""
+"""What the run loop reports while it works, and to whom.
+
+The loop talks to one ``Observer``; ``Observers`` fans each hook out to several (the flush log
+line, Prometheus metrics, a full refresh's collector). ``Observer`` itself records nothing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from batcher.ranges import PartitionRange
+from batcher.window import FlushReason
+from warehouse.base import ApplyResult
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
 
-    from consumer.run.loop import FlushReport
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    """One flushed window: what it held, what the warehouse did, the offsets committed."""
+
+    batch_id: str
+    reason: FlushReason
+    events: int
+    invalid: int
+    keys: int
+    result: ApplyResult | None
+    ranges: tuple[PartitionRange, ...]
+    decode_s: float
+    total_s: float
 
 
 class Observer:
@@ -40,3 +62,52 @@ class Observer:
 
     def tick(self, consumer: Consumer) -> None:
         """Called once per loop iteration; may query the consumer (watermarks) when due."""
+
+
+class Observers(Observer):
+    """Every hook, passed on to each observer in order."""
+
+    def __init__(self, observers: Iterable[Observer]) -> None:
+        self.observers = tuple(observers)
+
+    def consumed(self, messages: list[Message], decoded: int) -> None:
+        for observer in self.observers:
+            observer.consumed(messages, decoded)
+
+    def dead_lettered(self, error_class: str) -> None:
+        for observer in self.observers:
+            observer.dead_lettered(error_class)
+
+    def buffered(self, events: int, keys: int) -> None:
+        for observer in self.observers:
+            observer.buffered(events, keys)
+
+    def flushed(self, report: FlushReport) -> None:
+        for observer in self.observers:
+            observer.flushed(report)
+
+    def timed(self, phase: str, seconds: float) -> None:
+        for observer in self.observers:
+            observer.timed(phase, seconds)
+
+    def flush_failed(self, error: BaseException) -> None:
+        for observer in self.observers:
+            observer.flush_failed(error)
+
+    def assignment(self, partitions: frozenset[int]) -> None:
+        for observer in self.observers:
+            observer.assignment(partitions)
+
+    def tick(self, consumer: Consumer) -> None:
+        for observer in self.observers:
+            observer.tick(consumer)
+
+
+class FlushCollector(Observer):
+    """Keeps the report of every flush (a full refresh sums them up)."""
+
+    def __init__(self) -> None:
+        self.reports: list[FlushReport] = []
+
+    def flushed(self, report: FlushReport) -> None:
+        self.reports.append(report)

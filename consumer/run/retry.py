@@ -19,17 +19,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from consumer.source.deadletters import DeadLetterTimeout
-from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
+from schemas.errors import TerminalError, TransientError
 
 T = TypeVar("T")
 log = logging.getLogger("kyc_sync.retry")
 
-TRANSIENT: tuple[type[Exception], ...] = (TransientWarehouseError, DeadLetterTimeout)
-"""Failures worth retrying; everything else stops the run without committing."""
-
-
-class RetriesExhausted(TerminalWarehouseError):
+class RetriesExhausted(TerminalError):
     """A transient failure outlasted its retry budget."""
 
 
@@ -41,7 +36,7 @@ def retry_transient(
     initial_s: float = 0.2,
     cap_s: float = 10.0,
 ) -> T:
-    """Run ``call``; retry ``TRANSIENT`` failures for up to ``max_s`` seconds in total.
+    """Run ``call``; retry ``TransientError`` failures for up to ``max_s`` seconds in total.
 
     Exhausted retries raise ``RetriesExhausted`` naming the last failure.
     """
@@ -53,7 +48,7 @@ def retry_transient(
                     what, state.attempt_number, wait, error)
 
     retrying = Retrying(
-        retry=retry_if_exception_type(TRANSIENT),
+        retry=retry_if_exception_type(TransientError),
         wait=wait_exponential_jitter(multiplier=initial_s, max=cap_s, jitter=initial_s),
         stop=stop_after_delay(max_s),
         before_sleep=log_retry,
@@ -62,5 +57,5 @@ def retry_transient(
     )
     try:
         return retrying(call)
-    except TRANSIENT as err:
+    except TransientError as err:
         raise RetriesExhausted(f"{what}: still failing after {max_s:.0f}s: {err}") from err

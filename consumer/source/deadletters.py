@@ -12,12 +12,14 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from schemas.errors import TerminalError, TransientError
 
-class DeadLetterError(Exception):
+
+class DeadLetterError(TerminalError):
     """Dead-letter copies were refused; offsets must not be committed. Terminal."""
 
 
-class DeadLetterTimeout(Exception):
+class DeadLetterTimeout(TransientError):
     """Dead-letter copies are not acknowledged yet (broker unreachable?); worth retrying."""
 
 

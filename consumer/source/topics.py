@@ -10,9 +10,10 @@ from confluent_kafka.cimpl import NewTopic
 
 from consumer.settings import KafkaSettings
 from consumer.source.client import admin_config
+from schemas.errors import TerminalError
 
 
-class TopicError(Exception):
+class TopicError(TerminalError):
     """A topic is missing or cannot be created."""
 
 

@@ -15,6 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
+from consumer.run.observer import FlushReport, Observer
+
 LogFormat = Literal["text", "json"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -59,3 +61,26 @@ def setup_logging(level: str, log_format: LogFormat = "text", stream: IO[str] | 
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+
+
+class FlushLog(Observer):
+    """One INFO line per flush (``kyc_sync.loop``), its fields under ``flush`` in JSON logs."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("kyc_sync.loop")
+
+    def flushed(self, report: FlushReport) -> None:
+        result = report.result
+        offsets = ",".join(f"{r.partition}:{r.first}-{r.next_offset - 1}" for r in report.ranges)
+        fields: dict[str, Any] = {
+            "batch_id": report.batch_id, "reason": report.reason.value, "events": report.events,
+            "invalid": report.invalid, "keys": report.keys, "offsets": offsets,
+            "decode_s": round(report.decode_s, 3), "total_s": round(report.total_s, 3),
+        }
+        if result is not None:
+            fields.update(
+                inserted=result.inserted, updated=result.updated, deleted=result.deleted,
+                stale=result.skipped_stale, write_s=round(result.write_s, 3),
+            )
+        self.log.info("flush %s", " ".join(f"{k}={v}" for k, v in fields.items()),
+                      extra={"flush": fields})

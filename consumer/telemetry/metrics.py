@@ -28,13 +28,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from consumer.decode.decoder import ERROR_CLASSES
-from consumer.run.observer import Observer
+from consumer.run.observer import FlushReport, Observer
 from consumer.settings import MetricsSettings
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
 
-    from consumer.run.loop import FlushReport
 
 log = logging.getLogger("kyc_sync.metrics")
 

@@ -55,9 +55,10 @@ import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.decode.decoder import InvalidEvent, PlainAvroDecoder
+from consumer.decode.decoder import PlainAvroDecoder
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
+from schemas.errors import InvalidEvent
 from tests.integration.harness import (
     BASE_US,
     Event,

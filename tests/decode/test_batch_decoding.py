@@ -19,11 +19,11 @@ from consumer.decode.decoder import (
     SPLIT_BELOW,
     WIRE_HEADER,
     ConfluentAvroDecoder,
-    InvalidEvent,
     PlainAvroDecoder,
     RegistryUnavailable,
 )
 from schemas.columns import KEY
+from schemas.errors import InvalidEvent
 from tests.decode.test_decoding import (
     AUDIT,
     AUDIT_ID,

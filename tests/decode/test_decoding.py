@@ -17,7 +17,6 @@ from consumer.decode.decoder import (
     WIRE_HEADER,
     ConfluentAvroDecoder,
     Decoded,
-    InvalidEvent,
     PlainAvroDecoder,
     RegistryUnavailable,
     UnknownSchemaId,
@@ -25,6 +24,7 @@ from consumer.decode.decoder import (
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 from schemas.columns import OP_TYPES
+from schemas.errors import InvalidEvent
 
 Schema = dict[str, Any]
 

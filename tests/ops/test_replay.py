@@ -23,6 +23,7 @@ from consumer.ops.replay import (
     select_partitions,
 )
 from consumer.settings import KafkaSettings, Settings
+from schemas.errors import UsageError
 
 E, L, D, S, N = (ResetKind.EARLIEST, ResetKind.LATEST, ResetKind.DATETIME, ResetKind.SHIFT,
                  ResetKind.OFFSET)
@@ -143,7 +144,7 @@ def test_parse_count() -> None:
 def test_select_partitions() -> None:
     assert select_partitions((0, 1, 2), None) == (0, 1, 2)
     assert select_partitions((0, 1, 2), (2, 0)) == (0, 2)
-    with pytest.raises(ValueError, match=r"partitions \[5\] do not exist"):
+    with pytest.raises(UsageError, match=r"partitions \[5\] do not exist"):
         select_partitions((0, 1, 2), (0, 5))
 
 

@@ -16,8 +16,8 @@ import pytest
 from batcher.ranges import PartitionRange
 from batcher.window import FlushReason
 from consumer import cli
-from consumer.run.loop import FlushReport, log_flush
-from consumer.telemetry.logs import JsonFormatter, formatter, setup_logging
+from consumer.run.observer import FlushReport
+from consumer.telemetry.logs import FlushLog, JsonFormatter, formatter, setup_logging
 from warehouse.base import ApplyResult
 
 
@@ -109,7 +109,7 @@ def test_log_flush_writes_one_json_line_per_flush() -> None:
     )
 
     with configured("INFO", stream):
-        log_flush(report)
+        FlushLog().flushed(report)
 
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
@@ -145,7 +145,7 @@ def kafka_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def load(*argv: str) -> str:
-    settings = cli._load(cli._parser().parse_args(list(argv)))
+    settings = cli.load(cli._parser().parse_args(list(argv)))
     return settings.log_format
 
 

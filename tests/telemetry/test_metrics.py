@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batcher.ranges import PartitionRange
 from batcher.window import FlushReason
-from consumer.run.loop import FlushReport
-from consumer.run.observer import Observer
+from consumer.run.observer import FlushReport, Observer
 from consumer.settings import MetricsSettings
 from consumer.telemetry.metrics import MetricsServer, PrometheusObserver, serving
 from warehouse.base import ApplyResult

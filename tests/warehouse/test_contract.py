@@ -217,9 +217,9 @@ def snowflake_harness(config: Any, examples: int, swap: bool = True) -> Harness:
 
 
 def fakesnow_config(host: str, port: int, database: str) -> Any:
-    from warehouse.snowflake_writer import SnowflakeConfig
+    from warehouse.snowflake_settings import SnowflakeSettings
 
-    return SnowflakeConfig(
+    return SnowflakeSettings(
         account="fakesnow", user="fake", password=SecretStr("snow"), database=database,
         schema_name="KYC", host=host, port=port, protocol="http",
         login_timeout_s=20, network_timeout_s=30,

@@ -38,15 +38,15 @@ import snowflake.connector  # noqa: E402  (only needed, and importable, when con
 
 from tests.warehouse import test_contract as contract  # noqa: E402
 from warehouse.identifiers import Ident  # noqa: E402
-from warehouse.snowflake_writer import SnowflakeConfig  # noqa: E402
+from warehouse.snowflake_settings import SnowflakeSettings  # noqa: E402
 
 REAL_EXAMPLES = 5
 
 
-def real_config(schema: str) -> SnowflakeConfig:
+def real_config(schema: str) -> SnowflakeSettings:
     env = os.environ
     key_file = env.get("SNOWFLAKE_PRIVATE_KEY_FILE")
-    return SnowflakeConfig(
+    return SnowflakeSettings(
         account=env["SNOWFLAKE_ACCOUNT"],
         user=env["SNOWFLAKE_USER"],
         password=SecretStr(env.get("SNOWFLAKE_PASSWORD", "")),

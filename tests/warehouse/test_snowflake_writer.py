@@ -31,17 +31,15 @@ from tests.warehouse.test_contract import T0, Event, fakesnow_config, make_batch
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.identifiers import Ident, QualifiedName
 from warehouse.snowflake_errors import translate
+from warehouse.snowflake_settings import SnowflakeSettings, load_private_key, private_key_der
 from warehouse.snowflake_writer import (
     STAGE,
     STAGED,
-    SnowflakeConfig,
     SnowflakeWarehouse,
     copy_sql,
     create_stage_sql,
     flush_statements,
-    load_private_key,
     parquet_payload,
-    private_key_der,
     recorded_sql,
     use_schema_sql,
 )
@@ -229,9 +227,9 @@ def same_key(der: bytes, key: rsa.RSAPrivateKey) -> bool:
     return loaded.private_numbers() == key.private_numbers()
 
 
-def config(**overrides: Any) -> SnowflakeConfig:
+def config(**overrides: Any) -> SnowflakeSettings:
     fields: dict[str, Any] = {"account": "myorg-kyc", "user": "KYC_SYNC", "database": "kyc"}
-    return SnowflakeConfig(**{**fields, **overrides})
+    return SnowflakeSettings(**{**fields, **overrides})
 
 
 def test_key_file_unencrypted(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
