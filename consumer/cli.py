@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _operations(sub: Any) -> None:
-    """replay, lag, check: see "Operations" in README.md."""
+    """replay, lag, check: see docs/operations.md."""
     duration = _arg_type(parse_duration, "duration")
     replay = sub.add_parser(
         "replay", help="move the group's committed offsets (a dry run unless --execute), or "
