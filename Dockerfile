@@ -4,7 +4,7 @@
 #   docker build -t kyc-sync --build-arg EXTRAS=snowflake .  # with the Snowflake writer
 #   docker run --rm -e KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS=broker:9092 kyc-sync   # = kyc-sync run
 #
-# Settings come from KYC_SYNC_* environment variables (README.md, "Configuration"), or from a
+# Settings come from KYC_SYNC_* environment variables (docs/configuration.md), or from a
 # TOML file mounted into the container and named by KYC_SYNC_CONFIG. The DuckDB file lives in
 # /data (mount a volume there). Metrics, /healthz and /readyz are served on port 9464.
 

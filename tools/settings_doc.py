@@ -1,7 +1,7 @@
 """Render the configuration reference (every setting: env name, default, meaning) from the
-settings model. ``python -m tools.settings_doc`` prints the Markdown table that README.md holds
-between the ``settings-reference`` markers; ``--write`` updates README.md; a test checks that the
-two agree."""
+settings model. ``python -m tools.settings_doc`` prints the Markdown table that
+docs/configuration.md holds between the ``settings-reference`` markers; ``--write`` updates
+docs/configuration.md; a test checks that the two agree."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from consumer.settings import Settings
 
 BEGIN = "<!-- settings-reference:begin -->"
 END = "<!-- settings-reference:end -->"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+"""The page that holds the reference."""
 
 
 def _default(field: FieldInfo) -> str:
@@ -68,7 +70,6 @@ def update(text: str) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
-        readme = Path(__file__).resolve().parent.parent / "README.md"
-        readme.write_text(update(readme.read_text("utf-8")), "utf-8")
+        DOC.write_text(update(DOC.read_text("utf-8")), "utf-8")
     else:
         sys.stdout.write(section() + "\n")

@@ -99,7 +99,7 @@ def format_table(header: list[str], rows: list[tuple[object, ...]]) -> str:
     return "\n".join(lines)
 
 
-# -- operations: replay, lag, check (README.md, "Operations") --------------------------------------
+# -- operations: replay, lag, check (docs/operations.md) ------------------------------------------
 
 
 def _reset(args: argparse.Namespace) -> Reset:
