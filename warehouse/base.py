@@ -53,6 +53,19 @@ class ApplyResult:
         return self.inserted + self.updated + self.deleted
 
 
+def ledger_row(
+    batch: Batch, result: ApplyResult, committed_at: datetime, write_ms: int
+) -> list[Any]:
+    """The batch's ledger row, values in ``tables.LEDGER_COLUMNS`` order (bound, never
+    formatted into the SQL)."""
+    return [
+        batch.batch_id, batch.topic, batch.consumer_group, batch.started_at, committed_at,
+        batch.events_in, batch.invalid_events, batch.rows.num_rows,
+        result.inserted, result.updated, result.deleted, result.skipped_stale,
+        result.min_op_time, result.max_op_time, batch.offsets_json(), batch.decode_ms, write_ms,
+    ]
+
+
 class Warehouse(Protocol):
     """A MERGE writer. ``apply`` is all-or-nothing: it commits, or raises and changed nothing."""
 

@@ -8,13 +8,15 @@ held by another instance surfaces as ``TransientWarehouseError`` and the flush i
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
-from warehouse.base import ApplyResult, Batch
+from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident
@@ -32,6 +34,15 @@ from warehouse.tables import TableNames, ddl
 STAGED = "kyc_sync_staged"
 APPLY_SLICE_ROWS = 250_000
 """Staged rows written per statement group; bounds the memory of the hash joins of a flush."""
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Raise DuckDB's errors as the writer's: the one place driver errors are translated."""
+    try:
+        yield
+    except duckdb.Error as err:
+        raise translate(err) from err
 
 
 def translate(err: duckdb.Error) -> WarehouseError:
@@ -80,15 +91,13 @@ class DuckDBWarehouse:
             if self._memory is None:
                 self._memory = duckdb.connect(":memory:")
             return self._memory
-        try:
-            return duckdb.connect(self.path)
-        except duckdb.Error as err:
-            raise translate(err) from err
+        return duckdb.connect(self.path)
 
     def _release(self, con: duckdb.DuckDBPyConnection) -> None:
         if con is not self._memory:
             con.close()
 
+    @translated()
     def open(self) -> None:
         con = self._connect()
         try:
@@ -96,11 +105,10 @@ class DuckDBWarehouse:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema.sql()}")
             for statement in ddl(self.names, "duckdb"):
                 con.execute(statement)
-        except duckdb.Error as err:
-            raise translate(err) from err
         finally:
             self._release(con)
 
+    @translated()
     def apply(self, batch: Batch) -> ApplyResult:
         try:
             assert_unique_keys(batch.rows)
@@ -111,60 +119,54 @@ class DuckDBWarehouse:
         try:
             con.begin()
             try:
-                # The guarded upsert as DELETE of the superseded rows + INSERT of the staged
-                # rows whose key is then absent, rather than MERGE or UPDATE: DuckDB 2.0's MERGE
-                # has a slow path (seconds per 100k rows) when it updates rows inserted after an
-                # earlier update, and an UPDATE keeps every updated column's old and new values
-                # in memory until the commit (about 500 MiB for 1M rows). The staged rows hold
-                # one row per key, so slices are independent; each is classified, then written.
-                classified: tuple[Any, ...] = (0, 0, 0, 0, None, None)
-                for start in range(0, max(batch.rows.num_rows, 1), APPLY_SLICE_ROWS):
-                    con.register(STAGED, batch.rows.slice(start, APPLY_SLICE_ROWS))
-                    row = con.execute(classify_sql(self.names.state, STAGED, "duckdb")).fetchone()
-                    assert row is not None
-                    assert len(row) == len(CLASSIFY_FIELDS)
-                    classified = add_classified(classified, row)
-                    con.execute(delete_superseded_sql(self.names.state, STAGED, "duckdb"))
-                    con.execute(insert_new_sql(self.names.state, STAGED, "duckdb"))
-                    con.unregister(STAGED)
-                inserted, updated, deleted, stale, min_t, max_t = classified
+                result = self._write(con, batch)
                 self.faults("after_merge")
                 write_ms = int((time.perf_counter() - started) * 1000)
                 con.execute(
                     ledger_insert_sql(self.names.ledger, "duckdb"),
-                    [
-                        batch.batch_id, batch.topic, batch.consumer_group, batch.started_at,
-                        utcnow(), batch.events_in, batch.invalid_events, batch.rows.num_rows,
-                        inserted, updated, deleted, stale, min_t, max_t, batch.offsets_json(),
-                        batch.decode_ms, write_ms,
-                    ],
+                    ledger_row(batch, result, utcnow(), write_ms),
                 )
                 con.commit()
             except BaseException:
                 con.rollback()
                 raise
-        except duckdb.Error as err:
-            raise translate(err) from err
         finally:
             self._release(con)
+        return replace(result, write_s=time.perf_counter() - started)
+
+    def _write(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> ApplyResult:
+        """The guarded upsert, slice by slice; what it did (``write_s`` is set by the caller).
+
+        DELETE of the superseded rows + INSERT of the staged rows whose key is then absent,
+        rather than MERGE or UPDATE: DuckDB 2.0's MERGE has a slow path (seconds per 100k rows)
+        when it updates rows inserted after an earlier update, and an UPDATE keeps every updated
+        column's old and new values in memory until the commit (about 500 MiB for 1M rows). The
+        staged rows hold one row per key, so slices are independent; each is classified, then
+        written."""
+        classified: tuple[Any, ...] = (0, 0, 0, 0, None, None)
+        for start in range(0, max(batch.rows.num_rows, 1), APPLY_SLICE_ROWS):
+            con.register(STAGED, batch.rows.slice(start, APPLY_SLICE_ROWS))
+            row = con.execute(classify_sql(self.names.state, STAGED, "duckdb")).fetchone()
+            assert row is not None
+            assert len(row) == len(CLASSIFY_FIELDS)
+            classified = add_classified(classified, row)
+            con.execute(delete_superseded_sql(self.names.state, STAGED, "duckdb"))
+            con.execute(insert_new_sql(self.names.state, STAGED, "duckdb"))
+            con.unregister(STAGED)
+        inserted, updated, deleted, stale, min_t, max_t = classified
         return ApplyResult(
             inserted=int(inserted), updated=int(updated), deleted=int(deleted),
-            skipped_stale=int(stale), min_op_time=min_t, max_op_time=max_t,
-            write_s=time.perf_counter() - started,
+            skipped_stale=int(stale), min_op_time=min_t, max_op_time=max_t, write_s=0.0,
         )
 
     # -- operations: read-only queries and the full-refresh swap ------------------------------
 
+    @translated()
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One read-only query; the file is opened read-only and released right after."""
-        try:
-            con = self._memory or duckdb.connect(self.path, read_only=True)
-        except duckdb.Error as err:
-            raise translate(err) from err
+        con = self._memory or duckdb.connect(self.path, read_only=True)
         try:
             return con.execute(sql, list(params)).fetchall()
-        except duckdb.Error as err:
-            raise translate(err) from err
         finally:
             self._release(con)
 
@@ -175,6 +177,7 @@ class DuckDBWarehouse:
         """One transaction: readers see the old table or the rebuilt one, never a mix."""
         self._transaction(swap_statements(self.names, rebuild, "duckdb"))
 
+    @translated()
     def _transaction(self, statements: list[str]) -> None:
         con = self._connect()
         try:
@@ -186,8 +189,6 @@ class DuckDBWarehouse:
             except BaseException:
                 con.rollback()
                 raise
-        except duckdb.Error as err:
-            raise translate(err) from err
         finally:
             self._release(con)
 

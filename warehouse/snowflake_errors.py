@@ -20,6 +20,8 @@ mapping, in order:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from snowflake.connector import errors as sf
 
@@ -111,3 +113,12 @@ def translate(err: sf.Error) -> WarehouseError:
     if is_transient(err):
         return TransientWarehouseError(f"Snowflake: {describe(err)}")
     return TerminalWarehouseError(f"Snowflake: {describe(err)}")
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Raise the connector's errors as the writer's: the one place they are translated."""
+    try:
+        yield
+    except sf.Error as err:
+        raise translate(err) from err

@@ -34,7 +34,8 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -43,15 +44,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import snowflake.connector
 from snowflake.connector import SnowflakeConnection
-from snowflake.connector import errors as sf
 from snowflake.connector.cursor import SnowflakeCursor
 
 from schemas.columns import Column
-from warehouse.base import ApplyResult, Batch
+from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident, QualifiedName
-from warehouse.snowflake_errors import translate
+from warehouse.snowflake_errors import translated
 from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
@@ -171,22 +171,16 @@ class SnowflakeWarehouse:
     def _session(self) -> SnowflakeConnection:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
-        args = self.config.connect_args()
-        try:
-            conn = snowflake.connector.connect(**args)
-        except sf.Error as err:
-            raise translate(err) from err
-        try:
-            conn.autocommit(False)
-            with conn.cursor() as cur:
-                cur.execute(use_schema_sql(self.database, self.schema))
-                cur.execute(create_stage_sql())
-        except sf.Error as err:
-            _close_quietly(conn)
-            raise translate(err) from err
-        except BaseException:
-            _close_quietly(conn)
-            raise
+        with translated():
+            conn = snowflake.connector.connect(**self.config.connect_args())
+            try:
+                conn.autocommit(False)
+                with conn.cursor() as cur:
+                    cur.execute(use_schema_sql(self.database, self.schema))
+                    cur.execute(create_stage_sql())
+            except BaseException:
+                _close_quietly(conn)
+                raise
         log.info(
             "connected to Snowflake: account=%s user=%s role=%s warehouse=%s schema=%s.%s "
             "auth=%s",
@@ -197,8 +191,20 @@ class SnowflakeWarehouse:
         self._conn = conn
         return conn
 
+    @contextmanager
+    def _work(self) -> Iterator[SnowflakeConnection]:
+        """The session for one unit of work: a failure rolls back and drops the session (the
+        next call opens a fresh one); the connector's errors are translated."""
+        with translated():
+            conn = self._session()
+            try:
+                yield conn
+            except BaseException:
+                self._abort(conn)
+                raise
+
     def _abort(self, conn: SnowflakeConnection) -> None:
-        """Roll back and drop the session; the next call opens a fresh one."""
+        """Roll back and drop the session."""
         try:
             conn.rollback()
         except Exception as err:  # the session may already be gone; the rollback is implied
@@ -210,17 +216,7 @@ class SnowflakeWarehouse:
     # -- the Warehouse protocol --------------------------------------------------------------
 
     def open(self) -> None:
-        conn = self._session()
-        try:
-            with conn.cursor() as cur:
-                for statement in ddl(self.names, "snowflake"):
-                    cur.execute(statement)
-            conn.commit()
-        except BaseException as err:
-            self._abort(conn)
-            if isinstance(err, sf.Error):
-                raise translate(err) from err
-            raise
+        self._statements(ddl(self.names, "snowflake"))
 
     def apply(self, batch: Batch) -> ApplyResult:
         try:
@@ -229,25 +225,22 @@ class SnowflakeWarehouse:
             raise TerminalWarehouseError(str(err)) from err
         started = time.perf_counter()
         payload = parquet_payload(batch.rows)
-        conn = self._session()
         committing = False
         try:
-            if self._uncertain == batch.batch_id and (done := self._recorded(conn, batch)):
+            with self._work() as conn:
+                if self._uncertain == batch.batch_id and (done := self._recorded(conn, batch)):
+                    self._uncertain = None
+                    return replace(done, write_s=time.perf_counter() - started)
                 self._uncertain = None
-                return replace(done, write_s=time.perf_counter() - started)
-            self._uncertain = None
-            with conn.cursor() as cur:
-                result = self._write(cur, batch, payload, started)
-            committing = True
-            conn.commit()
-        except BaseException as err:
+                with conn.cursor() as cur:
+                    result = self._write(cur, batch, payload, started)
+                committing = True
+                conn.commit()
+        except BaseException:
             if committing:
                 # The COMMIT's reply was lost: the transaction may or may not have committed.
                 # The retry of this batch looks for its ledger row first.
                 self._uncertain = batch.batch_id
-            self._abort(conn)
-            if isinstance(err, sf.Error):
-                raise translate(err) from err
             raise
         return replace(result, write_s=time.perf_counter() - started)
 
@@ -278,13 +271,7 @@ class SnowflakeWarehouse:
         write_ms = int((time.perf_counter() - started) * 1000)
         cur.execute(
             ledger_insert_sql(self.names.ledger, "snowflake"),
-            [
-                batch.batch_id, batch.topic, batch.consumer_group, batch.started_at, utcnow(),
-                batch.events_in, batch.invalid_events, batch.rows.num_rows,
-                classified.inserted, classified.updated, classified.deleted,
-                classified.skipped_stale, classified.min_op_time, classified.max_op_time,
-                batch.offsets_json(), batch.decode_ms, write_ms,
-            ],
+            ledger_row(batch, classified, utcnow(), write_ms),
         )
         return classified
 
@@ -310,17 +297,9 @@ class SnowflakeWarehouse:
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One read-only query with bound ``?`` parameters; all rows."""
-        conn = self._session()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, list(params) if params else None)
-                rows = [tuple(r) for r in cur.fetchall()]
-        except BaseException as err:
-            self._abort(conn)
-            if isinstance(err, sf.Error):
-                raise translate(err) from err
-            raise
-        return rows
+        with self._work() as conn, conn.cursor() as cur:
+            cur.execute(sql, list(params) if params else None)
+            return [tuple(r) for r in cur.fetchall()]
 
     def discard(self, rebuild: TableNames) -> None:
         self._statements(discard_statements(rebuild))
@@ -330,17 +309,11 @@ class SnowflakeWarehouse:
         self._statements(swap_statements(self.names, rebuild, "snowflake"))
 
     def _statements(self, statements: list[str]) -> None:
-        conn = self._session()
-        try:
+        with self._work() as conn:
             with conn.cursor() as cur:
                 for statement in statements:
                     cur.execute(statement)
             conn.commit()
-        except BaseException as err:
-            self._abort(conn)
-            if isinstance(err, sf.Error):
-                raise translate(err) from err
-            raise
 
 
 def _result(row: Sequence[Any] | None) -> ApplyResult:
