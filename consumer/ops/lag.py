@@ -10,34 +10,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any
 
 from consumer.ops.durations import format_duration
 from consumer.ops.ledger import LastBatch
-from consumer.ops.offsets import KafkaSide
+from consumer.ops.offsets import KafkaSide, PartitionOffsets
 from consumer.ops.render import text_table, utc_text
-from consumer.ops.replay import PartitionOffsets
 
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
-    """One partition; ``oldest_ms`` is the timestamp of the first unconsumed message."""
+    """One partition's offsets, and ``oldest_ms``: the timestamp of its first unconsumed
+    message (None: not read)."""
 
-    partition: int
-    committed: int | None
-    low: int
-    high: int
+    offsets: PartitionOffsets
     oldest_ms: int | None = None
 
     @property
-    def position(self) -> int:
-        return PartitionOffsets(self.partition, self.committed, self.low, self.high).position
+    def partition(self) -> int:
+        return self.offsets.partition
+
+    @property
+    def committed(self) -> int | None:
+        return self.offsets.committed
+
+    @property
+    def high(self) -> int:
+        return self.offsets.high
 
     @property
     def lag(self) -> int:
-        return self.high - self.position
+        return self.offsets.lag
 
     def age_s(self, now_ms: int) -> float | None:
         """Seconds since the oldest unconsumed message was written; 0 with no lag, None when
@@ -161,13 +166,8 @@ def measure(
     partitions = kafka.partitions()
     committed = kafka.committed(group, partitions)
     marks = kafka.watermarks(partitions)
-    found = [
-        PartitionLag(p, committed.get(p), marks[p].low, marks[p].high) for p in partitions
-    ]
+    found = [replace(marks[p], committed=committed.get(p)) for p in partitions]
     behind = {p.partition: p.position for p in found if p.lag > 0}
     stamps = kafka.timestamps_at(behind)
     now_ms = int(clock() * 1000)
-    return tuple(
-        PartitionLag(p.partition, p.committed, p.low, p.high, stamps.get(p.partition))
-        for p in found
-    ), now_ms
+    return tuple(PartitionLag(p, stamps.get(p.partition)) for p in found), now_ms

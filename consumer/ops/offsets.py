@@ -59,11 +59,27 @@ class GroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Watermarks:
-    """``low``: the earliest offset still in the log; ``high``: the log-end offset."""
+class PartitionOffsets:
+    """One partition as Kafka sees it: ``low``, the earliest offset still in the log; ``high``,
+    the log-end offset; and a group's committed offset (None: none yet, or not asked)."""
 
+    partition: int
+    committed: int | None
     low: int
     high: int
+
+    @property
+    def position(self) -> int:
+        """Where the group would read next: the committed offset, or the earliest offset when
+        there is none or retention removed it (kyc-sync uses ``auto.offset.reset=earliest``)."""
+        if self.committed is None or self.committed < self.low:
+            return self.low
+        return min(self.committed, self.high)
+
+    @property
+    def lag(self) -> int:
+        """Messages between the group's position and the end of the log."""
+        return self.high - self.position
 
 
 class KafkaSide(Protocol):
@@ -73,7 +89,9 @@ class KafkaSide(Protocol):
 
     def partitions(self) -> tuple[int, ...]: ...
 
-    def watermarks(self, partitions: Iterable[int]) -> dict[int, Watermarks]: ...
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, PartitionOffsets]:
+        """The partitions' low and high offsets (``committed`` None)."""
+        ...
 
     def offsets_for_time(
         self, partitions: Iterable[int], timestamp_ms: int
@@ -163,14 +181,14 @@ class KafkaOffsets:
             raise OffsetsError(f"topic {self.topic!r} does not exist")
         return tuple(range(count))
 
-    def watermarks(self, partitions: Iterable[int]) -> dict[int, Watermarks]:
-        found: dict[int, Watermarks] = {}
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, PartitionOffsets]:
+        found: dict[int, PartitionOffsets] = {}
         for tp in self._tps(partitions):
             try:
                 low, high = self.probe.get_watermark_offsets(tp, timeout=self.timeout_s)
             except KafkaException as err:
                 raise OffsetsError(f"watermarks of {self.topic}[{tp.partition}]: {err}") from None
-            found[tp.partition] = Watermarks(int(low), int(high))
+            found[tp.partition] = PartitionOffsets(tp.partition, None, int(low), int(high))
         return found
 
     def offsets_for_time(

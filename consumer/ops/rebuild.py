@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.app import build_loop, open_refresher
-from consumer.ops.offsets import GroupInfo, KafkaSide, OffsetsError, Watermarks
+from consumer.ops.offsets import GroupInfo, KafkaSide, OffsetsError, PartitionOffsets
 from consumer.ops.render import text_table
 from consumer.ops.replay import refuse_if_active
 from consumer.run.observer import FlushCollector
@@ -46,7 +46,7 @@ class RefreshError(TerminalError):
 class RefreshPlan:
     topic: str
     group: str
-    marks: tuple[tuple[int, Watermarks], ...]
+    marks: tuple[tuple[int, PartitionOffsets], ...]
     group_info: GroupInfo
 
     @property

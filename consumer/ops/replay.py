@@ -14,12 +14,12 @@ events can neither roll a row back nor bring a deleted profile back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from consumer.ops.offsets import GroupInfo, KafkaSide
+from consumer.ops.offsets import GroupInfo, KafkaSide, PartitionOffsets
 from consumer.ops.render import text_table
 from schemas.errors import TerminalError, UsageError
 
@@ -55,71 +55,54 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
-class PartitionOffsets:
-    """What Kafka says about one partition: the group's committed offset (None: none yet),
-    the watermarks, and for time-based resets the ``offsets_for_times`` answer (None: no
-    message at or after the time)."""
-
-    partition: int
-    committed: int | None
-    low: int
-    high: int
-    at_time: int | None = None
-
-    @property
-    def position(self) -> int:
-        """Where the group would read next: the committed offset, or the earliest offset when
-        there is none or retention removed it (kyc-sync uses ``auto.offset.reset=earliest``)."""
-        if self.committed is None or self.committed < self.low:
-            return self.low
-        return min(self.committed, self.high)
-
-
-@dataclass(frozen=True, slots=True)
 class Move:
-    partition: int
-    committed: int | None
+    """One partition's planned move: from the group's position to ``new_offset``."""
+
+    offsets: PartitionOffsets
     new_offset: int
-    low: int
-    high: int
     clamped: bool = False
 
     @property
-    def position(self) -> int:
-        return PartitionOffsets(self.partition, self.committed, self.low, self.high).position
+    def partition(self) -> int:
+        return self.offsets.partition
+
+    @property
+    def committed(self) -> int | None:
+        return self.offsets.committed
 
     @property
     def reread(self) -> int:
         """Messages read before that will be read again."""
-        return max(0, self.position - self.new_offset)
+        return max(0, self.offsets.position - self.new_offset)
 
     @property
     def skipped(self) -> int:
         """Unread messages jumped over (never applied)."""
-        return max(0, self.new_offset - self.position)
+        return max(0, self.new_offset - self.offsets.position)
 
     @property
     def to_read(self) -> int:
         """Messages between the new offset and the end of the log."""
-        return self.high - self.new_offset
+        return self.offsets.high - self.new_offset
 
 
-def plan_move(offsets: PartitionOffsets, reset: Reset) -> Move:
+def plan_move(offsets: PartitionOffsets, reset: Reset, at_time: int | None = None) -> Move:
     """The new offset of one partition; targets outside the log are clamped into
-    ``[low, high]`` (as ``kafka-consumer-groups`` does) and flagged."""
+    ``[low, high]`` (as ``kafka-consumer-groups`` does) and flagged. ``at_time``: for
+    time-based resets, the ``offsets_for_times`` answer (None: no message at or after it)."""
     low, high = offsets.low, offsets.high
     if reset.kind is ResetKind.EARLIEST:
         target = low
     elif reset.kind is ResetKind.LATEST:
         target = high
     elif reset.by_time:
-        target = high if offsets.at_time is None else offsets.at_time
+        target = high if at_time is None else at_time
     elif reset.kind is ResetKind.SHIFT:
         target = offsets.position + reset.value
     else:
         target = reset.value
     new_offset = min(max(target, low), high)
-    return Move(offsets.partition, offsets.committed, new_offset, low, high, new_offset != target)
+    return Move(offsets, new_offset, new_offset != target)
 
 
 def select_partitions(available: Sequence[int], wanted: Iterable[int] | None) -> tuple[int, ...]:
@@ -169,7 +152,7 @@ class ReplayPlan:
             "partitions": [
                 {
                     "partition": m.partition, "committed": m.committed, "new_offset": m.new_offset,
-                    "log_start": m.low, "log_end": m.high, "reread": m.reread,
+                    "log_start": m.offsets.low, "log_end": m.offsets.high, "reread": m.reread,
                     "skipped": m.skipped, "to_read": m.to_read, "clamped": m.clamped,
                 }
                 for m in self.moves
@@ -180,8 +163,8 @@ class ReplayPlan:
         header = ("partition", "committed", "new offset", "log start", "log end", "re-read",
                   "skipped", "to read")
         rows = [
-            (m.partition, m.committed, m.new_offset, m.low, m.high, m.reread, m.skipped,
-             m.to_read)
+            (m.partition, m.committed, m.new_offset, m.offsets.low, m.offsets.high, m.reread,
+             m.skipped, m.to_read)
             for m in self.moves
         ]
         lines = [
@@ -214,8 +197,7 @@ def prepare(
     at_time = kafka.offsets_for_time(partitions, reset.value) if reset.by_time else {}
     moves = tuple(
         plan_move(
-            PartitionOffsets(p, committed.get(p), marks[p].low, marks[p].high, at_time.get(p)),
-            reset,
+            replace(marks[p], committed=committed.get(p)), reset, at_time.get(p)
         )
         for p in partitions
     )

@@ -14,7 +14,7 @@ import pytest
 from consumer.ops.durations import format_duration, parse_duration
 from consumer.ops.lag import LagReport, PartitionLag, Thresholds, measure
 from consumer.ops.ledger import LastBatch
-from consumer.ops.offsets import GroupInfo, Watermarks
+from consumer.ops.offsets import GroupInfo, PartitionOffsets
 
 NOW_MS = 1_800_000_000_000
 
@@ -35,7 +35,7 @@ LAG_CASES: list[tuple[int | None, int, int, int | None, int, float | None]] = [
 def test_partition_lag(
     committed: int | None, low: int, high: int, oldest: int | None, lag: int, age: float | None
 ) -> None:
-    partition = PartitionLag(0, committed, low, high, oldest)
+    partition = PartitionLag(PartitionOffsets(0, committed, low, high), oldest)
     assert partition.lag == lag
     assert partition.age_s(NOW_MS) == age
 
@@ -48,9 +48,9 @@ def report(*partitions: PartitionLag, thresholds: Thresholds | None = None) -> L
 
 
 LAGGING = (
-    PartitionLag(0, 100, 0, 100),
-    PartitionLag(1, 40, 0, 50, NOW_MS - 120_000),
-    PartitionLag(2, 10, 0, 13, NOW_MS - 30_000),
+    PartitionLag(PartitionOffsets(0, 100, 0, 100)),
+    PartitionLag(PartitionOffsets(1, 40, 0, 50), NOW_MS - 120_000),
+    PartitionLag(PartitionOffsets(2, 10, 0, 13), NOW_MS - 30_000),
 )
 
 
@@ -75,7 +75,9 @@ def test_thresholds(thresholds: Thresholds, problems: list[str]) -> None:
 
 
 def test_unknown_age_fails_max_age() -> None:
-    unknown = report(PartitionLag(0, 1, 0, 5), thresholds=Thresholds(max_age_s=60))
+    unknown = report(
+        PartitionLag(PartitionOffsets(0, 1, 0, 5)), thresholds=Thresholds(max_age_s=60)
+    )
     assert unknown.problems() == [
         "partition 0: age of the oldest unconsumed message unknown (no timestamp read)"
     ]
@@ -120,7 +122,7 @@ def test_text_output_without_the_ledger() -> None:
 @dataclass
 class ProbeKafka:
     committed_offsets: dict[int, int | None]
-    marks: dict[int, Watermarks]
+    marks: dict[int, PartitionOffsets]
     stamps: dict[int, int]
     probed: list[dict[int, int]] = field(default_factory=list)
     topic: str = "audit"
@@ -128,7 +130,7 @@ class ProbeKafka:
     def partitions(self) -> tuple[int, ...]:
         return tuple(sorted(self.marks))
 
-    def watermarks(self, partitions: Iterable[int]) -> dict[int, Watermarks]:
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, PartitionOffsets]:
         return {p: self.marks[p] for p in partitions}
 
     def committed(self, group: str, partitions: Iterable[int]) -> dict[int, int | None]:
@@ -159,7 +161,11 @@ class ProbeKafka:
 def test_measure_probes_only_lagging_partitions_at_their_position() -> None:
     kafka = ProbeKafka(
         committed_offsets={0: 100, 1: 40, 2: None},
-        marks={0: Watermarks(0, 100), 1: Watermarks(0, 50), 2: Watermarks(5, 9)},
+        marks={
+            0: PartitionOffsets(0, None, 0, 100),
+            1: PartitionOffsets(1, None, 0, 50),
+            2: PartitionOffsets(2, None, 5, 9),
+        },
         stamps={1: NOW_MS - 3_000, 2: NOW_MS - 9_000},
     )
 

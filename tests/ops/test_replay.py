@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from consumer.ops.arguments import parse_count, parse_datetime_ms, parse_partitions
-from consumer.ops.offsets import GroupInfo, Watermarks
+from consumer.ops.offsets import GroupInfo, PartitionOffsets
 from consumer.ops.rebuild import RefreshPlan, rebuild_settings
 from consumer.ops.replay import (
     GroupActiveError,
     Move,
-    PartitionOffsets,
     Reset,
     ResetKind,
     execute,
@@ -63,9 +62,10 @@ def test_plan_move(
     committed: int | None, low: int, high: int, at_time: int | None, reset: Reset,
     new_offset: int, clamped: bool,
 ) -> None:
-    move = plan_move(PartitionOffsets(3, committed, low, high, at_time), reset)
+    offsets = PartitionOffsets(3, committed, low, high)
+    move = plan_move(offsets, reset, at_time)
 
-    assert (move.partition, move.committed, move.low, move.high) == (3, committed, low, high)
+    assert (move.offsets, move.partition, move.committed) == (offsets, 3, committed)
     assert (move.new_offset, move.clamped) == (new_offset, clamped)
     assert low <= move.new_offset <= high
 
@@ -88,7 +88,7 @@ def test_move_counts(
     committed: int | None, low: int, high: int, new: int, reread: int, skipped: int,
     to_read: int,
 ) -> None:
-    move = Move(0, committed, new, low, high)
+    move = Move(PartitionOffsets(0, committed, low, high), new)
     assert (move.reread, move.skipped, move.to_read) == (reread, skipped, to_read)
 
 
@@ -170,7 +170,7 @@ def test_group_activity(state: str, members: tuple[str, ...], active: bool) -> N
 class FakeKafka:
     """A ``KafkaSide`` answering from dictionaries, recording what was moved."""
 
-    marks: dict[int, Watermarks]
+    marks: dict[int, PartitionOffsets]
     committed_offsets: dict[int, int | None]
     at_time: dict[int, int | None] = field(default_factory=dict)
     groups: list[GroupInfo] = field(default_factory=list)
@@ -180,7 +180,7 @@ class FakeKafka:
     def partitions(self) -> tuple[int, ...]:
         return tuple(sorted(self.marks))
 
-    def watermarks(self, partitions: Iterable[int]) -> dict[int, Watermarks]:
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, PartitionOffsets]:
         return {p: self.marks[p] for p in partitions}
 
     def offsets_for_time(
@@ -213,7 +213,11 @@ BUSY = GroupInfo("g", "STABLE", ("rdkafka@10.0.0.7",))
 
 def fake(*groups: GroupInfo) -> FakeKafka:
     return FakeKafka(
-        marks={0: Watermarks(0, 100), 1: Watermarks(0, 50), 2: Watermarks(10, 10)},
+        marks={
+            0: PartitionOffsets(0, None, 0, 100),
+            1: PartitionOffsets(1, None, 0, 50),
+            2: PartitionOffsets(2, None, 10, 10),
+        },
         committed_offsets={0: 100, 1: 20, 2: None},
         at_time={0: 60, 1: None, 2: None},
         groups=list(groups),
@@ -273,7 +277,7 @@ def test_execute_rechecks_the_group_at_execution() -> None:
 
 
 def refresh_plan(*lows: int) -> RefreshPlan:
-    marks = tuple((p, Watermarks(low, 100)) for p, low in enumerate(lows))
+    marks = tuple((p, PartitionOffsets(p, None, low, 100)) for p, low in enumerate(lows))
     return RefreshPlan("audit", "g", marks, IDLE)
 
 
