@@ -110,28 +110,16 @@ class DuckDBWarehouse:
 
     @translated()
     def apply(self, batch: Batch) -> ApplyResult:
-        try:
-            assert_unique_keys(batch.rows)
-        except ValueError as err:
-            raise TerminalWarehouseError(str(err)) from err
+        assert_unique_keys(batch.rows)
         started = time.perf_counter()
-        con = self._connect()
-        try:
-            con.begin()
-            try:
-                result = self._write(con, batch)
-                self.faults("after_merge")
-                write_ms = int((time.perf_counter() - started) * 1000)
-                con.execute(
-                    ledger_insert_sql(self.names.ledger, "duckdb"),
-                    ledger_row(batch, result, utcnow(), write_ms),
-                )
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-        finally:
-            self._release(con)
+        with self._transaction() as con:
+            result = self._write(con, batch)
+            self.faults("after_merge")
+            write_ms = int((time.perf_counter() - started) * 1000)
+            con.execute(
+                ledger_insert_sql(self.names.ledger, "duckdb"),
+                ledger_row(batch, result, utcnow(), write_ms),
+            )
         return replace(result, write_s=time.perf_counter() - started)
 
     def _write(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> ApplyResult:
@@ -171,20 +159,27 @@ class DuckDBWarehouse:
             self._release(con)
 
     def discard(self, rebuild: TableNames) -> None:
-        self._transaction(discard_statements(rebuild))
+        self._statements(discard_statements(rebuild))
 
     def swap_in(self, rebuild: TableNames) -> None:
         """One transaction: readers see the old table or the rebuilt one, never a mix."""
-        self._transaction(swap_statements(self.names, rebuild, "duckdb"))
+        self._statements(swap_statements(self.names, rebuild, "duckdb"))
 
     @translated()
-    def _transaction(self, statements: list[str]) -> None:
+    def _statements(self, statements: list[str]) -> None:
+        with self._transaction() as con:
+            for statement in statements:
+                con.execute(statement)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection in a transaction: committed when the block ends, rolled back if it
+        raises; the file is released either way."""
         con = self._connect()
         try:
             con.begin()
             try:
-                for statement in statements:
-                    con.execute(statement)
+                yield con
                 con.commit()
             except BaseException:
                 con.rollback()

@@ -219,10 +219,7 @@ class SnowflakeWarehouse:
         self._statements(ddl(self.names, "snowflake"))
 
     def apply(self, batch: Batch) -> ApplyResult:
-        try:
-            assert_unique_keys(batch.rows)
-        except ValueError as err:
-            raise TerminalWarehouseError(str(err)) from err
+        assert_unique_keys(batch.rows)
         started = time.perf_counter()
         payload = parquet_payload(batch.rows)
         committing = False

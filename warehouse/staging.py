@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.columns import BUSINESS_COLUMNS, ColumnType
+from warehouse.errors import TerminalWarehouseError
 from warehouse.tables import STATE_COLUMNS
 
 ARROW_TYPES: dict[ColumnType, pa.DataType] = {
@@ -25,7 +26,7 @@ def assert_unique_keys(rows: pa.Table) -> None:
     """A MERGE source must hold one row per key; the reducer guarantees it, this checks it."""
     distinct = pc.count_distinct(rows.column("kyc_profile_id")).as_py()
     if distinct != rows.num_rows:
-        raise ValueError(
+        raise TerminalWarehouseError(
             f"staged batch has {rows.num_rows} rows but {distinct} distinct keys"
         )
 

@@ -29,18 +29,6 @@ class PartitionLag:
     oldest_ms: int | None = None
 
     @property
-    def partition(self) -> int:
-        return self.offsets.partition
-
-    @property
-    def committed(self) -> int | None:
-        return self.offsets.committed
-
-    @property
-    def high(self) -> int:
-        return self.offsets.high
-
-    @property
     def lag(self) -> int:
         return self.offsets.lag
 
@@ -92,10 +80,10 @@ class LagReport:
             for p in self.partitions:
                 age = p.age_s(self.now_ms)
                 if age is None:
-                    found.append(f"partition {p.partition}: age of the oldest unconsumed "
+                    found.append(f"partition {p.offsets.partition}: age of the oldest unconsumed "
                                  "message unknown (no timestamp read)")
                 elif age > limits.max_age_s:
-                    found.append(f"partition {p.partition}: oldest unconsumed message is "
+                    found.append(f"partition {p.offsets.partition}: oldest unconsumed message is "
                                  f"{format_duration(age)} old > --max-age "
                                  f"{format_duration(limits.max_age_s)}")
         return found
@@ -106,7 +94,8 @@ class LagReport:
             "group": self.group,
             "partitions": [
                 {
-                    "partition": p.partition, "committed": p.committed, "log_end": p.high,
+                    "partition": p.offsets.partition, "committed": p.offsets.committed,
+                    "log_end": p.offsets.high,
                     "lag": p.lag, "lag_seconds": _rounded(p.age_s(self.now_ms)),
                 }
                 for p in self.partitions
@@ -123,7 +112,7 @@ class LagReport:
         rows = []
         for p in self.partitions:
             age = p.age_s(self.now_ms)
-            rows.append((p.partition, p.committed, p.high, p.lag,
+            rows.append((p.offsets.partition, p.offsets.committed, p.offsets.high, p.lag,
                          "-" if age is None else format_duration(age)))
         oldest = self.max_age_s
         lines = [

@@ -11,6 +11,7 @@ import pytest
 from schemas.columns import BUSINESS_COLUMNS
 from tests.oracles.reducer import Version, Winner
 from tests.oracles.staging import Row, build_staged
+from warehouse.errors import TerminalWarehouseError
 from warehouse.staging import STAGED_SCHEMA, assert_unique_keys, stage_frame
 from warehouse.tables import STATE_COLUMNS
 
@@ -125,7 +126,8 @@ def test_unique_keys_accepted() -> None:
 )
 def test_duplicate_keys_rejected(keys: list[int]) -> None:
     table = build_staged([winner(k, offset=i) for i, k in enumerate(keys)], "b", SYNCED)
-    with pytest.raises(ValueError, match=f"{len(keys)} rows but {len(set(keys))} distinct keys"):
+    expected = f"{len(keys)} rows but {len(set(keys))} distinct keys"
+    with pytest.raises(TerminalWarehouseError, match=expected):
         assert_unique_keys(table)
 
 
