@@ -101,6 +101,7 @@ class SyncLoop:
         self.observer = observer or Observer()
         self.partitions = Partitions(options.topic, options.consume_batch)
         self.stopping = False
+        self.shutdown_timer: threading.Timer | None = None
         self.abandoned = False
         self.in_flight = False
         self.fatal: str | None = None
@@ -125,9 +126,10 @@ class SyncLoop:
         log.info("stop requested: flushing and leaving the group (at most %.0fs)",
                  self.options.shutdown_timeout_s)
         self.stopping = True
-        timer = threading.Timer(self.options.shutdown_timeout_s, self._shutdown_timed_out)
-        timer.daemon = True
-        timer.start()
+        self.shutdown_timer = threading.Timer(
+            self.options.shutdown_timeout_s, self._shutdown_timed_out)
+        self.shutdown_timer.daemon = True
+        self.shutdown_timer.start()
 
     @staticmethod
     def _shutdown_timed_out() -> None:
@@ -166,6 +168,8 @@ class SyncLoop:
             self.partitions.consumer = None
             consumer.close()
             self.warehouse.close()
+            if self.shutdown_timer is not None:
+                self.shutdown_timer.cancel()
         return 0
 
     def poll(self) -> None:

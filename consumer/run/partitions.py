@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from schemas.errors import TerminalError
 
@@ -39,15 +39,21 @@ class Partitions:
         self.at_end: set[int] = set()
         self.in_callback = False
         """Inside a rebalance callback, i.e. inside ``consumer.consume()``."""
+        self._rewinds: dict[int, int] | None = None
+        """While ``wait`` runs: where each owned partition must be re-read from afterwards."""
 
     def assign(self, partitions: Iterable[int]) -> None:
         self.assigned |= set(partitions)
 
     def release(self, partitions: Iterable[int]) -> None:
-        """Revoked or lost: no longer ours."""
+        """Revoked or lost: no longer ours. A rewind pending for them belonged to the old
+        assignment: a new one starts from the group's committed offset."""
         gone = set(partitions)
         self.assigned -= gone
         self.at_end -= gone
+        if self._rewinds is not None:
+            for partition in gone:
+                self._rewinds.pop(partition, None)
 
     def reached_end(self, partition: int) -> None:
         if partition in self.assigned:
@@ -61,9 +67,12 @@ class Partitions:
         return bool(self.assigned) and self.assigned <= self.at_end
 
     def seek(self, offsets: dict[int, int]) -> None:
-        """Re-read the owned partitions among ``offsets`` from the given offsets."""
+        """Re-read the owned partitions among ``offsets`` from the given offsets. During a
+        ``wait`` the earliest rewind of each partition is also kept for the wait's end."""
         owned = {p: o for p, o in offsets.items() if p in self.assigned}
         self.unread(owned)
+        if self._rewinds is not None:
+            _keep_earliest(self._rewinds, owned)
         if self.consumer is None:
             return
         for partition, offset in sorted(owned.items()):
@@ -79,8 +88,12 @@ class Partitions:
         stop: Callable[[], bool] = lambda: False,
     ) -> None:
         """Wait ``seconds`` with every partition paused, polling so that the group keeps this
-        member. Messages delivered meanwhile (partitions assigned during the wait) are not
-        processed: their partitions are rewound to them, like ``rewind``, after resuming."""
+        member, then re-read the partitions of ``rewind`` from there.
+
+        Messages delivered meanwhile (partitions assigned during the wait) are not processed:
+        their partitions are rewound to them as well. A rebalance during the wait may rewind a
+        partition further back (a dropped buffer) or hand it over; at the end each partition
+        still owned is re-read from the earliest offset any of them asked for."""
         consumer = self.consumer
         if consumer is None or self.in_callback:
             # No consume() nested in the consume() that runs the rebalance callback: the client
@@ -90,24 +103,41 @@ class Partitions:
             if rewind:
                 self.seek(rewind)
             return
-        seek_to = dict(rewind or {})
+        self._rewinds = {p: o for p, o in (rewind or {}).items() if p in self.assigned}
+        ended: set[int] = set()
         _pause(consumer, consumer.assignment())
         try:
             deadline = time.monotonic() + seconds
             while (left := deadline - time.monotonic()) > 0 and not stop():
-                delivered = [
-                    m for m in consumer.consume(self.consume_batch, min(left, 0.5))
-                    if m.error() is None
-                ]
+                polled = consumer.consume(self.consume_batch, min(left, 0.5))
+                ended |= _ends(polled)
+                delivered = [m for m in polled if m.error() is None]
                 if delivered:
-                    for partition, offset in first_offsets(delivered).items():
-                        seek_to.setdefault(partition, offset)
+                    _keep_earliest(self._rewinds, first_offsets(delivered))
+                    ended -= {m.partition() for m in delivered}
                     _pause(consumer, consumer.assignment())
         finally:
+            rewinds, self._rewinds = self._rewinds, None
             assignment = consumer.assignment()
             if assignment:
                 consumer.resume(assignment)
-            self.seek(seek_to)
+            self.seek(rewinds)
+            for partition in ended - rewinds.keys():
+                self.reached_end(partition)
+
+
+def _keep_earliest(into: dict[int, int], offsets: dict[int, int]) -> None:
+    for partition, offset in offsets.items():
+        into[partition] = min(into.get(partition, offset), offset)
+
+
+def _ends(messages: Iterable[Message]) -> set[int]:
+    """Partitions whose end-of-partition event is among ``messages``."""
+    return {
+        partition for msg in messages
+        if (error := msg.error()) is not None and error.code() == KafkaError._PARTITION_EOF
+        and (partition := msg.partition()) is not None
+    }
 
 
 def _pause(consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -15,7 +15,7 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -36,7 +36,8 @@ def retry_transient(
     initial_s: float = 0.2,
     cap_s: float = 10.0,
 ) -> T:
-    """Run ``call``; retry ``TransientError`` failures for up to ``max_s`` seconds in total.
+    """Run ``call``; retry ``TransientError`` failures for up to ``max_s`` seconds in total
+    (no backoff sleep ends past it).
 
     Exhausted retries raise ``RetriesExhausted`` naming the last failure.
     """
@@ -50,7 +51,7 @@ def retry_transient(
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
         wait=wait_exponential_jitter(multiplier=initial_s, max=cap_s, jitter=initial_s),
-        stop=stop_after_delay(max_s),
+        stop=stop_before_delay(max_s),
         before_sleep=log_retry,
         sleep=sleep,
         reraise=True,
@@ -58,4 +59,4 @@ def retry_transient(
     try:
         return retrying(call)
     except TransientError as err:
-        raise RetriesExhausted(f"{what}: still failing after {max_s:.0f}s: {err}") from err
+        raise RetriesExhausted(f"{what}: still failing after {max_s:g}s: {err}") from err
