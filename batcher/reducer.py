@@ -30,9 +30,6 @@ class Reduced:
     invalid: int
     payload_bytes: int
 
-    @property
-    def next_offsets(self) -> dict[int, int]:
-        return {r.partition: r.next_offset for r in self.ranges}
 
 
 def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:

@@ -113,18 +113,6 @@ def copy_sql() -> str:
     )
 
 
-def flush_statements(names: TableNames) -> list[str]:
-    """Every statement of one flush, in order, as ``apply`` issues them (COMMIT aside)."""
-    return [
-        create_staged_sql(),
-        put_sql(),
-        copy_sql(),
-        classify_sql(names.state, STAGED.sql(), "snowflake"),
-        merge_sql(names.state, STAGED.sql(), "snowflake"),
-        ledger_insert_sql(names.ledger, "snowflake"),
-    ]
-
-
 def recorded_sql(ledger: QualifiedName) -> str:
     """The ledger row of one batch (parameter: batch_id), in ``CLASSIFY_FIELDS`` order."""
     cols = ", ".join(col(name, "snowflake") for name in CLASSIFY_FIELDS)

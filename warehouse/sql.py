@@ -101,9 +101,3 @@ def ledger_insert_sql(ledger: QualifiedName, dialect: Dialect) -> str:
     cols = ", ".join(col(c.name, dialect) for c in LEDGER_COLUMNS)
     marks = ", ".join("?" for _ in LEDGER_COLUMNS)
     return f"INSERT INTO {ledger.sql()} ({cols}) VALUES ({marks})"
-
-
-def duplicate_keys_sql(staged: str, dialect: Dialect) -> str:
-    """Keys staged more than once: must be empty (MERGE needs one source row per key)."""
-    key = col(KEY, dialect)
-    return f"SELECT {key} FROM {staged} GROUP BY {key} HAVING COUNT(*) > 1 LIMIT 5"

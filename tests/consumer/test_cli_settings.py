@@ -187,6 +187,22 @@ def test_missing_config_file(
     assert not was_contacted(fake_broker)
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_and_log_format_before_or_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    config = tmp_path / "kyc-sync.toml"
+    config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:9"\ngroup_id = "from-file"\n')
+    options = ["--config", str(config), "--log-format", "json"]
+    argv = [*options, "settings"] if where == "before" else ["settings", *options]
+
+    assert main(argv) == 0
+
+    out = capsys.readouterr().out
+    assert '"group_id": "from-file"' in out
+    assert '"log_format": "json"' in out
+
+
 @pytest.mark.parametrize("command", ["settings", "show", "produce-sample"])
 def test_every_command_validates_first(
     tmp_path: Path, fake_broker: socket.socket, run_cli: Runner, command: str

@@ -38,11 +38,13 @@ from warehouse.snowflake_writer import (
     SnowflakeWarehouse,
     copy_sql,
     create_stage_sql,
-    flush_statements,
+    create_staged_sql,
     parquet_payload,
+    put_sql,
     recorded_sql,
     use_schema_sql,
 )
+from warehouse.sql import classify_sql, ledger_insert_sql, merge_sql
 from warehouse.swap import discard_statements, rebuild_names, swap_statements
 from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, TableNames, ddl
 
@@ -316,6 +318,19 @@ def test_config_repr_hides_secrets() -> None:
 
 
 # -- SQL ------------------------------------------------------------------------------------------
+
+
+def flush_statements(names: TableNames) -> list[str]:
+    """Every statement of one flush, in order, as ``apply`` issues them (COMMIT aside)."""
+    return [
+        create_staged_sql(),
+        put_sql(),
+        copy_sql(),
+        classify_sql(names.state, STAGED.sql(), "snowflake"),
+        merge_sql(names.state, STAGED.sql(), "snowflake"),
+        ledger_insert_sql(names.ledger, "snowflake"),
+    ]
+
 
 NAMES = TableNames(*(QualifiedName.of("kyc", "audit", t, upper=True)
                      for t in ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger")))
