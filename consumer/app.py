@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+from batcher.ranges import PartitionRange
 from batcher.window import WindowPolicy
 from consumer.decode.decoder import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from consumer.decode.registry import SchemaRegistry
@@ -20,7 +21,7 @@ from consumer.run.observer import Observer, Observers
 from consumer.run.retry import retry_transient
 from consumer.settings import Settings
 from consumer.source.client import new_consumer, new_producer
-from consumer.source.deadletters import DeadLetters
+from consumer.source.deadletters import DeadLetters, DeadLetterSink
 from consumer.telemetry.logs import FlushLog
 from schemas import audit_schema
 from schemas.errors import UsageError
@@ -85,9 +86,16 @@ def build_warehouse(settings: Settings) -> Warehouse:
 
 
 def build_loop(
-    settings: Settings, until_caught_up: bool = False, observers: Sequence[Observer] = ()
+    settings: Settings,
+    until_caught_up: bool = False,
+    observers: Sequence[Observer] = (),
+    bounds: tuple[PartitionRange, ...] | None = None,
+    warehouse: Warehouse | None = None,
+    dead_letters: DeadLetterSink | None = None,
 ) -> SyncLoop:
-    """The run loop; it reports to a flush log line and to ``observers``."""
+    """The run loop; it reports to a flush log line and to ``observers``. ``bounds``: read
+    those offset ranges only (``LoopOptions.bounds``); ``warehouse`` and ``dead_letters``
+    replace the ones the settings describe."""
     kafka = settings.kafka
     options = LoopOptions(
         topic=kafka.topic,
@@ -99,16 +107,16 @@ def build_loop(
         retry_max_s=settings.warehouse.retry_max_s,
         revoke_budget_s=settings.run.revoke_budget_s,
         shutdown_timeout_s=settings.run.shutdown_timeout_s,
+        bounds=bounds,
     )
-    dead_letters = None
-    if settings.decoding.on_invalid == "dlq":
+    if dead_letters is None and settings.decoding.on_invalid == "dlq":
         dead_letters = DeadLetters(new_producer(kafka), kafka.dead_letter_topic)
     window = settings.window
     return SyncLoop(
         options,
         partial(new_consumer, kafka),
         build_decoder(settings),
-        build_warehouse(settings),
+        warehouse or build_warehouse(settings),
         dead_letters,
         WindowPolicy(window.seconds, window.max_events, window.max_bytes),
         observer=Observers([FlushLog(), *observers]),
@@ -141,7 +149,7 @@ def open_inspector(settings: Settings) -> Iterator[Inspector]:
 
 @contextmanager
 def open_refresher(settings: Settings) -> Iterator[Refresher]:
-    """The writer, opened: the live objects exist (created if missing) for the swap."""
+    """The writer, opened: the live objects exist (created if missing) for the refresh."""
     with _writer(settings) as writer:
         if not isinstance(writer, Refresher):
             raise UnsupportedWarehouse(

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
-    """replay, lag, check: see docs/operations.md."""
+    """replay, lag, check, verify: see docs/operations.md."""
     from consumer.ops import commands
 
     duration = _arg_type(parse_duration, "duration")
@@ -97,10 +97,16 @@ def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser])
     to.add_argument("--to-offset", metavar="N", type=_arg_type(parse_count, "offset"),
                     help="this offset")
     to.add_argument("--full-refresh", action="store_true", help="rebuild kyc_profile_current "
-                    "from the earliest offsets into a fresh table and swap it in")
+                    "from the topic into a fresh table beside the running group and swap it in")
+    to.add_argument("--export", metavar="FILE", type=Path, help="write the group's committed "
+                    "offsets to FILE (topic,partition,offset, as kafka-consumer-groups)")
+    to.add_argument("--from-file", metavar="FILE", type=Path, help="the offsets in FILE (as "
+                    "--export or kafka-consumer-groups --export write them)")
     replay.add_argument("--partitions", metavar="0,2", type=_arg_type(parse_partitions, "list"),
                         help="only these partitions (default: all)")
-    replay.add_argument("--execute", action="store_true", help="apply; without it: dry run")
+    replay.add_argument("--execute", action="store_true", help="apply (the group's committed "
+                        "offsets are saved to a file first, its path printed); without it: dry "
+                        "run")
     replay.add_argument("--allow-partial", action="store_true", help="--full-refresh even when "
                         "retention has dropped the start of the topic")
     replay.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -112,11 +118,21 @@ def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser])
                      help="exit 1 when the total lag exceeds N messages")
     lag.add_argument("--max-age", metavar="DURATION", type=duration,
                      help="exit 1 when an unconsumed message is older, e.g. 15m")
+    lag.add_argument("--members", action="store_true",
+                     help="each member's consumer id, host and assigned partitions")
+    lag.add_argument("--serve", action="store_true", help="run as the lag exporter: serve "
+                     "these figures as Prometheus metrics until stopped (exporter.interval_s)")
 
     check = command("check", commands.check, "freshness, unique kyc_profile_id, no null keys")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--max-age", metavar="DURATION", type=duration,
                        help="override checks.freshness_max_age_s, e.g. 15m")
+
+    verify = command("verify", commands.verify, "prove the state table equals the topic "
+                     "up to the group's committed offsets (reads only; exit 1 on a difference)")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.add_argument("--textfile", metavar="PATH", type=Path, help="also write the verdict "
+                        "as Prometheus metrics to PATH (node exporter's textfile collector)")
 
 
 def _arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:

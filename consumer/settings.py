@@ -179,7 +179,9 @@ class ChecksSettings(Section):
     """Data checks of ``kyc-sync check``."""
 
     freshness_max_age_s: float = Field(
-        default=900.0, gt=0, description="Fail when the last successful sync is older."
+        default=900.0, gt=0,
+        description="Fail when an event older than this (seconds) is still not applied: the "
+        "age of the oldest unapplied event, not of the newest op_time.",
     )
     not_null: tuple[str, ...] = Field(
         default=("kyc_profile_id", "op_time"),
@@ -197,6 +199,24 @@ class ChecksSettings(Section):
         if not value:
             raise ValueError("name at least one column")
         return value
+
+
+class ReplaySettings(Section):
+    """Offset moves of ``kyc-sync replay``."""
+
+    backup_dir: Path = Field(
+        default=Path("."),
+        description="Directory where every `replay --execute` first saves the group's "
+        "committed offsets (CSV as kafka-consumer-groups --export writes it, owner-only).",
+    )
+
+
+class ExporterSettings(Section):
+    """The lag exporter, ``kyc-sync lag --serve``."""
+
+    interval_s: float = Field(
+        default=15.0, gt=0, description="Seconds between two reads of the group from Kafka."
+    )
 
 
 class FaultSettings(Section):
@@ -230,6 +250,8 @@ class Settings(BaseSettings):
     faults: FaultSettings = FaultSettings()
     metrics: MetricsSettings = MetricsSettings()
     checks: ChecksSettings = ChecksSettings()
+    replay: ReplaySettings = ReplaySettings()
+    exporter: ExporterSettings = ExporterSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

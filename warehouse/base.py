@@ -93,17 +93,32 @@ class Inspector(Protocol):
 
 @runtime_checkable
 class Refresher(Protocol):
-    """Full refresh: a table built on the side replaces the live one at once (``replay
-    --full-refresh``). ``warehouse.swap`` renders the statements per dialect; ``names`` are the
-    live objects."""
+    """Full refresh beside the live writers (``replay --full-refresh``): tables built on the
+    side under the rebuild names are brought level with the live ones and swapped in.
+    ``warehouse.swap`` renders the statements per dialect; ``names`` are the live objects.
+    Every method but ``swap_in`` may be repeated safely after a failure."""
 
     names: TableNames
 
-    def discard(self, rebuild: TableNames) -> None:
-        """Drop the rebuild objects named ``rebuild`` if they exist (a failed earlier run)."""
+    def prepare(self) -> None:
+        """Create the rebuild objects if missing."""
         ...
 
-    def swap_in(self, rebuild: TableNames) -> None:
-        """Replace the live state table by ``rebuild.state``, keep the view's name pointing at
-        it, move the rebuild's ledger rows into the live ledger, drop the rebuild objects."""
+    def discard(self) -> None:
+        """Drop the rebuild objects if they exist."""
+        ...
+
+    def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
+        """Merge the rows outside the ``built`` offset ranges, under the version guard: from
+        the live tables into the rebuild (``into_live`` False), or from the swapped-out tables
+        into the live names (True)."""
+        ...
+
+    def swap_in(self, built: Sequence[PartitionRange]) -> None:
+        """Exchange the rebuild and the live tables atomically; the rebuild names then hold
+        the tables swapped out. DuckDB also levels the rebuild in the same transaction."""
+        ...
+
+    def finish(self) -> None:
+        """Copy the rebuild's ledger rows into the live ledger, drop the rebuild objects."""
         ...

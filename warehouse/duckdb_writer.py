@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from batcher.ranges import PartitionRange
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultPlan
@@ -28,7 +29,14 @@ from warehouse.sql import (
     ledger_insert_sql,
 )
 from warehouse.staging import assert_unique_keys
-from warehouse.swap import discard_statements, swap_statements
+from warehouse.swap import (
+    Statement,
+    discard_statements,
+    exchange_statements,
+    finish_statements,
+    level_statements,
+    rebuild_names,
+)
 from warehouse.tables import TableNames, ddl
 
 STAGED = "kyc_sync_staged"
@@ -158,18 +166,34 @@ class DuckDBWarehouse:
         finally:
             self._release(con)
 
-    def discard(self, rebuild: TableNames) -> None:
-        self._statements(discard_statements(rebuild))
+    def prepare(self) -> None:
+        self._statements([(sql, ()) for sql in ddl(rebuild_names(self.names), "duckdb")])
 
-    def swap_in(self, rebuild: TableNames) -> None:
-        """One transaction: readers see the old table or the rebuilt one, never a mix."""
-        self._statements(swap_statements(self.names, rebuild, "duckdb"))
+    def discard(self) -> None:
+        self._statements([(sql, ()) for sql in discard_statements(self.names)])
+
+    def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
+        self._statements(level_statements(self.names, built, "duckdb", into_live=into_live))
+
+    def swap_in(self, built: Sequence[PartitionRange]) -> None:
+        """One transaction, which no live writer can interleave with (DuckDB lets one process
+        write the file at a time): level the rebuild, exchange the names, re-create the view,
+        level the live name from the table swapped out. Readers see the old table or the new
+        one, never a mix."""
+        self._statements([
+            *level_statements(self.names, built, "duckdb", into_live=False),
+            *((sql, ()) for sql in exchange_statements(self.names, "duckdb")),
+            *level_statements(self.names, built, "duckdb", into_live=True),
+        ])
+
+    def finish(self) -> None:
+        self._statements([(sql, ()) for sql in finish_statements(self.names, "duckdb")])
 
     @translated()
-    def _statements(self, statements: list[str]) -> None:
+    def _statements(self, statements: Sequence[Statement]) -> None:
         with self._transaction() as con:
-            for statement in statements:
-                con.execute(statement)
+            for sql, params in statements:
+                con.execute(sql, list(params))
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -6,7 +6,7 @@ bound as ``?`` parameters, never formatted in. Each builder documents the one ro
 
 from __future__ import annotations
 
-from schemas.columns import KEY
+from schemas.columns import BUSINESS_COLUMNS, KEY, VERSION_COLUMNS
 from warehouse.identifiers import QualifiedName
 from warehouse.tables import VIEW_COLUMNS, Dialect, col
 
@@ -56,3 +56,16 @@ def null_counts_sql(current: QualifiedName, columns: tuple[str, ...], dialect: D
         raise ValueError(f"not columns of the view: {', '.join(unknown)}")
     counts = ", ".join(f"COUNT(*) - COUNT({col(c, dialect)})" for c in columns)
     return f"SELECT COUNT(*), {counts}\nFROM {current.sql()}"
+
+
+COMPARED_COLUMNS: tuple[str, ...] = (
+    *(c.name for c in BUSINESS_COLUMNS), *(c.name for c in VERSION_COLUMNS), "is_deleted",
+)
+"""What ``verify`` compares of each state row: the profile, the event it reflects, the
+tombstone flag (not the bookkeeping of when and by which batch it was written)."""
+
+
+def state_rows_sql(state: QualifiedName, dialect: Dialect) -> str:
+    """Every row of the state table, tombstones included: ``COMPARED_COLUMNS``."""
+    cols = ", ".join(col(c, dialect) for c in COMPARED_COLUMNS)
+    return f"SELECT {cols}\nFROM {state.sql()}"

@@ -46,6 +46,7 @@ import snowflake.connector
 from snowflake.connector import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
+from batcher.ranges import PartitionRange
 from schemas.columns import Column
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
@@ -55,7 +56,14 @@ from warehouse.snowflake_errors import translated
 from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
-from warehouse.swap import discard_statements, swap_statements
+from warehouse.swap import (
+    Statement,
+    discard_statements,
+    exchange_statements,
+    finish_statements,
+    level_statements,
+    rebuild_names,
+)
 from warehouse.tables import STATE_COLUMNS, TableNames, col, column_list, ddl, sql_type
 
 log = logging.getLogger("kyc_sync.snowflake")
@@ -286,18 +294,41 @@ class SnowflakeWarehouse:
             cur.execute(sql, list(params) if params else None)
             return [tuple(r) for r in cur.fetchall()]
 
-    def discard(self, rebuild: TableNames) -> None:
-        self._statements(discard_statements(rebuild))
+    def prepare(self) -> None:
+        self._statements(ddl(rebuild_names(self.names), "snowflake"))
 
-    def swap_in(self, rebuild: TableNames) -> None:
-        """``ALTER TABLE ... SWAP WITH`` is atomic; the statements after it commit on their own."""
-        self._statements(swap_statements(self.names, rebuild, "snowflake"))
+    def discard(self) -> None:
+        self._statements(discard_statements(self.names))
+
+    def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
+        self._run(level_statements(self.names, built, "snowflake", into_live=into_live))
+
+    def swap_in(self, built: Sequence[PartitionRange]) -> None:
+        """``ALTER TABLE ... SWAP WITH`` per table, atomic on its own; the view keeps referring
+        to the live name. Not repeatable: once a SWAP was sent, a lost reply is terminal (a
+        second SWAP would swap back), with the table to look at named."""
+        with self._work() as conn, conn.cursor() as cur:
+            for statement in exchange_statements(self.names, "snowflake"):
+                try:
+                    cur.execute(statement)
+                except Exception as err:
+                    raise TerminalWarehouseError(
+                        f"{statement}: {err}; whether the tables were swapped is unknown: "
+                        "compare the two tables' row counts before running the refresh again"
+                    ) from err
+            conn.commit()
+
+    def finish(self) -> None:
+        self._statements(finish_statements(self.names, "snowflake"))
 
     def _statements(self, statements: list[str]) -> None:
+        self._run([(sql, ()) for sql in statements])
+
+    def _run(self, statements: Sequence[Statement]) -> None:
         with self._work() as conn:
             with conn.cursor() as cur:
-                for statement in statements:
-                    cur.execute(statement)
+                for sql, params in statements:
+                    cur.execute(sql, list(params) if params else None)
             conn.commit()
 
 

@@ -1,8 +1,10 @@
 """``kyc-sync check``: freshness and data checks of ``kyc_profile_current``, as the seed's dbt
 tests had them:
 
-- ``freshness``: the last successful sync (newest ledger row of the topic) is at most
-  ``checks.freshness_max_age_s`` old (15 minutes by default);
+- ``freshness``: no event older than ``checks.freshness_max_age_s`` (15 minutes by default) is
+  still waiting to be applied — the age of the oldest unapplied event, the timestamp of the
+  message at the group's committed offset, as ``lag`` measures it. A quiet source passes (no
+  event waits, however old the last op_time), a stuck sync fails (an event waits);
 - ``unique_key``: ``kyc_profile_id`` is unique in the view;
 - ``not_null``: the key columns (``checks.not_null``) are never null.
 
@@ -14,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from consumer.ops.durations import format_duration
+from consumer.ops.lag import PartitionLag
 from consumer.ops.ledger import LastBatch, fetch, last_batch
 from consumer.ops.render import utc_text
 from schemas.columns import KEY
@@ -37,16 +39,33 @@ class CheckResult:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.reason}"
 
 
-def freshness(last: LastBatch | None, now: datetime, max_age_s: float) -> CheckResult:
-    """``now`` and the ledger's times are naive UTC."""
-    if last is None:
-        return CheckResult("freshness", False, "no successful sync recorded for the topic")
-    age = (now - last.committed_at).total_seconds()
-    text = (f"last successful sync {utc_text(last.committed_at)} is "
-            f"{format_duration(max(0.0, age))} old")
+def freshness(
+    partitions: Sequence[PartitionLag] | None, now_ms: int, max_age_s: float,
+    last: LastBatch | None = None, kafka_error: str | None = None,
+) -> CheckResult:
+    """Fail when an event older than ``max_age_s`` waits to be applied, or when that cannot be
+    told (Kafka unreadable, a waiting message without a timestamp). ``last``: the last batch,
+    named in the reason."""
+    if partitions is None:
+        return CheckResult("freshness", False, f"cannot read the group's lag from Kafka: "
+                           f"{kafka_error or 'unknown error'}")
+    limit = format_duration(max_age_s)
+    unknown = [p.offsets.partition for p in partitions if p.age_s(now_ms) is None]
+    if unknown:
+        return CheckResult("freshness", False, f"age of the oldest unapplied event unknown on "
+                           f"partition(s) {unknown} (no message timestamp read)")
+    waiting = [(p.age_s(now_ms) or 0.0, p) for p in partitions if p.lag > 0]
+    batch = "" if last is None else f"; last batch {utc_text(last.committed_at)}"
+    if not waiting:
+        return CheckResult("freshness", True,
+                           f"no event waits to be applied (max {limit}){batch}")
+    age, worst = max(waiting, key=lambda item: item[0])
+    text = (f"the oldest unapplied event (partition {worst.offsets.partition}, "
+            f"{worst.lag} event(s) behind) is {format_duration(age)} old")
     if age > max_age_s:
-        return CheckResult("freshness", False, f"{text} > {format_duration(max_age_s)}")
-    return CheckResult("freshness", True, f"{text} (max {format_duration(max_age_s)})")
+        return CheckResult("freshness", False, f"{text} > {limit}: the sync is not keeping up"
+                           f"{batch}")
+    return CheckResult("freshness", True, f"{text} (max {limit}){batch}")
 
 
 def unique_key(rows: Sequence[tuple[Any, ...]]) -> CheckResult:
@@ -85,12 +104,21 @@ def run_checks(
     topic: str,
     not_null_columns: tuple[str, ...],
     max_age_s: float,
-    now: datetime,
+    lag: tuple[tuple[PartitionLag, ...] | None, int, str | None],
 ) -> list[CheckResult]:
+    """``lag``: the partitions as ``lag.measure`` reads them (None with the error when Kafka
+    could not be read) and the time they are measured against."""
     names = inspector.names
+    partitions, now_ms, kafka_error = lag
+
+    def last() -> LastBatch | None:
+        try:
+            return last_batch(inspector, names, dialect, topic)
+        except WarehouseError:
+            return None
+
     return [
-        _guarded("freshness", lambda: freshness(
-            last_batch(inspector, names, dialect, topic), now, max_age_s)),
+        freshness(partitions, now_ms, max_age_s, last(), kafka_error),
         _guarded("unique_key", lambda: unique_key(
             fetch(inspector, duplicate_keys_sql(names.current, dialect)))),
         _guarded("not_null", lambda: not_null(not_null_columns, fetch(

@@ -6,13 +6,18 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from contextlib import closing
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from prometheus_client import write_to_textfile
+
+from batcher.ranges import PartitionRange
 from consumer.app import (
-    UnsupportedWarehouse,
     build_loop,
     open_inspector,
     table_names,
@@ -20,13 +25,17 @@ from consumer.app import (
 )
 from consumer.ops import rebuild
 from consumer.ops import replay as offset_replay
+from consumer.ops import verify as verification
 from consumer.ops.checks import render as render_checks
 from consumer.ops.checks import run_checks
 from consumer.ops.checks import to_json as checks_json
 from consumer.ops.durations import format_duration
-from consumer.ops.lag import LagReport, Thresholds, measure
-from consumer.ops.ledger import last_batch
+from consumer.ops.exporter import LagExporter, stop_on_signals
+from consumer.ops.exporter import serve as serve_exporter
+from consumer.ops.lag import PartitionLag, Thresholds, gather, measure
+from consumer.ops.ledger import READ_RETRY_S, LastBatch, last_batch
 from consumer.ops.offsets import KafkaOffsets
+from consumer.ops.offsets_file import backup_path, read_offsets, render_csv, write_private
 from consumer.ops.replay import Reset, ResetKind
 from consumer.ops.sample import produce_sample, sample_encoder
 from consumer.run.loop import StopRun
@@ -35,7 +44,8 @@ from consumer.settings import Settings
 from consumer.source.client import new_producer
 from consumer.source.deadletters import DeadLetterError
 from consumer.source.topics import TopicError, ensure_topic, preflight
-from consumer.telemetry.metrics import serving
+from consumer.telemetry.metrics import exposing, serving
+from consumer.telemetry.progress import Progress, show_bar
 from schemas.errors import KycSyncError, UsageError
 from warehouse.errors import WarehouseError
 
@@ -103,18 +113,22 @@ def format_table(header: list[str], rows: list[tuple[object, ...]]) -> str:
 
 
 def _reset(args: argparse.Namespace) -> Reset:
-    if args.to_earliest:
-        return Reset(ResetKind.EARLIEST)
-    if args.to_latest:
-        return Reset(ResetKind.LATEST)
-    if args.to_datetime is not None:
-        return Reset(ResetKind.DATETIME, args.to_datetime)
     if args.by_duration is not None:
         since_ms = int((time.time() - args.by_duration) * 1000)
         return Reset(ResetKind.DURATION, since_ms, format_duration(args.by_duration))
-    if args.shift_by is not None:
-        return Reset(ResetKind.SHIFT, args.shift_by, str(args.shift_by))
-    return Reset(ResetKind.OFFSET, args.to_offset, str(args.to_offset))
+    simple = [(args.to_earliest, ResetKind.EARLIEST, 0, ""),
+              (args.to_latest, ResetKind.LATEST, 0, "")]
+    valued = [(args.to_datetime, ResetKind.DATETIME, args.to_datetime, ""),
+              (args.shift_by, ResetKind.SHIFT, args.shift_by, str(args.shift_by)),
+              (args.from_file, ResetKind.FROM_FILE, 0, str(args.from_file)),
+              (args.to_offset, ResetKind.OFFSET, args.to_offset, str(args.to_offset))]
+    for given, kind, value, label in simple:
+        if given:
+            return Reset(kind, value, label)
+    for option, kind, value, label in valued:
+        if option is not None:
+            return Reset(kind, value, label)
+    raise UsageError("name where to move the offsets, e.g. --to-earliest")
 
 
 def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
@@ -122,18 +136,67 @@ def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 
 
 def replay(settings: Settings, args: argparse.Namespace) -> int:
-    """Exit 0: planned or moved; 1: refused or failed; 2: usage."""
+    """Exit 0: planned, moved, exported or rebuilt; 1: refused or failed; 2: usage."""
     if args.full_refresh:
         return full_refresh(settings, args)
     if args.allow_partial:
         raise UsageError("--allow-partial goes with --full-refresh")
     group = settings.kafka.group_id
+    if args.export is not None:
+        return export_offsets(settings, args)
+    targets = None
+    reset = _reset(args)
+    if reset.kind is ResetKind.FROM_FILE:
+        targets = read_offsets(args.from_file, settings.kafka.topic, group)
     with closing(KafkaOffsets(settings.kafka)) as kafka:
-        plan = offset_replay.prepare(kafka, group, _reset(args), args.partitions)
+        plan = offset_replay.prepare(kafka, group, reset, args.partitions, targets)
         if args.execute:
-            offset_replay.execute(kafka, plan)
+            saved: list[Path] = []
+            offset_replay.execute(kafka, plan, lambda offsets: saved.append(
+                _save_offsets(settings, offsets)))
+            plan = replace(plan, saved_to=str(saved[0]))
     _emit(args.json, plan.to_json(args.execute), plan.render(args.execute))
     return 0
+
+
+def _save_offsets(settings: Settings, offsets: dict[int, int]) -> Path:
+    """The undo file of a ``replay --execute``: the group's committed offsets, owner-only."""
+    directory = settings.replay.backup_dir
+    path = backup_path(directory, settings.kafka.group_id, datetime.now(UTC))
+    write_private(path, render_csv(settings.kafka.topic, offsets))
+    log.info("saved the group's committed offsets to %s", path)
+    return path
+
+
+def export_offsets(settings: Settings, args: argparse.Namespace) -> int:
+    """``replay --export FILE``: the group's committed offsets, as kafka-consumer-groups
+    writes them."""
+    if args.execute or args.partitions is not None:
+        raise UsageError("--export writes the committed offsets of every partition; it takes "
+                         "neither --execute nor --partitions")
+    kafka_settings = settings.kafka
+    with closing(KafkaOffsets(kafka_settings)) as kafka:
+        partitions = kafka.partitions()
+        committed = kafka.committed(kafka_settings.group_id, partitions)
+    offsets = {p: o for p, o in committed.items() if o is not None}
+    missing = sorted(p for p, o in committed.items() if o is None)
+    path: Path = args.export
+    write_private(path, render_csv(kafka_settings.topic, offsets))
+    text = (f"exported the committed offsets of group {kafka_settings.group_id} on "
+            f"{kafka_settings.topic} ({len(offsets)} partition(s)) to {path}")
+    if missing:
+        text += (f"\nnote: partition(s) {missing} have no committed offset and are not in "
+                 "the file")
+    _emit(args.json, {"topic": kafka_settings.topic, "group": kafka_settings.group_id,
+                      "file": str(path), "offsets": {str(p): o for p, o in offsets.items()},
+                      "no_committed_offset": missing}, text)
+    return 0
+
+
+def _progress(settings: Settings, operation: str, bounds: tuple[PartitionRange, ...],
+              phases: tuple[str, ...]) -> Progress:
+    return Progress(operation, bounds, phases, stream=sys.stderr,
+                    bar=show_bar(sys.stderr, settings.log_format))
 
 
 def full_refresh(settings: Settings, args: argparse.Namespace) -> int:
@@ -141,44 +204,104 @@ def full_refresh(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("--full-refresh rebuilds from every partition; drop --partitions")
     with closing(KafkaOffsets(settings.kafka)) as kafka:
         plan = rebuild.plan_refresh(kafka, settings.kafka.group_id)
-        if not args.execute:
-            _emit(args.json, plan.to_json(False), plan.render(False, args.allow_partial))
-            return 0
-        try:
-            result = rebuild.full_refresh(settings, kafka, plan, args.allow_partial)
-        except (WarehouseError, StopRun, TopicError, DeadLetterError, RetriesExhausted) as err:
-            log.error("full refresh stopped, the live table is unchanged: %s", err)
-            return 1
-    data = {**plan.to_json(True), "events": result.events, "batches": result.batches,
-            "offsets": dict(result.offsets)}
-    _emit(args.json, data, f"{plan.render(True, args.allow_partial)}\n{result.render()}")
+    if not args.execute:
+        _emit(args.json, plan.to_json(False), plan.render(False, args.allow_partial))
+        return 0
+    if not args.json:
+        print(plan.render(True, args.allow_partial), flush=True)
+    progress = _progress(settings, "full refresh", plan.ranges, rebuild.PHASES)
+    try:
+        with exposing(settings.metrics, progress), progress.shown():
+            result = rebuild.full_refresh(settings, plan, args.allow_partial, progress)
+    except (WarehouseError, StopRun, TopicError, DeadLetterError, RetriesExhausted) as err:
+        log.error("full refresh stopped, the live table is unchanged: %s", err)
+        return 1
+    if args.json:
+        print(json.dumps({**plan.to_json(True), **result.to_json()}, indent=2))
+    else:
+        print(result.render())
     return 0
 
 
 def lag(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0: within the thresholds; 1: over one, or Kafka unreadable."""
+    if args.serve:
+        return serve_lag(settings, args)
     kafka_settings = settings.kafka
     with closing(KafkaOffsets(kafka_settings)) as kafka:
-        partitions, now_ms = measure(kafka, kafka_settings.group_id)
-    batch, error = None, None
-    try:
-        with open_inspector(settings) as inspector:
-            batch = last_batch(inspector, inspector.names, settings.warehouse.kind,
-                               kafka_settings.topic)
-    except (WarehouseError, UnsupportedWarehouse) as err:
-        error = str(err)
-    report = LagReport(kafka_settings.topic, kafka_settings.group_id, partitions, now_ms,
-                       batch, error, Thresholds(args.max_lag, args.max_age))
+        report = gather(kafka, kafka_settings.group_id, lambda: _read_last_batch(settings),
+                        Thresholds(args.max_lag, args.max_age), args.members)
     _emit(args.json, report.to_json(), report.render())
     return 1 if report.problems() else 0
+
+
+def _read_last_batch(settings: Settings, retry_s: float = READ_RETRY_S) -> LastBatch | None:
+    with open_inspector(settings) as inspector:
+        return last_batch(inspector, inspector.names, settings.warehouse.kind,
+                          settings.kafka.topic, retry_s)
+
+
+def serve_lag(settings: Settings, args: argparse.Namespace) -> int:
+    """``lag --serve``: export the group's lag until SIGTERM/SIGINT (exit 0), or exit 1 when
+    the metrics endpoint cannot be served."""
+    if args.json or args.members or args.max_lag is not None or args.max_age is not None:
+        raise UsageError("--serve exports every figure as metrics; it takes no other option")
+    kafka_settings = settings.kafka
+    interval = settings.exporter.interval_s
+    if not settings.metrics.enabled:
+        raise UsageError("lag --serve needs metrics.enabled=true (it serves /metrics)")
+    with closing(KafkaOffsets(kafka_settings, timeout_s=min(30.0, interval * 2))) as kafka:
+        exporter = LagExporter(
+            kafka_settings.topic, kafka_settings.group_id,
+            lambda: gather(kafka, kafka_settings.group_id,
+                           lambda: _read_last_batch(settings, retry_s=min(5.0, interval))),
+        )
+        with exposing(settings.metrics, exporter) as server:
+            if server is None:
+                return 1
+            log.info("lag exporter for group %s on %s: reading every %.0fs",
+                     kafka_settings.group_id, kafka_settings.topic, interval)
+            stop = threading.Event()
+            stop_on_signals(stop)
+            serve_exporter(exporter, interval, stop)
+    return 0
 
 
 def check(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0: every check passed; 1: one failed (one line each)."""
     max_age = settings.checks.freshness_max_age_s if args.max_age is None else args.max_age
-    now = datetime.now(UTC).replace(tzinfo=None)
+    kafka_error = None
+    partitions: tuple[PartitionLag, ...] | None = None
+    now_ms = int(time.time() * 1000)
+    try:
+        with closing(KafkaOffsets(settings.kafka)) as kafka:
+            partitions, now_ms = measure(kafka, settings.kafka.group_id)
+    except KycSyncError as err:
+        kafka_error = str(err)
     with open_inspector(settings) as inspector:
         results = run_checks(inspector, settings.warehouse.kind, settings.kafka.topic,
-                             settings.checks.not_null, max_age, now)
+                             settings.checks.not_null, max_age,
+                             (partitions, now_ms, kafka_error))
     _emit(args.json, checks_json(results), render_checks(results))
     return 0 if all(r.ok for r in results) else 1
+
+
+def verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0: the table equals the stream; 1: it differs, or no verdict could be reached."""
+    kafka_settings = settings.kafka
+    result = None
+    try:
+        with closing(KafkaOffsets(kafka_settings)) as kafka:
+            plan = verification.plan_verify(kafka, kafka_settings.group_id)
+        progress = _progress(settings, "verify", plan.ranges, verification.PHASES)
+        with exposing(settings.metrics, progress), progress.shown():
+            result = verification.verify(settings, plan, progress)
+    except (WarehouseError, StopRun, TopicError, RetriesExhausted) as err:
+        log.error("verify stopped without a verdict: %s", err)
+        return 1
+    finally:
+        if args.textfile is not None:
+            write_to_textfile(str(args.textfile), verification.verdict_metrics(
+                kafka_settings.topic, kafka_settings.group_id, result, time.time()))
+    _emit(args.json, result.to_json(), result.render())
+    return 0 if result.ok else 1

@@ -2,8 +2,10 @@
 
 Per partition: the committed offset, the log-end offset, the lag in messages and the age of the
 oldest unconsumed message (the timestamp of the message at the committed offset, read by a probe
-that never joins the group; 0 when the lag is 0). With the last successful batch and the newest
-op_time applied, from the warehouse ledger.
+that never joins the group; 0 when the lag is 0). With the group's state and members (each
+member's assigned partitions with ``--members``), the last successful batch and the newest
+op_time applied, from the warehouse ledger. ``lag --serve`` exports the same figures
+(``consumer.ops.exporter``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 from consumer.ops.durations import format_duration
 from consumer.ops.ledger import LastBatch
-from consumer.ops.offsets import KafkaSide, PartitionOffsets
+from consumer.ops.offsets import GroupInfo, KafkaSide, PartitionOffsets
 from consumer.ops.render import text_table, utc_text
+from schemas.errors import UsageError
+from warehouse.errors import WarehouseError
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class LagReport:
     last_batch: LastBatch | None = None
     ledger_error: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    group_info: GroupInfo | None = None
+    show_members: bool = False
 
     @property
     def total_lag(self) -> int:
@@ -102,6 +108,9 @@ class LagReport:
             ],
             "total_lag": self.total_lag,
             "max_lag_seconds": _rounded(self.max_age_s),
+            "group_state": None if self.group_info is None else self.group_info.state,
+            "members": None if self.group_info is None else [
+                m.to_json() for m in self.group_info.details],
             "last_batch": None if self.last_batch is None else self.last_batch.to_json(),
             "ledger_error": self.ledger_error,
             "problems": self.problems(),
@@ -122,6 +131,14 @@ class LagReport:
             f"{'-' if oldest is None else format_duration(oldest)}",
             self._ledger_line(),
         ]
+        info = self.group_info
+        if info is not None:
+            lines.append(f"group state {info.state}, {len(info.details)} member(s)")
+            if self.show_members and info.details:
+                lines.append(text_table(
+                    ("consumer id", "host", "client id", "partitions"),
+                    [(m.consumer_id, m.host, m.client_id,
+                      ",".join(str(p) for p in m.partitions) or "-") for m in info.details]))
         lines += [f"FAIL {problem}" for problem in self.problems()]
         return "\n".join(lines)
 
@@ -160,3 +177,25 @@ def measure(
     stamps = kafka.timestamps_at(behind)
     now_ms = int(clock() * 1000)
     return tuple(PartitionLag(p, stamps.get(p.partition)) for p in found), now_ms
+
+
+def gather(
+    kafka: KafkaSide,
+    group: str,
+    read_ledger: Callable[[], LastBatch | None],
+    thresholds: Thresholds | None = None,
+    show_members: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> LagReport:
+    """The whole report, as ``lag`` prints it and ``lag --serve`` exports it: Kafka's side
+    (an error there is raised), the group's members, the ledger's last batch (an error there is
+    reported in ``ledger_error``)."""
+    partitions, now_ms = measure(kafka, group, clock)
+    info = kafka.describe_group(group)
+    batch, error = None, None
+    try:
+        batch = read_ledger()
+    except (WarehouseError, UsageError) as err:
+        error = str(err)
+    return LagReport(kafka.topic, group, partitions, now_ms, batch, error,
+                     thresholds or Thresholds(), info, show_members)

@@ -42,10 +42,11 @@ def fetch(
 
 
 def last_batch(
-    inspector: Inspector, names: TableNames, dialect: Dialect, topic: str
+    inspector: Inspector, names: TableNames, dialect: Dialect, topic: str,
+    retry_s: float = READ_RETRY_S,
 ) -> LastBatch | None:
     """The last successful batch of ``topic``; None when the ledger holds none."""
-    rows = fetch(inspector, last_batch_sql(names.ledger, dialect), (topic,))
+    rows = fetch(inspector, last_batch_sql(names.ledger, dialect), (topic,), retry_s)
     if not rows:
         return None
     batch_id, committed_at, newest, batches = rows[0]

@@ -42,12 +42,30 @@ class OffsetsError(TerminalError):
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a consumer group, as ``kafka-consumer-groups --describe --members``
+    shows it: its member (consumer) id, client id, host and the partitions of the topic
+    assigned to it."""
+
+    consumer_id: str
+    client_id: str
+    host: str
+    partitions: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"consumer_id": self.consumer_id, "client_id": self.client_id,
+                "host": self.host, "partitions": list(self.partitions)}
+
+
+@dataclass(frozen=True, slots=True)
 class GroupInfo:
     """What the group coordinator says about a consumer group."""
 
     group: str
     state: str
     members: tuple[str, ...] = ()
+    details: tuple[Member, ...] = ()
+    """The members with their ids and assignments (``members`` is ``client@host`` of each)."""
 
     @property
     def active(self) -> bool:
@@ -222,11 +240,18 @@ class KafkaOffsets:
             lambda: self.admin.describe_consumer_groups([group], request_timeout=self.timeout_s),
             group, self.timeout_s, f"describe group {group!r}",
         )
-        members = tuple(
-            f"{m.client_id}@{m.host.lstrip('/')}"
+        details = tuple(
+            Member(
+                str(m.member_id), str(m.client_id), str(m.host).lstrip("/"),
+                tuple(sorted(
+                    tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])
+                    if tp.topic == self.topic
+                )),
+            )
             for m in found.members
         )
-        return GroupInfo(group, found.state.name, members)
+        members = tuple(f"{m.client_id}@{m.host}" for m in details)
+        return GroupInfo(group, found.state.name, members, details)
 
     def alter_offsets(self, group: str, offsets: Mapping[int, int]) -> None:
         """Set the group's committed offsets. The broker refuses it for a group with members."""

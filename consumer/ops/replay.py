@@ -13,7 +13,7 @@ events can neither roll a row back nor bring a deleted profile back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,6 +31,7 @@ class ResetKind(StrEnum):
     DURATION = "by-duration"
     SHIFT = "shift-by"
     OFFSET = "to-offset"
+    FROM_FILE = "from-file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,8 @@ class Move:
 def plan_move(offsets: PartitionOffsets, reset: Reset, at_time: int | None = None) -> Move:
     """The new offset of one partition; targets outside the log are clamped into
     ``[low, high]`` (as ``kafka-consumer-groups`` does) and flagged. ``at_time``: for
-    time-based resets, the ``offsets_for_times`` answer (None: no message at or after it)."""
+    time-based resets, the ``offsets_for_times`` answer (None: no message at or after it); for
+    ``--from-file``, the partition's offset in the file."""
     low, high = offsets.low, offsets.high
     if reset.kind is ResetKind.EARLIEST:
         target = low
@@ -97,6 +99,9 @@ def plan_move(offsets: PartitionOffsets, reset: Reset, at_time: int | None = Non
         target = high
     elif reset.by_time:
         target = high if at_time is None else at_time
+    elif reset.kind is ResetKind.FROM_FILE:
+        assert at_time is not None, "a --from-file move needs the file's offset"
+        target = at_time
     elif reset.kind is ResetKind.SHIFT:
         target = offsets.position + reset.value
     else:
@@ -138,6 +143,8 @@ class ReplayPlan:
     reset: Reset
     moves: tuple[Move, ...]
     group_info: GroupInfo
+    saved_to: str | None = None
+    """Where ``--execute`` saved the offsets it replaced."""
 
     def offsets(self) -> dict[int, int]:
         return {m.partition: m.new_offset for m in self.moves}
@@ -149,6 +156,7 @@ class ReplayPlan:
             "reset": self.reset.describe(),
             "executed": executed,
             "group_active": self.group_info.active,
+            "saved_to": self.saved_to,
             "partitions": [
                 {
                     "partition": m.partition, "committed": m.committed, "new_offset": m.new_offset,
@@ -179,6 +187,9 @@ class ReplayPlan:
         ]
         if executed:
             lines.append("offsets moved; the next `kyc-sync run` reads from the new offsets")
+            if self.saved_to is not None:
+                lines.append(f"previous offsets saved to {self.saved_to} (undo: kyc-sync "
+                             f"replay --from-file {self.saved_to} --execute)")
         else:
             lines.append("dry run: nothing changed; add --execute to move the offsets")
             if self.group_info.active:
@@ -188,13 +199,25 @@ class ReplayPlan:
 
 
 def prepare(
-    kafka: KafkaSide, group: str, reset: Reset, wanted: Iterable[int] | None = None
+    kafka: KafkaSide, group: str, reset: Reset, wanted: Iterable[int] | None = None,
+    targets: Mapping[int, int] | None = None,
 ) -> ReplayPlan:
-    """Read the group and the partitions, plan every move. Changes nothing."""
+    """Read the group and the partitions, plan every move. Changes nothing. ``targets``: the
+    offsets of a ``--from-file`` reset (only those partitions move)."""
+    if reset.kind is ResetKind.FROM_FILE:
+        if targets is None:
+            raise ValueError("a --from-file reset needs the file's offsets")
+        if wanted is not None:
+            raise UsageError("--from-file moves the partitions the file lists; drop --partitions")
+        wanted = targets
     partitions = select_partitions(kafka.partitions(), wanted)
     marks = kafka.watermarks(partitions)
     committed = kafka.committed(group, partitions)
-    at_time = kafka.offsets_for_time(partitions, reset.value) if reset.by_time else {}
+    at_time: Mapping[int, int | None] = {}
+    if reset.by_time:
+        at_time = kafka.offsets_for_time(partitions, reset.value)
+    elif targets is not None:
+        at_time = targets
     moves = tuple(
         plan_move(
             replace(marks[p], committed=committed.get(p)), reset, at_time.get(p)
@@ -204,7 +227,17 @@ def prepare(
     return ReplayPlan(kafka.topic, group, reset, moves, kafka.describe_group(group))
 
 
-def execute(kafka: KafkaSide, plan: ReplayPlan) -> None:
-    """Move the offsets, unless the group has active members now."""
+def current_offsets(kafka: KafkaSide, group: str) -> dict[int, int]:
+    """The group's committed offsets on the topic (partitions without one are left out)."""
+    committed = kafka.committed(group, kafka.partitions())
+    return {p: o for p, o in committed.items() if o is not None}
+
+
+def execute(
+    kafka: KafkaSide, plan: ReplayPlan, save: Callable[[dict[int, int]], None]
+) -> None:
+    """Move the offsets, unless the group has active members now; ``save`` receives the
+    group's committed offsets first (the undo file), and a failure there moves nothing."""
     refuse_if_active(kafka.describe_group(plan.group))
+    save(current_offsets(kafka, plan.group))
     kafka.alter_offsets(plan.group, plan.offsets())

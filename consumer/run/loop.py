@@ -10,6 +10,11 @@ Rules the loop keeps so that nothing is lost:
   lost partitions), the partitions still owned are rewound to the first dropped offset;
 - while a flush waits to retry, the partitions are paused and the consumer keeps polling, so the
   instance stays in its group; anything delivered meanwhile is rewound, not processed.
+
+With ``LoopOptions.bounds`` the loop reads planned offset ranges instead (a full refresh, a
+verification): it assigns each partition at the range's first offset explicitly (never through
+``auto.offset.reset``), ignores messages at or past the range's end, commits nothing, and
+returns once every range is read.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from consumer.decode.decoder import INDEX, Decoded, Decoder, RegistryUnavailable
 from consumer.run.observer import FlushReport, Observer
 from consumer.run.partitions import Partitions, first_offsets
 from consumer.run.retry import RetriesExhausted, retry_transient
-from consumer.source.deadletters import DeadLetters
+from consumer.source.deadletters import DeadLetterSink
 from schemas.errors import InvalidEvent, TerminalError
 from warehouse.base import ApplyResult, Batch, Warehouse
 from warehouse.staging import stage_frame
@@ -62,6 +67,14 @@ class LoopOptions:
     retry_max_s: float = 120.0
     revoke_budget_s: float = 20.0
     shutdown_timeout_s: float = 30.0
+    bounds: tuple[PartitionRange, ...] | None = None
+    """Read exactly these ranges (``first`` .. ``next_offset - 1``) with an assigned consumer,
+    commit nothing, stop when each is read. None: join the group and consume."""
+
+    @property
+    def stops(self) -> dict[int, int] | None:
+        """The end offset of each bounded partition (None when unbounded)."""
+        return None if self.bounds is None else {r.partition: r.next_offset for r in self.bounds}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +99,7 @@ class SyncLoop:
         new_consumer: ConsumerFactory,
         decoder: Decoder,
         warehouse: Warehouse,
-        dead_letters: DeadLetters | None,
+        dead_letters: DeadLetterSink | None,
         policy: WindowPolicy,
         clock: Clock = time.monotonic,
         observer: Observer | None = None,
@@ -108,6 +121,7 @@ class SyncLoop:
         self.decode_s = 0.0
         self.registry_failures = 0
         self.last_warning: dict[int, float] = {}
+        self.stops = options.stops
 
     @property
     def consumer(self) -> Consumer | None:
@@ -144,16 +158,23 @@ class SyncLoop:
         self.retry(self.warehouse.open, "warehouse open")
         consumer = self.new_consumer(error_cb=self._on_client_error)
         self.partitions.consumer = consumer
-        consumer.subscribe(
-            [self.options.topic],
-            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
-        )
+        if self.options.bounds is not None:
+            self._assign_bounds(consumer, self.options.bounds)
+        else:
+            consumer.subscribe(
+                [self.options.topic],
+                on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+            )
         try:
             while not self.stopping:
                 self.poll()
                 reason = self.window.due(self.reducer.events, self.reducer.payload_bytes)
                 if reason is not None:
                     self.flush(reason)
+                if self.stops is not None and self.partitions.caught_up():
+                    self.flush(FlushReason.CAUGHT_UP)
+                    log.info("read every planned offset range")
+                    break
                 if self.options.until_caught_up and self.partitions.caught_up():
                     self.flush(FlushReason.CAUGHT_UP)
                     log.info("caught up with the end of every assigned partition")
@@ -185,6 +206,18 @@ class SyncLoop:
     def caught_up(self) -> bool:
         return self.partitions.caught_up()
 
+    def _assign_bounds(self, consumer: Consumer, bounds: tuple[PartitionRange, ...]) -> None:
+        """Assign each bounded partition at its first planned offset; empty ranges are read."""
+        consumer.assign([TopicPartition(self.options.topic, r.partition, r.first)
+                         for r in bounds])
+        self.partitions.assign(r.partition for r in bounds)
+        for r in bounds:
+            if r.count <= 0:
+                self.partitions.reached_end(r.partition)
+        log.info("reading planned offsets %s",
+                 ", ".join(f"{r.partition}:{r.first}-{r.next_offset}" for r in bounds))
+        self.observer.assignment(frozenset(self.partitions.assigned))
+
     # -- ingest ------------------------------------------------------------------------------
 
     def ingest(self, messages: list[Message]) -> None:
@@ -197,18 +230,25 @@ class SyncLoop:
         partitions: list[int] = []
         offsets: list[int] = []
         at_end = self.partitions.at_end
+        stops = self.stops
         for msg in messages:
             error = msg.error()
             if error is not None:
                 self._on_message_error(msg, error)  # end of a partition: after its messages
                 continue
             partition: int = msg.partition()  # type: ignore[assignment]
+            offset: int = msg.offset()  # type: ignore[assignment]
+            if stops is not None and offset >= stops.get(partition, 0):
+                self.partitions.reached_end(partition)  # past the planned range: not read
+                continue
             at_end.discard(partition)
             kept.append(msg)
             values.append(msg.value())
             keys.append(msg.key())
             partitions.append(partition)
-            offsets.append(msg.offset())  # type: ignore[arg-type]
+            offsets.append(offset)
+            if stops is not None and offset + 1 >= stops[partition]:
+                self.partitions.reached_end(partition)
         before = self.reducer.events - self.reducer.invalid
         if kept:
             self._ingest_decoded(kept, values, keys, partitions, offsets)
@@ -395,9 +435,10 @@ class SyncLoop:
         return retry_transient(call, budget, what, sleep=self.wait_in_group)
 
     def commit(self, ranges: tuple[PartitionRange, ...]) -> None:
-        """Commit the next offsets of the partitions this instance still owns."""
+        """Commit the next offsets of the partitions this instance still owns (nothing when
+        reading planned ranges: those are read again from their start if need be)."""
         owned = [r for r in ranges if r.partition in self.partitions.assigned]
-        if self.consumer is None or not owned:
+        if self.consumer is None or not owned or self.stops is not None:
             return
         offsets = [TopicPartition(self.options.topic, r.partition, r.next_offset) for r in owned]
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -21,6 +21,28 @@ class DeadLetterError(TerminalError):
 
 class DeadLetterTimeout(TransientError):
     """Dead-letter copies are not acknowledged yet (broker unreachable?); worth retrying."""
+
+
+class DeadLetterSink(Protocol):
+    """Where the run loop sends invalid events; ``flush`` before offsets are committed."""
+
+    def send(self, msg: Message, error_class: str, reason: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class CountedDeadLetters:
+    """A sink that only counts, per class: a read-only pass over the topic (``verify``)
+    judges invalid events as a rebuild would (they yield no row) without producing copies."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def send(self, msg: Message, error_class: str, reason: str) -> None:
+        self.counts[error_class] = self.counts.get(error_class, 0) + 1
+
+    def flush(self) -> None:
+        """Nothing to wait for."""
 
 
 @dataclass

@@ -6,6 +6,10 @@ hooks recorded: per partition the committed offset (from each flush), the log-en
 consumer's cached high watermark, read in ``tick``) and the timestamp of the first message
 consumed since the last commit (the oldest message not yet in the warehouse).
 
+Freshness is the age of the oldest event consumed and not applied yet, not the age of the
+newest ``op_time``: a quiet source is fresh, a stuck sync is not (the sample's op_times are from
+2024 and must not look stale).
+
 ``MetricsServer`` serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz``
 (partitions assigned and the last flush succeeded) on 127.0.0.1:9464 by default.
 """
@@ -19,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -246,24 +250,30 @@ class PrometheusObserver(Observer):
             PREFIX + "partition_lag_seconds",
             "Age of the oldest message not yet committed, per assigned partition (0 without "
             "lag).", labels=["partition"])
+        ages: list[float] = []
         for partition in assigned:
             if partition not in committed or partition not in high:
                 continue
             lag = max(0, high[partition] - committed[partition])
             lag_messages.add_metric([str(partition)], lag)
             if lag == 0:
-                lag_seconds.add_metric([str(partition)], 0.0)
+                ages.append(0.0)
             elif pending.get(partition, -1) >= 0:
-                lag_seconds.add_metric(
-                    [str(partition)], max(0.0, now - pending[partition] / 1000))
+                ages.append(max(0.0, now - pending[partition] / 1000))
+            else:
+                continue
+            lag_seconds.add_metric([str(partition)], ages[-1])
         freshness = GaugeMetricFamily(
             PREFIX + "freshness_seconds",
-            "Now minus the newest op_time this instance applied.")
+            "Age of the oldest event this instance consumed and has not applied yet (0 when "
+            "none waits): a quiet topic stays at 0, a stuck flush grows. The lag exporter's "
+            "kyc_sync_group_freshness_seconds also counts events not consumed yet.")
         newest_op = GaugeMetricFamily(
             PREFIX + "newest_op_time_timestamp_seconds",
             "Unix time of the newest op_time this instance applied.")
+        if ages:
+            freshness.add_metric([], max(ages))
         if newest is not None:
-            freshness.add_metric([], max(0.0, now - newest))
             newest_op.add_metric([], newest)
         yield from (lag_messages, lag_seconds, freshness, newest_op)
 
@@ -286,10 +296,20 @@ class _ComputedCollector(Collector):
 # -- the HTTP endpoint ---------------------------------------------------------------------
 
 
+class Exposed(Protocol):
+    """What the endpoint serves: a registry for /metrics, a readiness answer for /readyz (the
+    run loop's observer, the lag exporter, the progress of a long operation)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], observer: PrometheusObserver) -> None:
+    def __init__(self, address: tuple[str, int], observer: Exposed) -> None:
         self.observer = observer
         super().__init__(address, _Handler)
 
@@ -326,7 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """``/metrics``, ``/healthz``, ``/readyz`` on a daemon thread."""
 
-    def __init__(self, observer: PrometheusObserver, host: str, port: int) -> None:
+    def __init__(self, observer: Exposed, host: str, port: int) -> None:
         self.observer = observer
         self.host = host
         self.port = port
@@ -365,16 +385,27 @@ def serving(settings: MetricsSettings, topic: str) -> Iterator[PrometheusObserve
         yield None
         return
     observer = PrometheusObserver(topic)
-    server = MetricsServer(observer, settings.host, settings.port)
+    with exposing(settings, observer):
+        yield observer
+
+
+@contextmanager
+def exposing(settings: MetricsSettings, exposed: Exposed) -> Iterator[MetricsServer | None]:
+    """Serve ``exposed`` on the configured address while the block runs (None: metrics off,
+    or the port could not be bound, which is logged and otherwise ignored)."""
+    if not settings.enabled:
+        yield None
+        return
+    server = MetricsServer(exposed, settings.host, settings.port)
     try:
         server.start()
     except OSError as err:
         log.error("metrics endpoint not started on %s:%d: %s (set metrics.port, 0 for any free "
                   "port, or metrics.enabled=false)", settings.host, settings.port, err)
-        yield observer
+        yield None
         return
     log.info("metrics on %s/metrics (also /healthz, /readyz)", server.url)
     try:
-        yield observer
+        yield server
     finally:
         server.stop()

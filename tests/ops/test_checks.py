@@ -19,7 +19,9 @@ from consumer.ops.checks import (
     to_json,
     unique_key,
 )
+from consumer.ops.lag import PartitionLag
 from consumer.ops.ledger import LastBatch
+from consumer.ops.offsets import PartitionOffsets
 from tests.oracles.reducer import ReferenceReducer
 from tests.oracles.staging import Row, build_staged
 from warehouse.base import Batch
@@ -32,25 +34,42 @@ T0 = 1_700_000_000_000_000
 NOT_NULL = ("kyc_profile_id", "op_time")
 
 
+NOW_MS = int(NOW.replace(tzinfo=UTC).timestamp() * 1000)
+
+
 def last(minutes_ago: float) -> LastBatch:
     return LastBatch("b", NOW - timedelta(minutes=minutes_ago), None, 1)
 
 
+def waiting(partition: int, lag: int, minutes_old: float | None) -> PartitionLag:
+    """A partition with ``lag`` unapplied events, the oldest written ``minutes_old`` ago."""
+    stamp = None if minutes_old is None else NOW_MS - int(minutes_old * 60_000)
+    return PartitionLag(PartitionOffsets(partition, 100, 0, 100 + lag), stamp)
+
+
 @pytest.mark.parametrize(
-    ("batch", "max_age_s", "ok", "reason"),
+    ("partitions", "max_age_s", "ok", "reason"),
     [
-        (last(1), 900, True, "last successful sync 2027-01-15T11:59:00Z is 1m00s old (max 15m00s)"),
-        (last(15), 900, True, "last successful sync 2027-01-15T11:45:00Z is 15m00s old "
-                              "(max 15m00s)"),
-        (last(16), 900, False, "last successful sync 2027-01-15T11:44:00Z is 16m00s old > "
-                               "15m00s"),
-        (last(2), 60, False, "last successful sync 2027-01-15T11:58:00Z is 2m00s old > 1m00s"),
-        (last(-1), 60, True, "last successful sync 2027-01-15T12:01:00Z is 0s old (max 1m00s)"),
-        (None, 900, False, "no successful sync recorded for the topic"),
+        # A quiet topic is fresh, however old the last batch (and its 2024 op_times) are.
+        ([waiting(0, 0, None), waiting(1, 0, None)], 900, True,
+         "no event waits to be applied (max 15m00s); last batch 2026-12-15T12:00:00Z"),
+        ([waiting(0, 3, 1), waiting(1, 0, None)], 900, True,
+         "the oldest unapplied event (partition 0, 3 event(s) behind) is 1m00s old (max 15m00s)"
+         "; last batch 2026-12-15T12:00:00Z"),
+        ([waiting(0, 3, 1), waiting(1, 8, 16)], 900, False,
+         "the oldest unapplied event (partition 1, 8 event(s) behind) is 16m00s old > 15m00s: "
+         "the sync is not keeping up; last batch 2026-12-15T12:00:00Z"),
+        ([waiting(0, 3, None)], 900, False,
+         "age of the oldest unapplied event unknown on partition(s) [0] (no message timestamp "
+         "read)"),
+        (None, 900, False, "cannot read the group's lag from Kafka: broker down"),
     ],
 )
-def test_freshness(batch: LastBatch | None, max_age_s: float, ok: bool, reason: str) -> None:
-    assert freshness(batch, NOW, max_age_s) == CheckResult("freshness", ok, reason)
+def test_freshness(
+    partitions: list[PartitionLag] | None, max_age_s: float, ok: bool, reason: str
+) -> None:
+    result = freshness(partitions, NOW_MS, max_age_s, last(60 * 24 * 31), "broker down")
+    assert result == CheckResult("freshness", ok, reason)
 
 
 @pytest.mark.parametrize(
@@ -119,10 +138,12 @@ def writer(tmp_path: Path) -> DuckDBWarehouse:
     return warehouse
 
 
-def checks(writer: DuckDBWarehouse, max_age_s: float = 900, topic: str = "audit"
-           ) -> dict[str, CheckResult]:
-    now = datetime.now(UTC).replace(tzinfo=None)  # the ledger stores naive UTC
-    return {r.name: r for r in run_checks(writer, "duckdb", topic, NOT_NULL, max_age_s, now)}
+def checks(writer: DuckDBWarehouse, max_age_s: float = 900, topic: str = "audit",
+           lag: list[PartitionLag] | None = None) -> dict[str, CheckResult]:
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    partitions = tuple(lag if lag is not None else [waiting(0, 0, None)])
+    return {r.name: r for r in run_checks(writer, "duckdb", topic, NOT_NULL, max_age_s,
+                                          (partitions, now_ms, None))}
 
 
 def corrupt(writer: DuckDBWarehouse, *statements: str) -> None:
@@ -140,18 +161,19 @@ def test_fresh_data_passes(writer: DuckDBWarehouse) -> None:
     assert results["not_null"].reason == "kyc_profile_id, op_time never null (3 rows)"
 
 
-def test_stale_sync_fails_freshness_only(writer: DuckDBWarehouse) -> None:
+def test_an_old_last_batch_on_a_quiet_topic_is_fresh(writer: DuckDBWarehouse) -> None:
     corrupt(writer, "UPDATE kyc_sync_ledger SET committed_at = committed_at - INTERVAL 2 HOUR")
-    results = checks(writer)
+    assert checks(writer)["freshness"].ok
+
+
+def test_a_waiting_event_fails_freshness_only(writer: DuckDBWarehouse) -> None:
+    stuck = PartitionLag(PartitionOffsets(0, 4, 0, 9),
+                         int(datetime.now(UTC).timestamp() * 1000) - 20 * 60_000)
+    results = checks(writer, lag=[stuck])
     assert not results["freshness"].ok
-    assert results["freshness"].reason.endswith("old > 15m00s")
+    assert "is 20m00s old > 15m00s" in results["freshness"].reason
     assert results["unique_key"].ok
     assert results["not_null"].ok
-
-
-def test_other_topic_has_no_sync(writer: DuckDBWarehouse) -> None:
-    assert checks(writer, topic="elsewhere")["freshness"].reason == (
-        "no successful sync recorded for the topic")
 
 
 def test_duplicated_key_fails_unique(writer: DuckDBWarehouse) -> None:
@@ -173,8 +195,9 @@ def test_null_key_fails_not_null(writer: DuckDBWarehouse) -> None:
         "not_null", False, "kyc_profile_id is null in 1 of 3 row(s)")
 
 
-def test_unreadable_warehouse_fails_every_check(tmp_path: Path) -> None:
+def test_unreadable_warehouse_fails_the_data_checks(tmp_path: Path) -> None:
     missing = DuckDBWarehouse(str(tmp_path / "absent.duckdb"), names())
     results = checks(missing)
-    assert [r.ok for r in results.values()] == [False, False, False]
-    assert all(r.reason.startswith("cannot read the warehouse:") for r in results.values())
+    assert [r.ok for r in results.values()] == [True, False, False]  # freshness is Kafka's
+    assert all(r.reason.startswith("cannot read the warehouse:")
+               for r in list(results.values())[1:])

@@ -248,8 +248,10 @@ def test_execute_moves_the_planned_offsets() -> None:
     kafka = fake(IDLE)
     plan = prepare(kafka, "g", Reset(S, -10, "-10"))
 
-    execute(kafka, plan)
+    saved: list[dict[int, int]] = []
+    execute(kafka, plan, saved.append)
 
+    assert saved == [{0: 100, 1: 20}]  # saved before the move; 2 had no committed offset
     assert kafka.moved == [("g", {0: 90, 1: 10, 2: 10})]
     assert "offsets moved" in plan.render(executed=True)
 
@@ -260,7 +262,7 @@ def test_execute_refuses_an_active_group() -> None:
     assert "warning: --execute would be refused now" in plan.render(executed=False)
 
     with pytest.raises(GroupActiveError, match=r"1 active member.*rdkafka@10\.0\.0\.7"):
-        execute(kafka, plan)
+        execute(kafka, plan, lambda _offsets: None)
     assert kafka.moved == []
 
 
@@ -269,7 +271,7 @@ def test_execute_rechecks_the_group_at_execution() -> None:
     plan = prepare(kafka, "g", Reset(E))
 
     with pytest.raises(GroupActiveError):
-        execute(kafka, plan)
+        execute(kafka, plan, lambda _offsets: None)
     assert kafka.moved == []
 
 
@@ -278,7 +280,7 @@ def test_execute_rechecks_the_group_at_execution() -> None:
 
 def refresh_plan(*lows: int) -> RefreshPlan:
     marks = tuple((p, PartitionOffsets(p, None, low, 100)) for p, low in enumerate(lows))
-    return RefreshPlan("audit", "g", marks, IDLE)
+    return RefreshPlan("audit", "g", marks)
 
 
 def test_full_refresh_refuses_a_topic_that_lost_history() -> None:

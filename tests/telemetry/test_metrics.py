@@ -224,17 +224,28 @@ def test_revoked_partitions_leave_the_lag_metrics() -> None:
     assert value(obs, "kyc_sync_assigned_partitions") == 1
 
 
-def test_freshness_is_now_minus_the_newest_op_time_applied() -> None:
-    newest = RESULT.max_op_time
-    assert newest is not None
-    epoch = (newest - datetime(1970, 1, 1)).total_seconds()  # op_times are naive UTC
-    obs = observer(Clock(epoch + 300))
-    obs.flushed(report((0, 0, 1), result=RESULT))
-    older = ApplyResult(1, 0, 0, 0, None, datetime(2027, 1, 15, 7, 0), 0.1)
-    obs.flushed(report((0, 1, 2), result=older))  # an older batch does not move it back
+def test_freshness_is_the_age_of_the_oldest_event_waiting() -> None:
+    """Not the age of the newest op_time: the sample's op_times are from 2024 and a quiet topic
+    must not look stale; an event waiting longer and longer must."""
+    clock = Clock(NOW)
+    obs = observer(clock)
+    consumer = FakeConsumer(high={0: 10, 1: 4}, committed={0: 10, 1: 4})
+    obs.assignment(frozenset({0, 1}))
+    obs.tick(consumer)  # type: ignore[arg-type]
+    old_op_time = ApplyResult(1, 0, 0, 0, None, datetime(2024, 1, 15, 14, 15), 0.1)
+    obs.flushed(report((0, 9, 10), result=old_op_time))
+    assert value(obs, "kyc_sync_freshness_seconds") == 0  # quiet: nothing waits
 
-    assert value(obs, "kyc_sync_freshness_seconds") == 300
-    assert value(obs, "kyc_sync_newest_op_time_timestamp_seconds") == epoch
+    consumer.high[1] = 6  # two events arrive on partition 1, read, not applied yet
+    clock.now += 1.0
+    obs.tick(consumer)  # type: ignore[arg-type]
+    obs.consumed(batch(Msg(1, 4, int((clock.now - 5) * 1000)), Msg(1, 5)), 2)
+    clock.now += 1000
+    assert value(obs, "kyc_sync_freshness_seconds") == 1005  # the stuck event's age
+    obs.flushed(report((1, 4, 6), result=RESULT))
+    assert value(obs, "kyc_sync_freshness_seconds") == 0
+    assert value(obs, "kyc_sync_newest_op_time_timestamp_seconds") == (
+        RESULT.max_op_time - datetime(1970, 1, 1)).total_seconds()  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from batcher.ranges import PartitionRange
 from schemas.columns import KEY, OP_TYPES, Column
 from tests.oracles.reducer import ReferenceReducer, Version, Winner
 from tests.oracles.staging import Row, build_staged
@@ -127,8 +128,11 @@ class ContractWriter(Protocol):
     def apply(self, batch: Batch) -> ApplyResult: ...
     def close(self) -> None: ...
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
-    def discard(self, rebuild: TableNames) -> None: ...
-    def swap_in(self, rebuild: TableNames) -> None: ...
+    def prepare(self) -> None: ...
+    def discard(self) -> None: ...
+    def level(self, built: Sequence[PartitionRange], into_live: bool) -> None: ...
+    def swap_in(self, built: Sequence[PartitionRange]) -> None: ...
+    def finish(self) -> None: ...
 
 
 COLUMNS_BY_NAME = {c.name: c for c in STATE_COLUMNS}
@@ -401,37 +405,82 @@ def test_ledger_contents(harness: Harness) -> None:
 
 def test_discard_drops_rebuild_leftovers_and_is_idempotent(harness: Harness) -> None:
     rebuild = rebuild_names(harness.writer.names)
-    harness.writer.discard(rebuild)  # nothing to drop yet
+    harness.writer.discard()  # nothing to drop yet
+    harness.writer.prepare()
     builder = harness.new_writer(rebuild)
     builder.open()
     builder.apply(make_batch([Event(1, T0, 0, 0)]))
     builder.close()
 
-    harness.writer.discard(rebuild)
-    harness.writer.discard(rebuild)
+    harness.writer.discard()
+    harness.writer.discard()
     builder.open()  # re-created empty: the leftovers are gone
     assert harness.read(rebuild.state, STATE_COLUMNS, [KEY]) == []
     builder.close()
 
 
-def test_swap_in_replaces_the_state_and_keeps_every_ledger_row(harness: Harness) -> None:
-    if not harness.swap:
-        pytest.skip("the test double cannot run this writer's swap (ALTER TABLE ... SWAP WITH)")
-    old = harness.apply([Event(1, T0, 0, 0, "INSERT", "old"), Event(2, T0, 0, 1)])
-    rebuild = rebuild_names(harness.writer.names)
-    builder = harness.new_writer(rebuild)
+BUILT = (PartitionRange(0, 0, 5),)
+"""The offsets the rebuild of the refresh tests read: partition 0, offsets 0-4."""
+
+
+def rebuild_beside(harness: Harness) -> tuple[Batch, list[Event], Batch]:
+    """Live rows inside ``BUILT`` (1 drifted: an old version; 2 as the rebuild has it) and
+    outside it (4 live, 5 a tombstone, both applied after the plan's end); a rebuild of
+    offsets 0-4 (1 newer, 2, 3 new)."""
+    live = harness.apply([
+        Event(1, T0, 0, 0, "INSERT", "old"), Event(2, T0, 0, 1, "INSERT", "two"),
+        Event(4, T0 + 9, 0, 10, "INSERT", "after"), Event(5, T0 + 9, 0, 11, "DELETE"),
+    ])
+    harness.writer.prepare()
+    builder = harness.new_writer(rebuild_names(harness.writer.names))
     builder.open()
-    new_events = [Event(1, T0 + 5, 0, 0, "INSERT", "new"), Event(3, T0 + 5, 0, 2)]
-    rebuilt = make_batch(new_events)
+    rebuilt_events = [Event(1, T0 + 5, 0, 2, "UPDATE", "new"), Event(2, T0, 0, 1, "INSERT", "two"),
+                      Event(3, T0 + 5, 0, 3, "INSERT", "three")]
+    rebuilt = make_batch(rebuilt_events)
     builder.apply(rebuilt)
     builder.close()
+    return live, rebuilt_events, rebuilt
 
-    harness.writer.swap_in(rebuild)
 
-    assert harness.state() == {e.key: state_row(e, rebuilt.batch_id) for e in new_events}
-    assert harness.live() == {e.key: view_row(e) for e in new_events}
-    assert {r["batch_id"] for r in harness.ledger()} == {old.batch_id, rebuilt.batch_id}
-    harness.writer.discard(rebuild)  # nothing of the rebuild is left; discarding stays safe
+def test_level_merges_the_live_rows_outside_the_rebuilt_ranges(harness: Harness) -> None:
+    live, rebuilt_events, rebuilt = rebuild_beside(harness)
+
+    harness.writer.level(BUILT, into_live=False)
+    harness.writer.level(BUILT, into_live=False)  # repeatable: the guard
+
+    rebuild = rebuild_names(harness.writer.names)
+    state = {r[KEY]: r for r in harness.read(rebuild.state, STATE_COLUMNS, [KEY])}
+    after, gone = Event(4, T0 + 9, 0, 10, "INSERT", "after"), Event(5, T0 + 9, 0, 11, "DELETE")
+    assert state == {
+        **{e.key: state_row(e, rebuilt.batch_id) for e in rebuilt_events},
+        4: state_row(after, live.batch_id), 5: state_row(gone, live.batch_id),  # tombstone too
+    }
+
+
+def test_refresh_swaps_in_the_level_rebuild_and_catches_raced_writes(harness: Harness) -> None:
+    if not harness.swap:
+        pytest.skip("the test double cannot run this writer's swap (ALTER TABLE ... SWAP WITH)")
+    live, rebuilt_events, rebuilt = rebuild_beside(harness)
+    harness.writer.level(BUILT, into_live=False)
+    raced = harness.apply([Event(6, T0 + 20, 0, 12, "INSERT", "raced")])  # after the leveling
+
+    harness.writer.swap_in(BUILT)
+    harness.writer.level(BUILT, into_live=True)
+    harness.writer.finish()
+
+    after, gone = Event(4, T0 + 9, 0, 10, "INSERT", "after"), Event(5, T0 + 9, 0, 11, "DELETE")
+    assert harness.state() == {
+        **{e.key: state_row(e, rebuilt.batch_id) for e in rebuilt_events},
+        4: state_row(after, live.batch_id), 5: state_row(gone, live.batch_id),
+        6: state_row(Event(6, T0 + 20, 0, 12, "INSERT", "raced"), raced.batch_id),
+    }
+    assert set(harness.live()) == {1, 2, 3, 4, 6}
+    assert {r["batch_id"] for r in harness.ledger()} == {
+        live.batch_id, rebuilt.batch_id, raced.batch_id}
+    harness.writer.finish()  # repeatable: the ledger copy adds nothing twice
+    assert len(harness.ledger()) == 3
+    harness.writer.apply(make_batch([Event(3, T0 + 30, 0, 13, "UPDATE", "later")]))
+    assert harness.live()[3]["goldtier_id"] == "later"  # the swapped-in table is the live one
 
 
 # -- failures -----------------------------------------------------------------------------------

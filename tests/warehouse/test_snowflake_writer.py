@@ -23,6 +23,7 @@ from snowflake.connector import SnowflakeConnection
 from snowflake.connector import errors as sf
 from sqlglot import exp
 
+from batcher.ranges import PartitionRange
 from consumer.app import build_warehouse
 from consumer.settings import REDACTED, Settings, load_settings
 from tests.oracles.reducer import Version, Winner
@@ -45,7 +46,12 @@ from warehouse.snowflake_writer import (
     use_schema_sql,
 )
 from warehouse.sql import classify_sql, ledger_insert_sql, merge_sql
-from warehouse.swap import discard_statements, rebuild_names, swap_statements
+from warehouse.swap import (
+    discard_statements,
+    exchange_statements,
+    finish_statements,
+    level_statements,
+)
 from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, TableNames, ddl
 
 # -- error mapping ------------------------------------------------------------------------------
@@ -337,15 +343,18 @@ NAMES = TableNames(*(QualifiedName.of("kyc", "audit", t, upper=True)
 
 
 def every_statement() -> dict[str, str]:
-    rebuild = rebuild_names(NAMES)
+    built = (PartitionRange(0, 0, 10), PartitionRange(1, 3, 9))
     statements = {
         "use schema": use_schema_sql(Ident("kyc", upper=True), Ident("audit", upper=True)),
         "create stage": create_stage_sql(),
         **{f"ddl {i}": s for i, s in enumerate(ddl(NAMES, "snowflake"))},
         **{f"flush {i}": s for i, s in enumerate(flush_statements(NAMES))},
         "recorded": recorded_sql(NAMES.ledger),
-        **{f"discard {i}": s for i, s in enumerate(discard_statements(rebuild))},
-        **{f"swap {i}": s for i, s in enumerate(swap_statements(NAMES, rebuild, "snowflake"))},
+        **{f"discard {i}": s for i, s in enumerate(discard_statements(NAMES))},
+        **{f"level {i}": s for i, (s, _) in enumerate(
+            level_statements(NAMES, built, "snowflake", into_live=False))},
+        **{f"swap {i}": s for i, s in enumerate(exchange_statements(NAMES, "snowflake"))},
+        **{f"finish {i}": s for i, s in enumerate(finish_statements(NAMES, "snowflake"))},
     }
     return statements
 
