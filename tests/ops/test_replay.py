@@ -4,13 +4,15 @@ parsing, and the refusal / execution logic over a fake Kafka side. No network.""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
+from batcher.ranges import PartitionRange
+from batcher.window import FlushReason
 from consumer.ops.arguments import parse_count, parse_datetime_ms, parse_partitions
 from consumer.ops.offsets import GroupInfo, PartitionOffsets
-from consumer.ops.rebuild import RefreshPlan, rebuild_settings
+from consumer.ops.rebuild import RefreshPlan, coverage, rebuild_settings, shortfall
 from consumer.ops.replay import (
     GroupActiveError,
     Move,
@@ -21,6 +23,7 @@ from consumer.ops.replay import (
     prepare,
     select_partitions,
 )
+from consumer.run.observer import FlushReport
 from consumer.settings import KafkaSettings, Settings
 from schemas.errors import UsageError
 
@@ -311,3 +314,69 @@ def test_rebuild_settings_rename_every_object_and_the_group() -> None:
         "kyc_profile_current__rebuild", "kyc_profile_state__rebuild", "kyc_sync_ledger__rebuild"
     )
     assert settings.warehouse.state_table == "kyc_profile_state"  # the original is unchanged
+
+
+def test_from_file_moves_the_partitions_the_file_lists() -> None:
+    kafka = fake(IDLE)
+    reset = Reset(ResetKind.FROM_FILE, 0, "saved.csv")
+
+    plan = prepare(kafka, "g", reset, targets={0: 40, 1: 70})
+
+    assert plan.offsets() == {0: 40, 1: 50}  # 70 is past the log end: clamped, flagged
+    assert [m.clamped for m in plan.moves] == [False, True]
+    assert "replay --from-file saved.csv" in plan.render(executed=False)
+    with pytest.raises(UsageError, match="do not exist"):
+        prepare(kafka, "g", reset, targets={7: 1})
+    with pytest.raises(UsageError, match="drop --partitions"):
+        prepare(kafka, "g", reset, (0,), targets={0: 1})
+
+
+def test_execute_names_the_undo_file() -> None:
+    kafka = fake(IDLE)
+    plan = prepare(kafka, "g", Reset(E))
+    execute(kafka, plan, lambda _offsets: None)
+    text = replace(plan, saved_to="/tmp/g.csv").render(executed=True)
+    assert "previous offsets saved to /tmp/g.csv (undo: kyc-sync replay --from-file " \
+        "/tmp/g.csv --execute)" in text
+
+
+def test_a_failing_save_moves_nothing() -> None:
+    kafka = fake(IDLE)
+    plan = prepare(kafka, "g", Reset(E))
+
+    def fail(_offsets: dict[int, int]) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        execute(kafka, plan, fail)
+    assert kafka.moved == []
+
+
+# --------------------------------------------------------------------------- refresh coverage
+
+
+def flushed(*ranges: tuple[int, int, int]) -> FlushReport:
+    return FlushReport("b", FlushReason.CAUGHT_UP, 0, 0, 0, None,
+                       tuple(PartitionRange(*r) for r in ranges), 0.0, 0.0)
+
+
+def test_coverage_joins_the_windows_of_each_partition() -> None:
+    planned = (PartitionRange(0, 0, 10), PartitionRange(1, 5, 8), PartitionRange(2, 3, 3))
+    reads = coverage(planned, [flushed((0, 0, 4), (1, 5, 8)), flushed((0, 4, 10))])
+    assert [r.covered for r in reads] == [((0, 10),), ((5, 8),), ()]
+    assert [r.read for r in reads] == [10, 3, 0]
+    assert shortfall(reads) is None
+
+
+def test_a_short_read_refuses_the_swap_with_the_numbers() -> None:
+    """What ``auto.offset.reset=latest`` did before the rebuild assigned its offsets: it read
+    nothing, and the empty table was swapped in."""
+    planned = (PartitionRange(0, 0, 60), PartitionRange(1, 0, 5))
+    problem = shortfall(coverage(planned, [flushed((1, 0, 5), (0, 58, 60))]))
+    assert problem == (
+        "refusing to swap in the rebuilt table: it did not read every planned event (partition "
+        "0: planned offsets 0-59 (60 events), read 2 (applied + dead-lettered; offsets 58-59)); "
+        "the live table and the group's offsets are unchanged")
+    assert shortfall(coverage(planned, [])) is not None
+    gap = coverage((PartitionRange(0, 0, 10),), [flushed((0, 0, 4)), flushed((0, 5, 10))])
+    assert not gap[0].complete

@@ -230,6 +230,17 @@ class FakeConsumer:
             raise ContractViolation(f"subscribed to {topics}, the fake serves {self.topic}")
         self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
 
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """A manual assignment at explicit offsets: no group, no rebalance callbacks."""
+        self._open()
+        if any(tp.topic != self.topic or tp.offset < 0 for tp in partitions):
+            raise ContractViolation(f"assign() needs explicit offsets of {self.topic}")
+        self.journal.add("assign", [(tp.partition, tp.offset) for tp in partitions])
+        for tp in partitions:
+            self.assigned.add(tp.partition)
+            self.positions[tp.partition] = tp.offset
+            self.eof_at.pop(tp.partition, None)
+
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         self._open()
         if self._consuming:

@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 import consumer.run.loop as run_loop
+from batcher.ranges import PartitionRange
 from batcher.window import FlushReason, WindowPolicy
 from consumer.decode.decoder import Decoder, PlainAvroDecoder
 from consumer.decode.encoder import AuditEncoder
@@ -97,6 +98,7 @@ class Rigs:
         self, *, policy: WindowPolicy | None = None, decoder: Decoder | None = None,
         dead_letters: str | None = None, until_caught_up: bool = False,
         retry_max_s: float = 2.0, revoke_budget_s: float = 0.3,
+        bounds: tuple[PartitionRange, ...] | None = None,
     ) -> Rig:
         journal = Journal()
         consumer = FakeConsumer(TOPIC, journal)
@@ -107,7 +109,7 @@ class Rigs:
         options = LoopOptions(
             topic=TOPIC, group_id=GROUP, until_caught_up=until_caught_up, consume_batch=100,
             poll_timeout_s=0.01, retry_max_s=retry_max_s, revoke_budget_s=revoke_budget_s,
-            shutdown_timeout_s=7.0,
+            shutdown_timeout_s=7.0, bounds=bounds,
         )
 
         # The fakes stand in for confluent-kafka's typed classes: they are cast, not subclasses.
@@ -597,3 +599,43 @@ def test_latest_per_key_equals_the_oracle_over_many_batches(rigs: Rigs, seed: in
     assert rig.consumer.committed == {p: len(rig.consumer.logs[p]) for p in (0, 1, 2)}
     assert len(rig.warehouse.applied) > 3
     assert_commits_follow_applies(rig.journal)
+
+
+# -- planned ranges (full refresh, verify) ----------------------------------------------------
+
+
+def test_bounded_reads_exactly_the_planned_ranges_from_their_first_offsets(rigs: Rigs) -> None:
+    """Assigned at the planned first offset (never the group's position nor an
+    auto.offset.reset), messages past the planned end ignored, nothing committed."""
+    bounds = (PartitionRange(0, 1, 3), PartitionRange(1, 0, 2), PartitionRange(2, 0, 0))
+    rig = rigs.new(bounds=bounds, policy=WindowPolicy(max_events=2))
+    produced = rig.produce(updates(0, 1, 2, 3, 4) + updates(1, 11, 12, 13))
+    rig.consumer.committed.update({0: 4, 1: 3})  # the group's own offsets: not where it reads
+
+    assert rig.loop.run() == 0
+
+    read = Produced([e for e in produced.events
+                     if any(r.partition == e[1] and r.first <= e[2] < r.next_offset
+                            for r in bounds)])
+    assert rig.warehouse.current() == oracle(read)
+    assert rig.journal.kinds("assign")[0] == "assign"
+    assert rig.journal.entries[0] == ("assign", [(0, 1), (1, 0), (2, 0)])
+    assert rig.consumer.commits == []
+    covered = {(r.partition, r.first, r.next_offset)
+               for report in rig.observer.reports for r in report.ranges}
+    assert covered <= {(0, 1, 2), (0, 2, 3), (0, 1, 3), (1, 0, 2), (1, 0, 1), (1, 1, 2)}
+    assert sum(report.events for report in rig.observer.reports) == 4
+
+
+def test_bounded_finishes_when_every_range_is_read_even_if_the_log_grows(rigs: Rigs) -> None:
+    bounds = (PartitionRange(0, 0, 2),)
+    rig = rigs.new(bounds=bounds)
+    produced = rig.produce(updates(0, 1, 2))
+    more = updates(0, 3, 4, start=2)
+    rig.consumer.play(deliver(0, limit=1), Call(lambda: rig.consumer.produce(more)),
+                      deliver(0))
+
+    assert rig.loop.run() == 0
+
+    assert rig.warehouse.current() == oracle(produced)  # keys 3 and 4 are past the plan
+    assert rig.observer.reasons == [FlushReason.CAUGHT_UP]

@@ -171,7 +171,7 @@ def test_duckdb_failed_swap_changes_nothing(tmp_path: Path) -> None:
     live.apply(batch([(1, 10, "INSERT", "kept")]))
     live.prepare()
     con = duckdb.connect(str(db))
-    con.execute("ALTER TABLE kyc_profile_state__rebuild DROP COLUMN synced_at")  # the leveling fails
+    con.execute("ALTER TABLE kyc_profile_state__rebuild DROP COLUMN synced_at")  # leveling fails
     con.close()
 
     with pytest.raises(WarehouseError):
