@@ -49,8 +49,10 @@ HOUR_US = 3_600 * 1_000_000
 
 
 def env_for(bootstrap: str, topic: str, db: Path, **extra: str) -> dict[str, str]:
-    """The CLI's environment; the metrics endpoint on a free port (tests run side by side)."""
-    return cli_env(bootstrap, topic, db, f"g-{topic}", KYC_SYNC_METRICS__PORT="0", **extra)
+    """The CLI's environment; the metrics endpoint on a free port (tests run side by side),
+    undo files of ``replay --execute`` next to the database."""
+    return cli_env(bootstrap, topic, db, f"g-{topic}", KYC_SYNC_METRICS__PORT="0",
+                   KYC_SYNC_REPLAY__BACKUP_DIR=str(db.parent), **extra)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -181,15 +183,13 @@ def test_replay_execute_is_refused_while_a_consumer_runs(
 
         refused = run_cli(env, "replay", "--to-earliest", "--execute")
         dry = ok(run_cli(env, "replay", "--to-earliest"))
-        rebuild = run_cli(env, "replay", "--full-refresh", "--execute")
 
         assert refused.returncode == 1
         assert f"refusing to move offsets: consumer group '{group}' has 1 active member" \
             in refused.stderr
         assert "warning: --execute would be refused now" in dry.stdout
-        assert rebuild.returncode == 1
-        assert "refusing to run a full refresh" in rebuild.stderr
         assert committed(kafka_bootstrap, group, topic_name, 2) == before
+        assert not list(tmp_path.glob("*.offsets.*.csv"))  # refused before anything was saved
     finally:
         stop(running, log)
 
@@ -245,7 +245,8 @@ def test_full_refresh_rebuilds_the_table_and_swaps_it_in(
     done = ok(run_cli(env, "replay", "--full-refresh", "--execute"))
 
     assert "swapped in" in done.stdout
-    assert read_current(db) == oracle(produced)
+    assert "the group's offsets were not moved" in done.stdout
+    assert read_current(db) == oracle(produced)  # the drift is gone
     assert committed(kafka_bootstrap, group, topic_name, 3) == end
     con = duckdb.connect(str(db), read_only=True)
     try:
@@ -358,13 +359,23 @@ def test_check_passes_on_fresh_data_and_names_each_failure(
     fresh = ok(run_cli(env, "check"))
     assert fresh.stdout.splitlines()[-1] == "all checks passed"
 
+    # A quiet source is fresh: the last batch an hour ago, its op_times from 2023.
     execute_sql(db, "UPDATE kyc_sync_ledger SET committed_at = committed_at - INTERVAL 1 HOUR")
+    quiet = ok(run_cli(env, "check"))
+    assert "ok   freshness: no event waits to be applied (max 15m00s)" in quiet.stdout
+
+    # A stuck sync is not: events written 20 minutes ago wait, unapplied.
+    written_ms = int(time.time() * 1000) - 20 * 60_000
+    produce_timed(kafka_bootstrap, topic_name, [
+        (Event(k, "UPDATE", BASE_US + HOUR_US, f"late-{k}", k % 2), written_ms)
+        for k in range(4)])
     stale = run_cli(env, "check")
     assert stale.returncode == 1
     assert [line.split(":")[0] for line in stale.stdout.splitlines()[:3]] == [
         "FAIL freshness", "ok   unique_key", "ok   not_null"]
-    assert re.search(r"FAIL freshness: last successful sync \S+ is 1h00m old > 15m00s",
-                     stale.stdout)
+    assert re.search(r"FAIL freshness: the oldest unapplied event \(partition \d, 2 event\(s\) "
+                     r"behind\) is 20m0\ds old > 15m00s: the sync is not keeping up",
+                     stale.stdout), stale.stdout
 
     execute_sql(
         db,
@@ -455,4 +466,5 @@ def test_metrics_endpoint_counts_what_the_run_did(
     assert time.time() - 60 < metric("kyc_sync_last_success_timestamp_seconds") <= time.time()
     newest = max(e.op_time for e, _, _ in produced.events) / 1e6
     assert metric("kyc_sync_newest_op_time_timestamp_seconds") == pytest.approx(newest)
-    assert metric("kyc_sync_freshness_seconds") >= time.time() - newest - 60
+    # Caught up: nothing waits, however old the op_times (2023 here) are.
+    assert metric("kyc_sync_freshness_seconds") == 0
