@@ -58,6 +58,18 @@ REQUIRED_PANELS: dict[str, tuple[str | None, tuple[str, ...]]] = {
         None, (r"\btime\(\) - \(?(?:max\()?kyc_sync_last_success_timestamp_seconds\b",)),
     "buffered events and keys": (
         "timeseries", (r"\bkyc_sync_buffered_events\b", r"\bkyc_sync_buffered_keys\b")),
+    # From the lag exporter, which outlives the consumers (issue 15).
+    "group lag in messages per partition (exporter)": (
+        "timeseries", (r"by \(partition\) \(kyc_sync_group_lag_messages\b",)),
+    "group lag in seconds per partition (exporter)": (
+        "timeseries", (r"by \(partition\) \(kyc_sync_group_lag_seconds\b",)),
+    "group freshness: the oldest unapplied event (exporter)": (
+        "stat", (r"\bkyc_sync_group_freshness_seconds\b",)),
+    "group members and state (exporter)": (None, (r"\bkyc_sync_group_members\b",)),
+    "progress of a full refresh or verify": (
+        "timeseries",
+        (r"\bkyc_sync_progress_events_read\b", r"\bkyc_sync_progress_events_planned\b")),
+    "verify differences by kind": ("timeseries", (r"by \(kind\) \(kyc_sync_verify_differences\b",)),
 }
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,16 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from batcher.ranges import PartitionRange
 from consumer import cli
+from consumer.ops.exporter import LagExporter
+from consumer.ops.lag import LagReport, PartitionLag
+from consumer.ops.ledger import LastBatch
+from consumer.ops.offsets import GroupInfo, PartitionOffsets
+from consumer.ops.verify import verdict_metrics
 from consumer.settings import Settings, load_settings
 from consumer.telemetry.metrics import PrometheusObserver
+from consumer.telemetry.progress import Progress
 from tools.settings_doc import rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +36,12 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY = ROOT / "deploy"
 KYC_SYNC_IMAGE = "kyc-sync:local"
 EXPECTED_PORTS = {
-    "kafka": 9094, "schema-registry": 8080, "kyc-sync": 9464, "prometheus": 9090, "grafana": 3000,
+    "kafka": 9094, "schema-registry": 8080, "kyc-sync": 9464, "kyc-sync-exporter": 9464,
+    "prometheus": 9090, "grafana": 3000,
 }
-ALERTS = {"KycSyncStale", "KycSyncLagHigh", "KycSyncDeadLetters", "KycSyncFlushesFailing"}
+ALERTS = {"KycSyncStale", "KycSyncLagHigh", "KycSyncDeadLetters", "KycSyncFlushesFailing",
+          "KycSyncExporterAbsent", "KycSyncExporterFailing", "KycSyncVerifyDifferences",
+          "KycSyncVerifyNotRun"}
 ENV_NAME = re.compile(r"\bKYC_SYNC_[A-Z0-9_]+\b")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
@@ -106,14 +117,14 @@ def metrics_port(services: Mapping[str, Any]) -> int:
 def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
     missing = [name for name, s in services.items() if not (s.get("image") or s.get("build"))]
     assert missing == []
-    assert {"kafka", "topic-init", "schema-registry", "kyc-sync", "sample-producer",
-            "prometheus", "grafana"} <= services.keys()
+    assert {"kafka", "topic-init", "schema-registry", "kyc-sync", "kyc-sync-exporter",
+            "sample-producer", "prometheus", "grafana"} <= services.keys()
 
 
 def test_kyc_sync_image_is_built_from_the_dockerfile(services: dict[str, dict[str, Any]]
                                                      ) -> None:
     users = [name for name, s in services.items() if s.get("image") == KYC_SYNC_IMAGE]
-    assert sorted(users) == ["kyc-sync", "sample-producer"]
+    assert sorted(users) == ["kyc-sync", "kyc-sync-exporter", "sample-producer"]
     for name in users:  # each can build it, so `up` never tries to pull a local image
         build = services[name]["build"]
         assert (ROOT / build["context"] / "Dockerfile").is_file()
@@ -217,7 +228,7 @@ def test_every_kyc_sync_env_name_is_a_setting() -> None:
         assert sorted(used - known) == [], path.name
 
 
-@pytest.mark.parametrize("service", ["kyc-sync", "sample-producer"])
+@pytest.mark.parametrize("service", ["kyc-sync", "kyc-sync-exporter", "sample-producer"])
 def test_kyc_sync_environment_makes_valid_settings(
     services: dict[str, dict[str, Any]], service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,13 +253,32 @@ def test_kyc_sync_serves_metrics_on_every_address(services: dict[str, dict[str, 
     assert str(metrics_port(services)) in str(services["kyc-sync"]["healthcheck"]["test"])
 
 
-@pytest.mark.parametrize("service", ["kyc-sync", "sample-producer"])
+@pytest.mark.parametrize("service", ["kyc-sync", "kyc-sync-exporter", "sample-producer"])
 def test_commands_are_valid_cli_invocations(
     services: dict[str, dict[str, Any]], service: str
 ) -> None:
     args = cli._parser().parse_args([str(a) for a in services[service]["command"]])
-    expected = {"kyc-sync": "run", "sample-producer": "produce-sample"}[service]
+    expected = {"kyc-sync": "run", "kyc-sync-exporter": "lag",
+                "sample-producer": "produce-sample"}[service]
     assert args.command == expected
+
+
+def test_the_exporter_reports_on_kyc_syncs_group_and_reads_its_ledger(
+    services: dict[str, dict[str, Any]], prometheus: dict[str, Any]
+) -> None:
+    exporter, consumer = services["kyc-sync-exporter"], services["kyc-sync"]
+    args = cli._parser().parse_args([str(a) for a in exporter["command"]])
+    assert args.serve
+    env, run_env = environment(exporter), environment(consumer)
+    for name in ("KYC_SYNC_KAFKA__GROUP_ID", "KYC_SYNC_KAFKA__TOPIC", "KYC_SYNC_DUCKDB__PATH"):
+        assert env[name] == run_env[name], name
+    assert env["KYC_SYNC_METRICS__HOST"] == "0.0.0.0"
+    assert "kyc-data:/data:ro" in exporter["volumes"]
+    assert "/healthz" in str(exporter["healthcheck"]["test"])
+    assert "kyc-sync" not in (exporter.get("depends_on") or {})  # it outlives the consumers
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    targets = [t for c in jobs["kyc-sync-exporter"]["static_configs"] for t in c["targets"]]
+    assert targets == [f"kyc-sync-exporter:{env['KYC_SYNC_METRICS__PORT']}"]
 
 
 def test_registry_is_confluent_compatible(services: dict[str, dict[str, Any]]) -> None:
@@ -297,9 +327,24 @@ DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
 
 
 def exposed_families() -> list[Metric]:
-    """The metric families of the run loop's observer, on a fresh registry."""
+    """Every metric family kyc-sync exposes, each on a fresh registry: the run loop's
+    observer, the lag exporter (with a report, so that its computed families show), the
+    progress of the long operations, a scheduled verify's verdict."""
     observer = PrometheusObserver("kyc_profile_audit", registry=CollectorRegistry())
-    return list(observer.registry.collect())
+    exporter = LagExporter("kyc_profile_audit", "kyc-sync", lambda: REPORT)
+    exporter.refresh()
+    progress = Progress("verify", (PartitionRange(0, 0, 1),), ("read",))
+    verdict = verdict_metrics("kyc_profile_audit", "kyc-sync", None, 0.0)
+    return [f for r in (observer.registry, exporter.registry, progress.registry, verdict)
+            for f in r.collect()]
+
+
+REPORT = LagReport(
+    "kyc_profile_audit", "kyc-sync",
+    (PartitionLag(PartitionOffsets(0, 1, 0, 2), 0),), 1_000,
+    LastBatch("b", datetime(2027, 1, 1), None, 1), None,
+    group_info=GroupInfo("kyc-sync", "EMPTY"),
+)
 
 
 def exposed_metric_names() -> set[str]:
@@ -362,13 +407,19 @@ def rule_on(alerts: Mapping[str, Mapping[str, Any]], metric: str) -> list[str]:
 
 def test_alert_rules_mirror_the_seed_monitoring(alerts: dict[str, dict[str, Any]]) -> None:
     space = re.compile(r"\s+")
-    # freshness above 15 minutes
-    freshness = rule_on(alerts, "kyc_sync_freshness_seconds")
+    # freshness above 15 minutes: an event waiting longer, from the exporter
+    freshness = rule_on(alerts, "kyc_sync_group_freshness_seconds")
     assert any(re.search(r"\)\s*>\s*900\b", e) for e in freshness)
-    # lag above a threshold
-    lag = rule_on(alerts, "kyc_sync_partition_lag_seconds") + rule_on(
-        alerts, "kyc_sync_partition_lag_messages")
+    # lag above a threshold, from the exporter (it outlives the consumers)
+    lag = rule_on(alerts, "kyc_sync_group_lag_seconds") + rule_on(
+        alerts, "kyc_sync_group_lag_messages")
     assert any(re.search(r"\)\s*>\s*\d+", e) for e in lag)
+    # the exporter itself, absent()
+    assert any(e.startswith("absent(kyc_sync_exporter_")
+               for e in rule_on(alerts, "kyc_sync_exporter_last_success_timestamp_seconds"))
+    # a scheduled verify that found differences
+    assert any(re.search(r"\)\s*>\s*0\b", e)
+               for e in rule_on(alerts, "kyc_sync_verify_differences"))
     # any dead-lettered event
     dlq = rule_on(alerts, "kyc_sync_events_dead_lettered_total")
     assert any(re.search(r"\)\s*>\s*0\b", e) for e in dlq)
