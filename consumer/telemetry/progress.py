@@ -12,6 +12,7 @@ can be served like the run loop's metrics.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,10 +35,11 @@ PREFIX = "kyc_sync_progress_"
 
 
 def show_bar(stream: IO[str], log_format: str) -> bool:
-    """A bar only where a person watches: stderr is a terminal and logs are text."""
+    """A bar only where a person watches: stderr is a terminal with a width, logs are text."""
     try:
-        return log_format == "text" and stream.isatty()
-    except (AttributeError, ValueError):
+        return (log_format == "text" and stream.isatty()
+                and os.get_terminal_size(stream.fileno()).columns > 0)
+    except (AttributeError, ValueError, OSError):
         return False
 
 

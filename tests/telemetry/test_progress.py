@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import pytest
 from prometheus_client import generate_latest
@@ -45,14 +46,21 @@ def test_counts_positions_reached_within_the_plan(caplog: pytest.LogCaptureFixtu
     assert 'kyc_sync_progress_phase{operation="full refresh",phase="swap"} 0.0' in text
 
 
-def test_bar_only_on_a_terminal_with_text_logs() -> None:
+def test_bar_only_on_a_terminal_with_text_logs(monkeypatch: pytest.MonkeyPatch) -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
+        def fileno(self) -> int:
+            return 2
+
+    width = [80]
+    monkeypatch.setattr(os, "get_terminal_size", lambda _fd: os.terminal_size((width[0], 24)))
     assert show_bar(Tty(), "text")
     assert not show_bar(Tty(), "json")
     assert not show_bar(io.StringIO(), "text")
+    width[0] = 0  # a terminal without a size (a pseudo-terminal nobody sized): lines instead
+    assert not show_bar(Tty(), "text")
     stream = Tty()
     progress = Progress("verify", (PartitionRange(0, 0, 4),), ("read",), stream=stream, bar=True)
     with progress.shown():
