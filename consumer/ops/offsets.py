@@ -123,8 +123,6 @@ class KafkaSide(Protocol):
 
     def timestamps_at(self, offsets: Mapping[int, int]) -> dict[int, int | None]: ...
 
-    def delete_group(self, group: str) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -297,15 +295,6 @@ class KafkaOffsets:
             log.warning("no message read from %s partitions %s in %.0fs",
                         self.topic, missing, self.timeout_s)
         return found
-
-    def delete_group(self, group: str) -> None:
-        try:
-            _admin_call(
-                lambda: self.admin.delete_consumer_groups([group], request_timeout=self.timeout_s),
-                group, self.timeout_s, f"delete group {group!r}",
-            )
-        except OffsetsError as err:
-            log.warning("%s", err)
 
     def close(self) -> None:
         if self._probe is not None:

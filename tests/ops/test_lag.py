@@ -151,9 +151,6 @@ class ProbeKafka:
     def alter_offsets(self, group: str, offsets: Mapping[int, int]) -> None:
         raise AssertionError("lag never moves offsets")
 
-    def delete_group(self, group: str) -> None:
-        raise AssertionError("not used by lag")
-
     def close(self) -> None:
         pass
 

@@ -203,9 +203,6 @@ class FakeKafka:
     def timestamps_at(self, offsets: Mapping[int, int]) -> dict[int, int | None]:
         raise AssertionError("not used by replay")
 
-    def delete_group(self, group: str) -> None:
-        raise AssertionError("not used by replay")
-
     def close(self) -> None:
         pass
 
