@@ -105,6 +105,7 @@ def build_loop(
         consume_batch=kafka.consume_batch,
         poll_timeout_s=kafka.poll_timeout_s,
         retry_max_s=settings.warehouse.retry_max_s,
+        lock_wait_max_s=settings.warehouse.lock_wait_max_s,
         revoke_budget_s=settings.run.revoke_budget_s,
         shutdown_timeout_s=settings.run.shutdown_timeout_s,
         bounds=bounds,
@@ -156,5 +157,8 @@ def open_refresher(settings: Settings) -> Iterator[Refresher]:
                 f"the {settings.warehouse.kind} writer has no discard()/swap_in() "
                 "for a full refresh"
             )
-        retry_transient(writer.open, settings.warehouse.retry_max_s, "warehouse open")
+        retry_transient(
+            writer.open, settings.warehouse.retry_max_s, "warehouse open",
+            lock_wait_max_s=settings.warehouse.lock_wait_max_s,
+        )
         yield writer

@@ -82,6 +82,11 @@ class KafkaSettings(Section):
         return value
 
     @property
+    def max_poll_interval_s(self) -> float:
+        """The consumer's ``max.poll.interval.ms`` in seconds (librdkafka's default: 300)."""
+        return float(self.client_options.get("max.poll.interval.ms", 300_000)) / 1000
+
+    @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
 
@@ -133,11 +138,27 @@ class WarehouseSettings(Section):
     retry_max_s: float = Field(
         default=120.0, gt=0, description="Give up retrying transient errors after this long."
     )
+    lock_wait_max_s: float = Field(
+        default=900.0, gt=0,
+        description="Give up retrying a write that waits on a lock another session holds after "
+        "this long (at least retry_max_s). Long enough for Snowflake to abort the transaction "
+        "of an instance that died mid-flush (about 5 minutes idle, up to 5 more for a statement "
+        "it was running).",
+    )
 
     @field_validator("table", "state_table", "ledger_table")
     @classmethod
     def _identifier(cls, value: str) -> str:
         return validate_identifier(value)
+
+    @model_validator(mode="after")
+    def _budgets(self) -> WarehouseSettings:
+        if self.lock_wait_max_s < self.retry_max_s:
+            raise ValueError(
+                f"warehouse.lock_wait_max_s ({self.lock_wait_max_s:g}) must be at least "
+                f"warehouse.retry_max_s ({self.retry_max_s:g})"
+            )
+        return self
 
 
 class DuckDBSettings(Section):
@@ -270,7 +291,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "decoding.schema_registry_url is required when decoding.format is 'confluent'"
             )
-        if self.warehouse.kind == "snowflake" and (problem := self.snowflake.incomplete()):
+        if self.warehouse.kind == "snowflake" and (
+            problem := self.snowflake.incomplete()
+            or self.snowflake.timeouts_problem(self.kafka.max_poll_interval_s)
+        ):
             raise ValueError(problem)
         return self
 

@@ -1,7 +1,8 @@
 """The errors of kyc-sync: one root, two branches that decide what happens next.
 
 - ``TransientError``: worth retrying (a lock, the network, a broker or registry away). Retries
-  wait while staying in the consumer group (``consumer.run.retry``).
+  wait while staying in the consumer group (``consumer.run.retry``); ``LockWaitError`` (a lock
+  another session holds) has a longer budget.
 - ``TerminalError``: retrying will not help. The run stops without committing what is buffered
   and the command line prints one line and exits 1 (``exit_code``).
 
@@ -20,6 +21,12 @@ class KycSyncError(Exception):
 
 class TransientError(KycSyncError):
     """Worth retrying within a time budget."""
+
+
+class LockWaitError(TransientError):
+    """Gave up waiting for a lock another session holds. Retried for longer than other transient
+    errors: a dead instance's transaction keeps its locks until the warehouse aborts it, minutes
+    later."""
 
 
 class TerminalError(KycSyncError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.errors import KycSyncError, TerminalError, TransientError
+from schemas.errors import KycSyncError, LockWaitError, TerminalError, TransientError
 
 
 class WarehouseError(KycSyncError):
@@ -11,6 +11,10 @@ class WarehouseError(KycSyncError):
 
 class TransientWarehouseError(WarehouseError, TransientError):
     """Worth retrying: lock conflicts, network trouble, a warehouse resuming."""
+
+
+class WarehouseLockWait(TransientWarehouseError, LockWaitError):
+    """A statement gave up waiting for a table lock another session (maybe a dead one) holds."""
 
 
 class TerminalWarehouseError(WarehouseError, TerminalError):

@@ -15,6 +15,10 @@ mapping, in order:
 6. everything else (SQL compilation, missing object or privilege, data errors, no warehouse
    selected): terminal. ``OperationalError``/``InterfaceError`` not matched above are network
    trouble (the connection broke): transient.
+
+A transient error that is a lock wait (``000625``, or a message about a lock another statement
+holds) becomes ``WarehouseLockWait``: it is retried for ``warehouse.lock_wait_max_s``, long enough
+for Snowflake to abort the detached transaction of an instance that died mid-flush.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from contextlib import contextmanager
 
 from snowflake.connector import errors as sf
 
-from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
+from warehouse.errors import (
+    TerminalWarehouseError,
+    TransientWarehouseError,
+    WarehouseError,
+    WarehouseLockWait,
+)
 
 CREDENTIAL_ERRNOS: frozenset[int] = frozenset(
     {390100, 390144, 394300, 394301, 394302, 394303, 394304, 394305, 394306}
@@ -77,6 +86,13 @@ TERMINAL_CLASSES: tuple[type[sf.Error], ...] = (
 TRANSIENT_SQLSTATES: frozenset[str] = frozenset({"40001", "57014"})
 """Serialization failure; statement cancelled (timeouts, lock waits)."""
 
+LOCK_WAIT_ERRNOS: frozenset[int] = frozenset({625})
+"""The statement gave up waiting for a lock: LOCK_TIMEOUT reached, or too many waiters."""
+
+_LOCK_WAIT_MESSAGE = re.compile(
+    r"lock wait|waiters for this lock|has locked table|deadlock", re.IGNORECASE
+)
+
 _TRANSIENT_MESSAGE = re.compile(
     r"lock wait|waiters for this lock|deadlock|warehouse .*(resum|provision)|being resumed",
     re.IGNORECASE,
@@ -108,8 +124,19 @@ def is_transient(err: sf.Error) -> bool:
     return isinstance(err, sf.OperationalError | sf.InterfaceError)
 
 
+def is_lock_wait(err: sf.Error) -> bool:
+    """A transient error that ended a wait for a lock another session holds."""
+    text = str(err.raw_msg or err.msg or "")
+    return is_transient(err) and (
+        err.errno in LOCK_WAIT_ERRNOS or _LOCK_WAIT_MESSAGE.search(text) is not None
+    )
+
+
 def translate(err: sf.Error) -> WarehouseError:
-    """Map a connector error to ``TransientWarehouseError`` or ``TerminalWarehouseError``."""
+    """Map a connector error to ``WarehouseLockWait``, ``TransientWarehouseError`` or
+    ``TerminalWarehouseError``."""
+    if is_lock_wait(err):
+        return WarehouseLockWait(f"Snowflake: {describe(err)}")
     if is_transient(err):
         return TransientWarehouseError(f"Snowflake: {describe(err)}")
     return TerminalWarehouseError(f"Snowflake: {describe(err)}")

@@ -6,6 +6,7 @@ optional ``kyc-sync[snowflake]`` extra).
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,10 +56,22 @@ class SnowflakeSettings(BaseModel):
         default="https", description="https; http only for a local Snowflake test double."
     )
     login_timeout_s: int = Field(default=60, gt=0, description="Give up logging in after this.")
+    lock_timeout_s: int = Field(
+        default=60, gt=0,
+        description="Session LOCK_TIMEOUT: a statement waiting for a table lock another session "
+        "holds gives up after this (error 000625); the flush is rolled back and retried, "
+        "waiting in the group, for up to warehouse.lock_wait_max_s.",
+    )
+    statement_timeout_s: int = Field(
+        default=180, gt=0,
+        description="Session STATEMENT_TIMEOUT_IN_SECONDS: Snowflake cancels a statement running "
+        "longer (error 000630, retried). Above lock_timeout_s, below network_timeout_s.",
+    )
     network_timeout_s: int = Field(
-        default=300, gt=0,
-        description="Give up retrying one request after this; the flush is then retried as a "
-        "transient error.",
+        default=200, gt=0,
+        description="The connector cancels a request (and stops retrying it) after this; the "
+        "flush is then retried as a transient error. Above statement_timeout_s; with "
+        "login_timeout_s, below the consumer's max.poll.interval.ms.",
     )
 
     @field_validator("role", "warehouse", "database", "schema_name")
@@ -88,6 +101,46 @@ class SnowflakeSettings(BaseModel):
             )
         return None
 
+    def timeouts_problem(self, max_poll_interval_s: float) -> str | None:
+        """Why the timeouts are not nested as a flush needs; None when they are.
+
+        A flush blocks the consumer's poll: one attempt (a fresh login, then a statement that
+        waits to its limit) must end before ``max.poll.interval.ms`` or the instance is dropped
+        from its group. A lock wait must end as a lock error (retried for
+        ``warehouse.lock_wait_max_s``) rather than as a statement timeout, and Snowflake must
+        cancel a statement before the connector gives up on its request.
+        """
+        ladder = (
+            ("snowflake.lock_timeout_s", self.lock_timeout_s),
+            ("snowflake.statement_timeout_s", self.statement_timeout_s),
+            ("snowflake.network_timeout_s", self.network_timeout_s),
+        )
+        for (low, low_s), (high, high_s) in pairwise(ladder):
+            if low_s >= high_s:
+                return f"{low} ({low_s}) must be below {high} ({high_s})"
+        attempt_s = self.login_timeout_s + self.network_timeout_s
+        if attempt_s >= max_poll_interval_s:
+            return (
+                f"snowflake.login_timeout_s + snowflake.network_timeout_s ({attempt_s}) must be "
+                f"below the consumer's max.poll.interval.ms ({max_poll_interval_s:g} s, "
+                "kafka.client_options): a flush blocks the poll, and an instance that does not "
+                "poll within it is dropped from its group"
+            )
+        return None
+
+    def session_parameters(self) -> dict[str, str | int | bool]:
+        """Parameters of every session: its query tag, its lock and statement timeouts, and
+        ABORT_DETACHED_QUERY so that a statement of an instance that died is aborted instead of
+        running on (and holding its locks) after its connection is lost."""
+        params: dict[str, str | int | bool] = {
+            "LOCK_TIMEOUT": self.lock_timeout_s,
+            "STATEMENT_TIMEOUT_IN_SECONDS": self.statement_timeout_s,
+            "ABORT_DETACHED_QUERY": True,
+        }
+        if self.query_tag:
+            params["QUERY_TAG"] = self.query_tag
+        return params
+
     @property
     def auth(self) -> Literal["key-pair", "password"]:
         has_key = self.private_key_file is not None or bool(self.private_key.get_secret_value())
@@ -103,7 +156,7 @@ class SnowflakeSettings(BaseModel):
             "paramstyle": "qmark",
             "login_timeout": self.login_timeout_s,
             "network_timeout": self.network_timeout_s,
-            "session_parameters": {"QUERY_TAG": self.query_tag} if self.query_tag else {},
+            "session_parameters": self.session_parameters(),
         }
         optional = {"role": self.role, "warehouse": self.warehouse, "host": self.host}
         args.update({k: v for k, v in optional.items() if v})

@@ -21,6 +21,17 @@ When the reply to the COMMIT itself is lost, the transaction may have committed:
 that batch first looks for its ledger row and, if it is there, returns what it recorded instead
 of applying the batch (and writing its ledger row) a second time.
 
+The session's parameters (``SnowflakeSettings.session_parameters``) bound every wait: a statement
+blocked by a lock gives up after ``LOCK_TIMEOUT`` (``WarehouseLockWait``, retried for
+``warehouse.lock_wait_max_s``), a statement is cancelled after ``STATEMENT_TIMEOUT_IN_SECONDS``,
+and ``ABORT_DETACHED_QUERY`` stops a statement whose client is gone. An instance killed
+mid-flush leaves its transaction detached, holding the state table's lock, until Snowflake
+aborts it (about 5 minutes idle while it blocks another transaction); the next writer waits for
+that by retrying, staying in its group. The writer does not abort other sessions' transactions
+itself: a live instance of the same user cannot be told from a dead one, and a transaction
+aborted under a live writer between its last statement and its COMMIT would leave that COMMIT
+with nothing to commit.
+
 The MERGE must change exactly the rows the classification counted; if another writer changed the
 state table in between, the flush is rolled back and retried, so the ledger stays exact.
 

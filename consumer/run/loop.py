@@ -65,6 +65,7 @@ class LoopOptions:
     consume_batch: int = 10_000
     poll_timeout_s: float = 0.5
     retry_max_s: float = 120.0
+    lock_wait_max_s: float = 900.0
     revoke_budget_s: float = 20.0
     shutdown_timeout_s: float = 30.0
     bounds: tuple[PartitionRange, ...] | None = None
@@ -352,16 +353,15 @@ class SyncLoop:
             self.window.reset()
             return None
         started = time.perf_counter()
-        budget = self.options.retry_max_s if budget_s is None else budget_s
         with self._in_flight():
             # Step 1
             drained = self._drain()
             # Step 2
             if self.dead_letters is not None and drained.window.invalid:
-                self.retry(self.dead_letters.flush, "dead-letter flush", budget)
+                self.retry(self.dead_letters.flush, "dead-letter flush", budget_s)
             # Step 3
             result = None if (batch := drained.batch) is None else self.retry(
-                lambda: self.warehouse.apply(batch), "warehouse apply", budget)
+                lambda: self.warehouse.apply(batch), "warehouse apply", budget_s)
             # Step 4
             with self._timed("commit"):
                 self.commit(drained.window.ranges)
@@ -431,8 +431,15 @@ class SyncLoop:
         )
 
     def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:
-        budget = self.options.retry_max_s if budget_s is None else budget_s
-        return retry_transient(call, budget, what, sleep=self.wait_in_group)
+        """Retry ``call``'s transient failures, waiting in the group: for ``retry_max_s``, or
+        ``lock_wait_max_s`` while it waits on a lock; ``budget_s`` (revocation) bounds both."""
+        if budget_s is None:
+            budget, lock_budget = self.options.retry_max_s, self.options.lock_wait_max_s
+        else:
+            budget = lock_budget = budget_s
+        return retry_transient(
+            call, budget, what, sleep=self.wait_in_group, lock_wait_max_s=lock_budget
+        )
 
     def commit(self, ranges: tuple[PartitionRange, ...]) -> None:
         """Commit the next offsets of the partitions this instance still owns (nothing when

@@ -2,6 +2,11 @@
 
 The waits are injectable: the run loop waits by polling its paused consumer, so that a long
 retry never lets ``max.poll.interval.ms`` expire and the instance stays in its group.
+
+A lock another session holds (``LockWaitError``) has its own, longer budget: when an instance
+dies mid-transaction, the warehouse keeps the transaction and its locks until it aborts it
+(Snowflake: after minutes), and giving up earlier would only restart the instance into the same
+wait.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from schemas.errors import TerminalError, TransientError
+from schemas.errors import LockWaitError, TerminalError, TransientError
 
 T = TypeVar("T")
 log = logging.getLogger("kyc_sync.retry")
@@ -35,12 +40,22 @@ def retry_transient(
     sleep: Callable[[float], None] = time.sleep,
     initial_s: float = 0.2,
     cap_s: float = 10.0,
+    lock_wait_max_s: float | None = None,
 ) -> T:
     """Run ``call``; retry ``TransientError`` failures for up to ``max_s`` seconds in total
-    (no backoff sleep ends past it).
+    (no backoff sleep ends past it), or up to ``lock_wait_max_s`` (default: ``max_s``) while
+    the last failure is a ``LockWaitError``.
 
     Exhausted retries raise ``RetriesExhausted`` naming the last failure.
     """
+    lock_max_s = max_s if lock_wait_max_s is None else lock_wait_max_s
+
+    def budget(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return lock_max_s if isinstance(error, LockWaitError) else max_s
+
+    def stop(state: RetryCallState) -> bool:
+        return stop_before_delay(budget(state))(state)
 
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -51,7 +66,7 @@ def retry_transient(
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
         wait=wait_exponential_jitter(multiplier=initial_s, max=cap_s, jitter=initial_s),
-        stop=stop_before_delay(max_s),
+        stop=stop,
         before_sleep=log_retry,
         sleep=sleep,
         reraise=True,
@@ -59,4 +74,5 @@ def retry_transient(
     try:
         return retrying(call)
     except TransientError as err:
-        raise RetriesExhausted(f"{what}: still failing after {max_s:g}s: {err}") from err
+        spent = lock_max_s if isinstance(err, LockWaitError) else max_s
+        raise RetriesExhausted(f"{what}: still failing after {spent:g}s: {err}") from err

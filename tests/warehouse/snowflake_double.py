@@ -1,0 +1,414 @@
+"""fakesnow's server, made to behave like Snowflake where recovering from a dead instance needs it.
+
+fakesnow gives every session its own DuckDB connection (``fakesnow.server.sessions``). Left as it
+is, DuckDB's optimistic concurrency fails a conflicting write at once and fakesnow answers that
+with HTTP 500 (the connector then retries the request until its ``network_timeout``); a session
+that is closed, or whose client died, keeps its open transaction forever. Snowflake instead:
+
+- locks a table for a transaction from its first DML statement on it until the transaction
+  ends; another transaction's DML on that table waits, up to its session's ``LOCK_TIMEOUT``, and
+  then fails with error 000625;
+- rolls back the open transaction of a session that is closed;
+- leaves the transaction of a client that died detached, and aborts it once it blocks another
+  transaction and has been idle long enough (5 minutes there; ``idle_abort_s`` here).
+
+``SnowflakeDouble`` wraps fakesnow's ASGI app to do the same, without changing fakesnow:
+
+- before a DML statement (INSERT, UPDATE, DELETE, MERGE, COPY INTO) on a table other than the
+  session's temporary ones, the session takes the table's lock, waiting while another session
+  holds it; after each statement, a session with no open transaction (fakesnow's own
+  bookkeeping) releases its locks;
+- a holder that has no statement running and has been idle for ``idle_abort_s`` is aborted by
+  the waiter: its transaction is rolled back and its locks released; its next statement (other
+  than ROLLBACK) fails with error 000604, so that a live but idle client never commits half a
+  transaction;
+- ``/session?delete`` rolls back the session's transaction and closes its DuckDB connection;
+- a write conflict DuckDB still reports (two open transactions updating one row: what a write
+  the locks do not cover would meet, or any write with ``--no-table-locks``) is answered as
+  error 000625 instead of HTTP 500.
+
+Run it: ``python -m tests.warehouse.snowflake_double --host 127.0.0.1 --port N``; connect with
+``host``, ``port`` and ``protocol="http"``. It logs one line per lock timeout, aborted transaction
+and closed session to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import sqlglot
+import uvicorn
+from fakesnow.server import app as fakesnow_app
+from fakesnow.server import sessions as fakesnow_sessions
+from sqlglot import Expr, exp
+from sqlglot.errors import SqlglotError
+from starlette.responses import JSONResponse
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("snowflake_double")
+
+DEFAULT_LOCK_TIMEOUT_S = 43_200.0  # Snowflake's default LOCK_TIMEOUT
+WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Copy)
+_TOKEN = re.compile(r'Token="([^"]*)"')
+
+# The exceptions fakesnow logs while answering the current request (it answers an unexpected one
+# with HTTP 500 and a message that does not name it).
+_logged: ContextVar[list[BaseException] | None] = ContextVar("_logged", default=None)
+
+
+class _KeepLoggedExceptions(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        kept = _logged.get()
+        if kept is not None and record.exc_info and record.exc_info[1] is not None:
+            kept.append(record.exc_info[1])
+        return True
+
+
+@dataclass
+class Session:
+    token: str
+    lock_timeout_s: float
+    last_active: float = field(default_factory=time.monotonic)
+    running: int = 0
+    temporary: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+    aborted: str = ""  # why its transaction was aborted; answered to its next statement
+    closed: bool = False
+
+
+@dataclass
+class Answer:
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+
+def error_body(code: int, sqlstate: str, message: str) -> dict[str, Any]:
+    """A failed statement as Snowflake answers it (HTTP 200, ``success`` false)."""
+    return {
+        "data": {"errorCode": f"{code:06d}", "sqlState": sqlstate},
+        "code": f"{code:06d}", "message": message, "success": False,
+    }
+
+
+def is_conflict(error: BaseException) -> bool:
+    return isinstance(error, duckdb.TransactionException) and "conflict" in str(error).lower()
+
+
+class SnowflakeDouble:
+    """fakesnow's app with Snowflake's table locks and transaction ends (module doc)."""
+
+    def __init__(self, inner: App, idle_abort_s: float, table_locks: bool = True) -> None:
+        self.inner = inner
+        self.idle_abort_s = idle_abort_s
+        self.table_locks = table_locks
+        self.sessions: dict[str, Session] = {}
+        self.owners: dict[str, str] = {}  # table -> token of the session holding its lock
+        self.changed = asyncio.Condition()
+        logging.getLogger("fakesnow.server").addFilter(_KeepLoggedExceptions())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+        elif path == "/session/v1/login-request":
+            await self.login(scope, receive, send)
+        elif path == "/queries/v1/query-request":
+            await self.query(scope, receive, send)
+        elif path == "/session" and b"delete=" in scope.get("query_string", b""):
+            await self.delete(scope, receive, send)
+        else:
+            await self.inner(scope, receive, send)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Keep the session's LOCK_TIMEOUT; answer with a master token too, without which the
+        connector never closes the session (``/session?delete``) as it does with Snowflake."""
+        body = await read_body(receive)
+        answer = await self.call_inner(scope, body)
+        try:
+            params = json_body(scope, body)["data"].get("SESSION_PARAMETERS") or {}
+            payload = json.loads(bytes(answer.body))
+            token = payload["data"]["token"]
+        except (ValueError, KeyError, TypeError):
+            await forward(answer, send)
+            return
+        lock_timeout = float(params.get("LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S))
+        self.sessions[token] = Session(token, lock_timeout)
+        payload["data"]["masterToken"] = f"master-{token}"
+        response = JSONResponse(payload, status_code=answer.status)
+        await forward(Answer(answer.status, list(response.raw_headers),
+                             bytearray(response.body)), send)
+
+    async def query(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive)
+        session = self.sessions.get(token_of(scope))
+        if session is None:  # fakesnow answers an unknown token
+            await forward(await self.call_inner(scope, body), send)
+            return
+        statement = parse(json_body(scope, body).get("sqlText", ""))
+        if session.aborted:
+            if isinstance(statement, exp.Rollback):
+                session.aborted = ""
+            else:
+                await answer_error(send, 604, "57014", session.aborted)
+                return
+        session.running += 1
+        try:
+            for table in self.written_tables(session, statement):
+                if not await self.acquire(session, table):
+                    log.info("lock wait timeout: session %s on %s", short(session.token), table)
+                    await answer_error(
+                        send, 625, "57014",
+                        f"Statement on table '{table}' was aborted because the lock wait timeout "
+                        f"of {session.lock_timeout_s:g} seconds was exceeded.",
+                    )
+                    return
+            logged: list[BaseException] = []
+            reset = _logged.set(logged)
+            try:
+                answer = await self.call_inner(scope, body)
+            finally:
+                _logged.reset(reset)
+            if answer.status == 500 and any(is_conflict(e) for e in logged):
+                log.info("write conflict answered as a lock error: session %s",
+                         short(session.token))
+                await answer_error(
+                    send, 625, "57014",
+                    "Statement was aborted: a table it writes was changed by a transaction "
+                    "that committed after this one began (lock conflict).",
+                )
+                return
+            if (
+                isinstance(statement, exp.Create)
+                and statement.find(exp.TemporaryProperty)
+                and (created := statement.find(exp.Table)) is not None
+            ):
+                session.temporary.add(created.name.upper())
+            await forward(answer, send)
+        finally:
+            session.running -= 1
+            session.last_active = time.monotonic()
+            await self.statement_done(session)
+
+    async def delete(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Snowflake rolls back the open transaction of a session that is closed."""
+        body = await read_body(receive)
+        token = token_of(scope)
+        conn = fakesnow_sessions.get(token)
+        answer = await self.call_inner(scope, body)
+        session = self.sessions.get(token)
+        if session is not None and token not in fakesnow_sessions:
+            session.closed = True
+            if session.running == 0:
+                async with self.changed:
+                    self.end(session, conn)
+        await forward(answer, send)
+
+    # -- locks ------------------------------------------------------------------------------
+
+    def written_tables(self, session: Session, statement: Expr | None) -> list[str]:
+        """The table a DML statement writes, unless it is one of the session's temporary
+        tables (a session's own objects take no lock another session could wait for)."""
+        if not self.table_locks or not isinstance(statement, WRITES) or statement.this is None:
+            return []
+        target = statement.this
+        table = target if isinstance(target, exp.Table) else target.find(exp.Table)
+        if table is None or not table.name:
+            return []
+        if not table.db and table.name.upper() in session.temporary:
+            return []
+        conn = fakesnow_sessions.get(session.token)
+        database = table.catalog or (conn.database if conn else "") or ""
+        schema = table.db or (conn.schema if conn else "") or ""
+        return [".".join(p.upper() for p in (database, schema, table.name) if p)]
+
+    async def acquire(self, session: Session, table: str) -> bool:
+        """Wait for ``table``'s lock up to the session's LOCK_TIMEOUT, aborting a holder that
+        is idle past ``idle_abort_s``; False when the wait timed out."""
+        deadline = time.monotonic() + session.lock_timeout_s
+        async with self.changed:
+            while (owner := self.owners.get(table)) not in (None, session.token):
+                holder = self.sessions.get(owner) if owner is not None else None
+                now = time.monotonic()
+                if holder is None:
+                    self.owners.pop(table, None)
+                    continue
+                idle_for = now - holder.last_active
+                if holder.running == 0 and idle_for >= self.idle_abort_s:
+                    self.abort(holder, idle_for, session)
+                    continue
+                if now >= deadline:
+                    return False
+                until_idle = self.idle_abort_s - idle_for if holder.running == 0 else 0.2
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.changed.wait(), timeout=max(0.01, min(deadline - now, until_idle))
+                    )
+            self.owners[table] = session.token
+            session.held.add(table)
+            return True
+
+    def abort(self, holder: Session, idle_for: float, waiter: Session) -> None:
+        """Roll back an idle holder's transaction (in the event loop, so that no statement of
+        the holder starts meanwhile) and release its locks."""
+        conn = fakesnow_sessions.get(holder.token)
+        if conn is not None:
+            rollback(conn)
+            holder.aborted = (
+                f"Transaction of session {short(holder.token)} was aborted: idle for "
+                f"{idle_for:.1f} s while it blocked another transaction."
+            )
+        log.info("aborted the idle transaction of session %s (idle %.1f s, blocking session %s)",
+                 short(holder.token), idle_for, short(waiter.token))
+        self.release(holder)
+
+    def release(self, session: Session) -> None:
+        for table in session.held:
+            if self.owners.get(table) == session.token:
+                del self.owners[table]
+        session.held.clear()
+        self.changed.notify_all()
+
+    async def statement_done(self, session: Session) -> None:
+        conn = fakesnow_sessions.get(session.token)
+        async with self.changed:
+            if session.closed:
+                self.end(session, conn)
+            elif conn is None or not getattr(conn, "_in_transaction", False):
+                self.release(session)
+
+    def end(self, session: Session, conn: Any) -> None:
+        """A closed session (the caller holds ``changed``): roll back, close its DuckDB
+        connection, release its locks."""
+        if conn is not None:
+            rollback(conn)
+            try:
+                conn.close()
+            except duckdb.Error as err:
+                log.debug("close failed: %s", err)
+        self.sessions.pop(session.token, None)
+        if session.held:
+            log.info("session %s closed: its transaction was rolled back", short(session.token))
+        self.release(session)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def call_inner(self, scope: Scope, body: bytes) -> Answer:
+        answer = Answer()
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # no disconnect: the request is answered in full
+            raise AssertionError("unreachable")
+
+        async def keep(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answer.status = int(message["status"])
+                answer.headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                answer.body += message.get("body", b"")
+
+        await self.inner(scope, replay, keep)
+        return answer
+
+
+def rollback(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except Exception as err:  # the session's DuckDB connection may be closed already
+        log.debug("rollback failed: %s", err)
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def json_body(scope: Scope, body: bytes) -> dict[str, Any]:
+    headers = dict(scope.get("headers", []))
+    if headers.get(b"content-encoding") == b"gzip":
+        body = gzip.decompress(body)
+    try:
+        loaded = json.loads(body)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def token_of(scope: Scope) -> str:
+    auth = dict(scope.get("headers", [])).get(b"authorization", b"").decode()
+    found = _TOKEN.search(auth)
+    return found.group(1) if found else ""
+
+
+def parse(sql: str) -> Expr | None:
+    try:
+        return sqlglot.parse_one(sql, read="snowflake")
+    except SqlglotError:
+        return None
+
+
+def short(token: str) -> str:
+    return token[:8]
+
+
+async def forward(answer: Answer, send: Send) -> None:
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+    await send({"type": "http.response.body", "body": bytes(answer.body)})
+
+
+async def answer_error(send: Send, code: int, sqlstate: str, message: str) -> None:
+    response = JSONResponse(error_body(code, sqlstate, message))
+    await forward(Answer(200, list(response.raw_headers), bytearray(response.body)), send)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.warehouse.snowflake_double",
+                                     description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--idle-abort-s", type=float, default=300.0,
+                        help="abort a blocking transaction idle this long (Snowflake: 5 min)")
+    parser.add_argument("--no-table-locks", action="store_true",
+                        help="take no table locks: concurrent writes meet DuckDB's conflicts")
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    app = SnowflakeDouble(fakesnow_app, args.idle_abort_s, table_locks=not args.no_table_locks)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

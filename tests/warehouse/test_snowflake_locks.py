@@ -1,0 +1,245 @@
+"""Locks and dead sessions on the Snowflake test double, through the real connector: the double
+behaves as Snowflake does (lock waits bounded by LOCK_TIMEOUT, error 000625, a closed session
+rolled back, an idle blocking transaction aborted), and a writer killed mid-transaction does not
+stop the next one: its apply succeeds, retried as a lock wait, once the dead transaction is
+aborted."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import snowflake.connector
+from snowflake.connector import SnowflakeConnection
+from snowflake.connector import errors as sf
+
+from consumer.run.retry import retry_transient
+from tests.warehouse.conftest import IDLE_ABORT_S
+from tests.warehouse.fakesnow_process import FAKESNOW_HOST, start_fakesnow, stop_fakesnow
+from tests.warehouse.killed_writer import HOLDING
+from tests.warehouse.test_contract import T0, Event, fakesnow_config, make_batch, names_in
+from warehouse.errors import WarehouseLockWait
+from warehouse.snowflake_errors import is_transient, translate
+from warehouse.snowflake_writer import SnowflakeWarehouse
+
+TABLE = "PUBLIC.LOCKED"
+
+
+@contextmanager
+def session(
+    server: tuple[str, int], database: str, **parameters: object
+) -> Iterator[SnowflakeConnection]:
+    host, port = server
+    con = snowflake.connector.connect(
+        account="fakesnow", user="fake", password="snow", host=host, port=port, protocol="http",
+        database=database, schema="PUBLIC", network_timeout=30, paramstyle="qmark",
+        session_parameters=parameters,
+    )
+    con.autocommit(False)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def server(fakesnow_server: tuple[str, int], snowflake_database: str) -> tuple[str, int]:
+    with session(fakesnow_server, snowflake_database) as con:
+        con.cursor().execute(f"CREATE TABLE {TABLE} (id INT, v VARCHAR)")
+        con.cursor().execute(f"INSERT INTO {TABLE} VALUES (0, 'seed')")
+        con.commit()
+    return fakesnow_server
+
+
+def rows(server: tuple[str, int], database: str) -> dict[int, str]:
+    with session(server, database) as con:
+        cur = con.cursor()
+        cur.execute(f"SELECT id, v FROM {TABLE}")
+        return {int(k): str(v) for k, v in cur.fetchall()}
+
+
+def insert(con: SnowflakeConnection, key: int, value: str = "x") -> None:
+    con.cursor().execute(f"INSERT INTO {TABLE} VALUES (?, ?)", [key, value])
+
+
+def test_a_write_waits_for_the_lock_then_fails_as_a_lock_wait(
+    server: tuple[str, int], snowflake_database: str
+) -> None:
+    with session(server, snowflake_database) as holder, \
+            session(server, snowflake_database, LOCK_TIMEOUT=1) as waiter:
+        insert(holder, 1)
+        started = time.monotonic()
+        with pytest.raises(sf.ProgrammingError) as raised:
+            insert(waiter, 2)
+        waited = time.monotonic() - started
+        waiter.rollback()
+        holder.commit()
+        insert(waiter, 2)  # the lock is free now
+        waiter.commit()
+
+    assert 1.0 <= waited < IDLE_ABORT_S, waited
+    assert raised.value.errno == 625
+    assert isinstance(translate(raised.value), WarehouseLockWait)
+    assert rows(server, snowflake_database) == {0: "seed", 1: "x", 2: "x"}
+
+
+def test_closing_a_session_rolls_its_transaction_back(
+    server: tuple[str, int], snowflake_database: str
+) -> None:
+    with session(server, snowflake_database) as holder:
+        insert(holder, 1)
+    started = time.monotonic()
+    with session(server, snowflake_database, LOCK_TIMEOUT=10) as writer:
+        insert(writer, 2)
+        writer.commit()
+
+    assert time.monotonic() - started < 1.0
+    assert rows(server, snowflake_database) == {0: "seed", 2: "x"}
+
+
+def test_a_killed_clients_transaction_is_aborted_once_idle_and_blocking(
+    server: tuple[str, int], snowflake_database: str
+) -> None:
+    host, port = server
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT, host, str(port), snowflake_database],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == HOLDING
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        killed = time.monotonic()
+        with session(server, snowflake_database, LOCK_TIMEOUT=30) as writer:
+            insert(writer, 2)
+            writer.commit()
+        waited = time.monotonic() - killed
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert waited < IDLE_ABORT_S + 2.0, waited
+    assert rows(server, snowflake_database) == {0: "seed", 2: "x"}
+
+
+HOLD_SCRIPT = f"""
+import sys, time
+import snowflake.connector
+host, port, database = sys.argv[1:]
+con = snowflake.connector.connect(
+    account="fakesnow", user="fake", password="snow", host=host, port=int(port),
+    protocol="http", database=database, schema="PUBLIC")
+con.autocommit(False)
+con.cursor().execute("INSERT INTO {TABLE} VALUES (1, 'dead')")
+print({HOLDING!r}, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_an_aborted_idle_transaction_cannot_commit(
+    server: tuple[str, int], snowflake_database: str
+) -> None:
+    with session(server, snowflake_database) as idle, \
+            session(server, snowflake_database, LOCK_TIMEOUT=30) as writer:
+        insert(idle, 1, "idle")
+        time.sleep(IDLE_ABORT_S + 0.2)
+        insert(writer, 2)  # aborts the idle holder at once
+        writer.commit()
+        with pytest.raises(sf.Error) as raised:
+            idle.commit()
+        idle.rollback()
+        insert(idle, 3)  # the session goes on after its ROLLBACK
+        idle.commit()
+
+    assert is_transient(raised.value), raised.value
+    assert rows(server, snowflake_database) == {0: "seed", 2: "x", 3: "x"}
+
+
+@pytest.fixture(scope="module")
+def unlocked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A double that takes no table locks: concurrent writes meet DuckDB's conflicts."""
+    proc, port = start_fakesnow(tmp_path_factory.mktemp("unlocked"), table_locks=False)
+    try:
+        yield FAKESNOW_HOST, port
+    finally:
+        stop_fakesnow(proc)
+
+
+def test_a_write_conflict_is_a_lock_error_not_http_500(
+    unlocked_server: tuple[str, int], snowflake_database: str
+) -> None:
+    server = unlocked_server
+    with session(server, snowflake_database) as con:
+        con.cursor().execute(f"CREATE TABLE {TABLE} (id INT, v VARCHAR)")
+        con.cursor().execute(f"INSERT INTO {TABLE} VALUES (0, 'seed')")
+        con.commit()
+    with session(server, snowflake_database) as first, \
+            session(server, snowflake_database) as second:
+        first.cursor().execute(f"UPDATE {TABLE} SET v = 'first' WHERE id = 0")
+        started = time.monotonic()
+        with pytest.raises(sf.ProgrammingError) as raised:
+            second.cursor().execute(f"UPDATE {TABLE} SET v = 'second' WHERE id = 0")
+        answered = time.monotonic() - started
+        second.rollback()
+        first.commit()
+
+    assert answered < 5.0, answered  # not retried as an HTTP 500 until network_timeout (30 s)
+    assert raised.value.errno == 625
+    assert isinstance(translate(raised.value), WarehouseLockWait)
+    assert rows(server, snowflake_database) == {0: "first"}
+
+
+# -- the writer after an instance killed mid-transaction ------------------------------------------
+
+
+def test_next_writer_applies_after_a_writer_killed_mid_transaction(
+    fakesnow_server: tuple[str, int], snowflake_database: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    host, port = fakesnow_server
+    config = fakesnow_config(host, port, snowflake_database)
+    config = config.model_copy(update={"lock_timeout_s": 1})
+    names = names_in(config.database, config.schema_name, upper=True)
+    writer = SnowflakeWarehouse(config, names)
+    writer.open()
+    dead = subprocess.Popen(
+        [sys.executable, "-m", "tests.warehouse.killed_writer", host, str(port),
+         snowflake_database, "7", "8"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert dead.stdout is not None
+        assert dead.stdout.readline().split()[0] == HOLDING
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(10)
+        caplog.set_level(logging.WARNING, logger="kyc_sync.retry")
+        started = time.monotonic()
+        # A budget for other transient errors far below the wait: only the lock-wait budget
+        # lets the apply outlast the dead transaction.
+        result = retry_transient(
+            lambda: writer.apply(make_batch([Event(7, T0, 0, 10), Event(9, T0, 0, 11)])),
+            max_s=0.5, what="warehouse apply", lock_wait_max_s=60,
+        )
+        waited = time.monotonic() - started
+        current = writer.fetch(
+            f'SELECT "KYC_PROFILE_ID", DATE_PART(EPOCH_MICROSECOND, "OP_TIME") '
+            f"FROM {names.current.sql()}"
+        )
+    finally:
+        dead.kill()
+        dead.wait()
+        writer.close()
+
+    assert (result.inserted, result.skipped_stale) == (2, 0)
+    assert {int(k): int(t) for k, t in current} == {7: T0, 9: T0}  # no future row of the dead
+    assert waited < IDLE_ABORT_S + config.lock_timeout_s + 5, waited
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries
+    assert all("625 (57014)" in m for m in retries), retries
+
