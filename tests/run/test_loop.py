@@ -9,6 +9,7 @@ runs on an injected clock, so each test takes well under a second (the registry 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,7 +44,7 @@ from tests.run.fakes import (
     Step,
     deliver,
 )
-from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
+from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseLockWait
 
 TOPIC = "kyc.audit"
 GROUP = "kyc-sync-unit"
@@ -97,7 +98,7 @@ class Rigs:
     def new(
         self, *, policy: WindowPolicy | None = None, decoder: Decoder | None = None,
         dead_letters: str | None = None, until_caught_up: bool = False,
-        retry_max_s: float = 2.0, revoke_budget_s: float = 0.3,
+        retry_max_s: float = 2.0, revoke_budget_s: float = 0.3, lock_wait_max_s: float = 2.0,
         bounds: tuple[PartitionRange, ...] | None = None,
     ) -> Rig:
         journal = Journal()
@@ -109,7 +110,7 @@ class Rigs:
         options = LoopOptions(
             topic=TOPIC, group_id=GROUP, until_caught_up=until_caught_up, consume_batch=100,
             poll_timeout_s=0.01, retry_max_s=retry_max_s, revoke_budget_s=revoke_budget_s,
-            shutdown_timeout_s=7.0, bounds=bounds,
+            lock_wait_max_s=lock_wait_max_s, shutdown_timeout_s=7.0, bounds=bounds,
         )
 
         # The fakes stand in for confluent-kafka's typed classes: they are cast, not subclasses.
@@ -220,6 +221,38 @@ def test_apply_failing_past_its_retry_budget_commits_nothing(rigs: Rigs) -> None
 
 
 # -- 3. a transient failure is retried, then commits once ------------------------------------
+
+
+def test_lock_wait_outlasting_retry_max_is_retried_in_the_group_then_commits_once(
+    rigs: Rigs,
+) -> None:
+    """A dead instance's lock outlasts ``retry_max_s``: the lock-wait budget keeps the flush
+    retrying (polling the paused consumer) instead of stopping the run."""
+    rig = rigs.new(policy=WindowPolicy(max_events=3), retry_max_s=0.2, lock_wait_max_s=10.0)
+    rig.warehouse.failures.extend([WarehouseLockWait("locked by a dead session")] * 4)
+    produced = rig.produce(updates(0, 1, 2, 3))
+    rig.consumer.play(Assign((0,)), deliver(), rig.stop())
+    started = time.monotonic()
+
+    assert rig.loop.run() == 0
+
+    assert time.monotonic() - started > 0.2  # past retry_max_s, still retrying
+    assert rig.warehouse.attempts == 5
+    assert rig.consumer.commits == [{0: 3}]
+    assert rig.consumer.paused_polls > 0
+    assert rig.warehouse.current() == oracle(produced)
+
+
+def test_lock_wait_past_its_budget_stops_the_run_committing_nothing(rigs: Rigs) -> None:
+    rig = rigs.new(policy=WindowPolicy(max_events=3), retry_max_s=0.1, lock_wait_max_s=0.6)
+    rig.warehouse.fail_with = WarehouseLockWait("locked by a dead session")
+    rig.produce(updates(0, 1, 2, 3))
+    rig.consumer.play(Assign((0,)), deliver())
+
+    with pytest.raises(RetriesExhausted, match=r"warehouse apply: still failing after 0\.6s"):
+        rig.loop.run()
+
+    assert rig.consumer.commits == []
 
 
 def test_transient_apply_failure_is_retried_in_the_group_then_commits_once(rigs: Rigs) -> None:

@@ -1,53 +1,133 @@
 """End to end on the Snowflake writer: real broker -> ``kyc-sync run --until-caught-up`` -> the
-real Snowflake connector over HTTP -> fakesnow's server -> the expected rows."""
+real Snowflake connector over HTTP -> the Snowflake test double (fakesnow's server with
+Snowflake's locks) -> the expected rows; also after an instance was killed mid-transaction."""
 
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import snowflake.connector
 
-from tests.integration.harness import cli_env, history, oracle, produce, run_cli
+from tests.integration.harness import Produced, cli_env, history, oracle, produce, run_cli
+from tests.warehouse.fakesnow_process import FAKESNOW_HOST, start_fakesnow, stop_fakesnow
+from tests.warehouse.killed_writer import HOLDING
 from tools.localkafka import create_topic
 
 pytestmark = pytest.mark.integration
+
+SLOW_ABORT_S = 25.0
+"""The double's idle time before it aborts a blocking transaction, in the test of a killed
+instance: longer than the next instance's start-up, so that its MERGE does wait on the lock."""
+
+
+@pytest.fixture(scope="module")
+def slow_abort_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    proc, port = start_fakesnow(tmp_path_factory.mktemp("slow-abort"), SLOW_ABORT_S)
+    try:
+        yield FAKESNOW_HOST, port
+    finally:
+        stop_fakesnow(proc)
+
+
+def connection(server: tuple[str, int], database: str) -> dict[str, object]:
+    host, port = server
+    return {"account": "fakesnow", "user": "fake", "password": "snow", "host": host,
+            "port": port, "protocol": "http", "database": database}
+
+
+def snowflake_env(
+    kafka_bootstrap: str, topic: str, tmp_path: Path, server: tuple[str, int], database: str,
+    **extra: str,
+) -> dict[str, str]:
+    host, port = server
+    with snowflake.connector.connect(**connection(server, database)) as con:
+        con.cursor().execute(f'CREATE SCHEMA IF NOT EXISTS "{database}"."KYC"')
+    return cli_env(
+        kafka_bootstrap, topic, tmp_path / "unused.duckdb", f"g-{topic}",
+        KYC_SYNC_WAREHOUSE__KIND="snowflake",
+        KYC_SYNC_SNOWFLAKE__ACCOUNT="fakesnow",
+        KYC_SYNC_SNOWFLAKE__USER="fake",
+        KYC_SYNC_SNOWFLAKE__PASSWORD="snow",
+        KYC_SYNC_SNOWFLAKE__DATABASE=database,
+        KYC_SYNC_SNOWFLAKE__SCHEMA_NAME="KYC",
+        KYC_SYNC_SNOWFLAKE__HOST=host,
+        KYC_SYNC_SNOWFLAKE__PORT=str(port),
+        KYC_SYNC_SNOWFLAKE__PROTOCOL="http",
+        **extra,
+    )
+
+
+def current(server: tuple[str, int], database: str) -> dict[int, tuple[str, int]]:
+    with snowflake.connector.connect(**connection(server, database)) as con:
+        cursor = con.cursor()
+        cursor.execute(
+            'SELECT "KYC_PROFILE_ID", "GOLDTIER_ID", '
+            'DATE_PART(EPOCH_MICROSECOND, "OP_TIME") FROM "KYC"."KYC_PROFILE_CURRENT"'
+        )
+        return {int(k): (str(g), int(t)) for k, g, t in cursor.fetchall()}
 
 
 def test_run_keeps_a_snowflake_table(
     kafka_bootstrap: str, topic_name: str, tmp_path: Path,
     fakesnow_server: tuple[str, int], snowflake_database: str,
 ) -> None:
-    host, port = fakesnow_server
     create_topic(kafka_bootstrap, topic_name, partitions=3)
     produced = produce(kafka_bootstrap, topic_name, history(random.Random(11), 300, 40, 3))
-    connection = {"account": "fakesnow", "user": "fake", "password": "snow", "host": host,
-                  "port": port, "protocol": "http", "database": snowflake_database}
-    with snowflake.connector.connect(**connection) as con:
-        con.cursor().execute(f'CREATE SCHEMA IF NOT EXISTS "{snowflake_database}"."KYC"')
-    env = cli_env(
-        kafka_bootstrap, topic_name, tmp_path / "unused.duckdb", f"g-{topic_name}",
-        KYC_SYNC_WAREHOUSE__KIND="snowflake",
-        KYC_SYNC_SNOWFLAKE__ACCOUNT="fakesnow",
-        KYC_SYNC_SNOWFLAKE__USER="fake",
-        KYC_SYNC_SNOWFLAKE__PASSWORD="snow",
-        KYC_SYNC_SNOWFLAKE__DATABASE=snowflake_database,
-        KYC_SYNC_SNOWFLAKE__SCHEMA_NAME="KYC",
-        KYC_SYNC_SNOWFLAKE__HOST=host,
-        KYC_SYNC_SNOWFLAKE__PORT=str(port),
-        KYC_SYNC_SNOWFLAKE__PROTOCOL="http",
-    )
+    env = snowflake_env(kafka_bootstrap, topic_name, tmp_path, fakesnow_server, snowflake_database)
 
     done = run_cli(env, "run", "--until-caught-up", timeout=300)
 
     assert done.returncode == 0, done.stderr
-    with snowflake.connector.connect(**connection) as con:
-        cursor = con.cursor()
-        cursor.execute(
-            'SELECT "KYC_PROFILE_ID", "GOLDTIER_ID", '
-            'DATE_PART(EPOCH_MICROSECOND, "OP_TIME") FROM "KYC"."KYC_PROFILE_CURRENT"'
-        )
-        rows = cursor.fetchall()
-    assert {int(k): (str(g), int(t)) for k, g, t in rows} == oracle(produced)
+    assert current(fakesnow_server, snowflake_database) == oracle(produced)
     assert not (tmp_path / "unused.duckdb").exists()
+
+
+def test_run_after_an_instance_killed_mid_transaction(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path,
+    slow_abort_server: tuple[str, int], snowflake_database: str,
+) -> None:
+    """The dead instance's transaction holds the state table's lock until the warehouse aborts
+    it; the next instance retries its MERGE as a lock wait, past ``retry_max_s`` (1 s here) and
+    within ``lock_wait_max_s``, and exits 0: no crash loop, and nothing of the dead transaction
+    in the table (it wrote its keys with op_times in 2100, which the guard would keep)."""
+    create_topic(kafka_bootstrap, topic_name, partitions=3)
+    produced: Produced = produce(
+        kafka_bootstrap, topic_name, history(random.Random(12), 200, 30, 3))
+    env = snowflake_env(
+        kafka_bootstrap, topic_name, tmp_path, slow_abort_server, snowflake_database,
+        KYC_SYNC_WAREHOUSE__RETRY_MAX_S="1",
+        KYC_SYNC_WAREHOUSE__LOCK_WAIT_MAX_S="60",
+        KYC_SYNC_SNOWFLAKE__LOCK_TIMEOUT_S="2",
+    )
+    keys = sorted({event.kyc_profile_id for event, _, _ in produced.events})[:5]
+    host, port = slow_abort_server
+    dead = subprocess.Popen(
+        [sys.executable, "-m", "tests.warehouse.killed_writer", host, str(port),
+         snowflake_database, *map(str, keys)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert dead.stdout is not None
+        assert dead.stdout.readline().split()[0] == HOLDING
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(10)
+        started = time.monotonic()
+        done = run_cli(env, "run", "--until-caught-up", timeout=120)
+        took = time.monotonic() - started
+    finally:
+        dead.kill()
+        dead.wait()
+
+    assert done.returncode == 0, done.stderr
+    assert "warehouse apply failed" in done.stderr, done.stderr
+    # It waited on the lock, as a lock wait, more than once: for longer than retry_max_s.
+    assert done.stderr.count("625 (57014)") >= 2, done.stderr
+    assert took < 60, took
+    assert current(slow_abort_server, snowflake_database) == oracle(produced)

@@ -1,12 +1,11 @@
-"""Locks and dead sessions on the Snowflake test double, through the real connector: the double
-behaves as Snowflake does (lock waits bounded by LOCK_TIMEOUT, error 000625, a closed session
-rolled back, an idle blocking transaction aborted), and a writer killed mid-transaction does not
-stop the next one: its apply succeeds, retried as a lock wait, once the dead transaction is
-aborted."""
+"""Locks and dead sessions on the Snowflake test double, through the real connector: it behaves
+as Snowflake does where recovering from a dead instance depends on it (lock waits bounded by
+LOCK_TIMEOUT, error 000625, a closed session rolled back, the transaction of a killed client
+aborted once idle and blocking, a write conflict answered as a lock error). A kyc-sync instance
+killed mid-transaction is in ``test_snowflake_e2e``."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import subprocess
 import sys
@@ -19,14 +18,11 @@ import snowflake.connector
 from snowflake.connector import SnowflakeConnection
 from snowflake.connector import errors as sf
 
-from consumer.run.retry import retry_transient
 from tests.warehouse.conftest import IDLE_ABORT_S
 from tests.warehouse.fakesnow_process import FAKESNOW_HOST, start_fakesnow, stop_fakesnow
 from tests.warehouse.killed_writer import HOLDING
-from tests.warehouse.test_contract import T0, Event, fakesnow_config, make_batch, names_in
 from warehouse.errors import WarehouseLockWait
 from warehouse.snowflake_errors import is_transient, translate
-from warehouse.snowflake_writer import SnowflakeWarehouse
 
 TABLE = "PUBLIC.LOCKED"
 
@@ -194,52 +190,3 @@ def test_a_write_conflict_is_a_lock_error_not_http_500(
     assert raised.value.errno == 625
     assert isinstance(translate(raised.value), WarehouseLockWait)
     assert rows(server, snowflake_database) == {0: "first"}
-
-
-# -- the writer after an instance killed mid-transaction ------------------------------------------
-
-
-def test_next_writer_applies_after_a_writer_killed_mid_transaction(
-    fakesnow_server: tuple[str, int], snowflake_database: str, caplog: pytest.LogCaptureFixture,
-) -> None:
-    host, port = fakesnow_server
-    config = fakesnow_config(host, port, snowflake_database)
-    config = config.model_copy(update={"lock_timeout_s": 1})
-    names = names_in(config.database, config.schema_name, upper=True)
-    writer = SnowflakeWarehouse(config, names)
-    writer.open()
-    dead = subprocess.Popen(
-        [sys.executable, "-m", "tests.warehouse.killed_writer", host, str(port),
-         snowflake_database, "7", "8"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert dead.stdout is not None
-        assert dead.stdout.readline().split()[0] == HOLDING
-        dead.send_signal(signal.SIGKILL)
-        dead.wait(10)
-        caplog.set_level(logging.WARNING, logger="kyc_sync.retry")
-        started = time.monotonic()
-        # A budget for other transient errors far below the wait: only the lock-wait budget
-        # lets the apply outlast the dead transaction.
-        result = retry_transient(
-            lambda: writer.apply(make_batch([Event(7, T0, 0, 10), Event(9, T0, 0, 11)])),
-            max_s=0.5, what="warehouse apply", lock_wait_max_s=60,
-        )
-        waited = time.monotonic() - started
-        current = writer.fetch(
-            f'SELECT "KYC_PROFILE_ID", DATE_PART(EPOCH_MICROSECOND, "OP_TIME") '
-            f"FROM {names.current.sql()}"
-        )
-    finally:
-        dead.kill()
-        dead.wait()
-        writer.close()
-
-    assert (result.inserted, result.skipped_stale) == (2, 0)
-    assert {int(k): int(t) for k, t in current} == {7: T0, 9: T0}  # no future row of the dead
-    assert waited < IDLE_ABORT_S + config.lock_timeout_s + 5, waited
-    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    assert retries
-    assert all("625 (57014)" in m for m in retries), retries
-

@@ -29,7 +29,7 @@ from consumer.settings import REDACTED, Settings, load_settings
 from tests.oracles.reducer import Version, Winner
 from tests.oracles.staging import Row, build_staged
 from tests.warehouse.test_contract import T0, Event, fakesnow_config, make_batch, snowflake_harness
-from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
+from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseLockWait
 from warehouse.identifiers import Ident, QualifiedName
 from warehouse.snowflake_errors import translate
 from warehouse.snowflake_settings import SnowflakeSettings, load_private_key, private_key_der
@@ -122,6 +122,29 @@ def test_terminal_errors(err: sf.Error) -> None:
     assert isinstance(translate(err), TerminalWarehouseError)
 
 
+LOCK_WAITS = [
+    TRANSIENT[0],  # too many waiters
+    sf.ProgrammingError(msg="Statement '01b' has locked table 'KYC_PROFILE_STATE' in transaction "
+                        "1 and this lock has not yet been released. Your statement '01c' was "
+                        "aborted because the lock wait timeout of 60 seconds was exceeded.",
+                        errno=625, sqlstate="57014"),
+    sf.ProgrammingError(msg="Statement aborted: lock wait timeout exceeded", errno=9997,
+                        sqlstate="57014"),
+]
+
+
+@pytest.mark.parametrize("err", LOCK_WAITS, ids=_id)
+def test_lock_waits_are_transient_with_the_lock_wait_budget(err: sf.Error) -> None:
+    mapped = translate(err)
+    assert isinstance(mapped, WarehouseLockWait)
+    assert isinstance(mapped, TransientWarehouseError)
+
+
+@pytest.mark.parametrize("err", [e for e in TRANSIENT if e not in LOCK_WAITS], ids=_id)
+def test_other_transient_errors_are_not_lock_waits(err: sf.Error) -> None:
+    assert not isinstance(translate(err), WarehouseLockWait)
+
+
 # -- settings -------------------------------------------------------------------------------
 
 
@@ -168,6 +191,61 @@ def test_snowflake_settings_only_required_for_snowflake() -> None:
     settings = load_settings()
     assert settings.warehouse.kind == "duckdb"
     assert settings.snowflake.account == ""
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_default_timeouts_are_nested_below_max_poll_interval() -> None:
+    settings = snowflake_settings(**COMPLETE, password="pw")
+    sfs = settings.snowflake
+
+    # A lock wait ends as a lock error, before the statement timeout; Snowflake cancels a
+    # statement before the connector gives up on it; one attempt (a login, then a statement
+    # to its limit) ends before librdkafka's max.poll.interval.ms (300 s): the flush blocks
+    # the poll, and an instance that does not poll within it leaves its group.
+    assert sfs.lock_timeout_s < sfs.statement_timeout_s < sfs.network_timeout_s
+    assert sfs.login_timeout_s + sfs.network_timeout_s < settings.kafka.max_poll_interval_s == 300
+    # Lock waits are retried long enough to outlast a detached transaction: Snowflake aborts
+    # it after 5 minutes idle while it blocks, plus up to 5 for a statement it was running.
+    assert settings.warehouse.lock_wait_max_s > 600 > settings.warehouse.retry_max_s
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("snowflake", "client_options", "message"),
+    [
+        ({"lock_timeout_s": 180}, {},
+         r"snowflake.lock_timeout_s \(180\) must be below snowflake.statement_timeout_s \(180\)"),
+        ({"statement_timeout_s": 250}, {},
+         r"snowflake.statement_timeout_s \(250\) must be below snowflake.network_timeout_s"),
+        ({"network_timeout_s": 300, "statement_timeout_s": 250}, {},
+         r"\(360\) must be below the consumer's max.poll.interval.ms \(300 s"),
+        ({}, {"max.poll.interval.ms": 200_000},
+         r"\(260\) must be below the consumer's max.poll.interval.ms \(200 s"),
+    ],
+)
+def test_incoherent_timeouts_are_refused(
+    snowflake: dict[str, Any], client_options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        load_settings(warehouse={"kind": "snowflake"}, kafka={"client_options": client_options},
+                      snowflake={**COMPLETE, "password": "pw", **snowflake})
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_longer_poll_interval_allows_longer_statements() -> None:
+    settings = load_settings(
+        warehouse={"kind": "snowflake"},
+        kafka={"client_options": {"max.poll.interval.ms": 900_000}},
+        snowflake={**COMPLETE, "password": "pw", "statement_timeout_s": 600,
+                   "network_timeout_s": 700},
+    )
+    assert settings.snowflake.statement_timeout_s == 600
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_lock_wait_budget_is_at_least_the_retry_budget() -> None:
+    with pytest.raises(ValidationError, match=r"lock_wait_max_s \(60\) must be at least"):
+        load_settings(warehouse={"retry_max_s": 120, "lock_wait_max_s": 60})
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -299,8 +377,12 @@ def test_connect_args_key_pair(rsa_key: rsa.RSAPrivateKey) -> None:
     assert args == {
         "account": "myorg-kyc", "user": "KYC_SYNC", "database": "KYC", "schema": "AUDIT",
         "role": "KYC_WRITER", "warehouse": "KYC_WH", "paramstyle": "qmark",
-        "login_timeout": 60, "network_timeout": 300, "protocol": "https",
-        "session_parameters": {"QUERY_TAG": "kyc-sync"}, "authenticator": "SNOWFLAKE_JWT",
+        "login_timeout": 60, "network_timeout": 200, "protocol": "https",
+        "session_parameters": {
+            "QUERY_TAG": "kyc-sync", "LOCK_TIMEOUT": 60, "STATEMENT_TIMEOUT_IN_SECONDS": 180,
+            "ABORT_DETACHED_QUERY": True,
+        },
+        "authenticator": "SNOWFLAKE_JWT",
     }
 
 
@@ -311,7 +393,9 @@ def test_connect_args_password() -> None:
     assert "private_key" not in args
     assert "authenticator" not in args
     assert (args["host"], args["port"], args["protocol"]) == ("127.0.0.1", 8080, "http")
-    assert args["session_parameters"] == {}
+    assert args["session_parameters"] == {
+        "LOCK_TIMEOUT": 60, "STATEMENT_TIMEOUT_IN_SECONDS": 180, "ABORT_DETACHED_QUERY": True,
+    }
     assert "role" not in args
     assert "warehouse" not in args
 
