@@ -9,7 +9,7 @@ REGISTRY := tools/registry/dist/.fetched
 PEER_VENV := .local/bench/peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed
 
-.PHONY: demo test lint unit integration bench bench-quick bench-peer-env chaos soak env jars registry clean
+.PHONY: demo test lint unit integration bench bench-quick bench-peer-env chaos chaos-snowflake soak env jars registry clean
 
 env: $(STAMP)
 $(STAMP): pyproject.toml
@@ -66,9 +66,15 @@ $(PEER_STAMP): bench/peer-requirements.txt
 
 ## The chaos test alone (tests/chaos): 200k events, 3 consumers in one group SIGKILLed >= 20 times,
 ## a broker restart, injected warehouse faults; its own broker in .local/chaos; ends with one line
-## `chaos: events=... lost=0 stale=0 diff=0`, exit status non-zero unless clean.
+## `chaos: warehouse=duckdb events=... lost=0 stale=0 diff=0`, exit status non-zero unless clean.
 chaos: env jars
 	$(BIN)/python -m tests.chaos --dir .local/chaos
+
+## The Snowflake variant (also in the suite): 6k events, 2 consumers SIGKILLed, a writer killed
+## mid-transaction, injected faults, through the real connector to the Snowflake test double
+## (fakesnow with Snowflake's locks); ends with `chaos: warehouse=snowflake events=... diff=0`.
+chaos-snowflake: env jars
+	$(BIN)/python -m tests.chaos --warehouse snowflake --dir .local/chaos-snowflake
 
 ## The same, larger, outside CI: 1M events over 100k profiles.
 soak: env jars

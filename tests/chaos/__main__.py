@@ -2,10 +2,14 @@
 
     python -m tests.chaos                                   # 200 000 events, as in the suite
     python -m tests.chaos --events 1000000 --profiles 100000  # the soak
+    python -m tests.chaos --warehouse snowflake             # on the Snowflake test double
 
 Starts a fresh local broker in ``<dir>/kafka`` (``--bootstrap`` uses an external one instead, and
 skips the broker restart), runs ``driver.run_chaos`` with ``<dir>/run`` as its work directory,
 prints the details to stderr and the verdict line last on stdout. Exit 0 only when clean.
+``--warehouse snowflake`` writes through the real Snowflake connector to the Snowflake test double
+(fakesnow's server with Snowflake's locks, in ``<dir>/fakesnow``), with the smaller default
+sizes of ``driver.SNOWFLAKE_SIZES`` and no broker restart.
 """
 
 from __future__ import annotations
@@ -16,17 +20,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.chaos.driver import run_chaos
+from tests.chaos.driver import DUCKDB_SIZES, run_chaos, run_chaos_on_snowflake
 from tools.localkafka import BrokerStartError, LocalKafka
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--profiles", type=int, default=20_000)
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--consumers", type=int, default=3)
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--warehouse", choices=("duckdb", "snowflake"), default="duckdb")
+    parser.add_argument("--events", type=int, default=None, help="default: 200 000 (DuckDB)")
+    parser.add_argument("--profiles", type=int, default=None)
+    parser.add_argument("--partitions", type=int, default=None)
+    parser.add_argument("--consumers", type=int, default=None)
+    parser.add_argument("--kills", type=int, default=None)
     parser.add_argument("--poison-rate", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=20_251_125)
     parser.add_argument("--produce-seconds", type=float, default=None,
@@ -52,12 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker.stop()
             return 2
         bootstrap = broker.bootstrap
+    given = {name: getattr(args, name) for name in
+             ("events", "profiles", "partitions", "consumers", "kills", "produce_seconds")}
+    sizes = {name: value for name, value in given.items() if value is not None}
     try:
-        result = run_chaos(
-            bootstrap, broker, workdir / "run", events=args.events, profiles=args.profiles,
-            partitions=args.partitions, consumers=args.consumers, kills=args.kills,
-            poison_rate=args.poison_rate, seed=args.seed, produce_seconds=args.produce_seconds,
-        )
+        if args.warehouse == "snowflake":
+            result = run_chaos_on_snowflake(
+                bootstrap, workdir, poison_rate=args.poison_rate, seed=args.seed, **sizes)
+        else:
+            result = run_chaos(
+                bootstrap, broker, workdir / "run", **{**DUCKDB_SIZES, **sizes},
+                poison_rate=args.poison_rate, seed=args.seed,
+            )
     finally:
         if broker is not None:
             broker.stop()

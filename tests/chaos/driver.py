@@ -51,7 +51,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -59,6 +58,7 @@ from consumer.decode.decoder import PlainAvroDecoder
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 from schemas.errors import InvalidEvent
+from tests.chaos.targets import DuckDBTarget, SnowflakeTarget, State, Target
 from tests.integration.harness import (
     BASE_US,
     Event,
@@ -66,7 +66,6 @@ from tests.integration.harness import (
     cli_env,
     committed,
     oracle,
-    read_current,
     start_cli,
 )
 from tools.localkafka import LocalKafka, create_topic
@@ -84,6 +83,7 @@ LOG_SIGNS: dict[str, str] = {
     "dropped_buffers": "dropped the buffer uncommitted",
     "commit_failures": "offset commit failed",
     "lock_retries": "locked by another process",
+    "lock_waits": "625 (57014)",
     "errors": " ERROR ",
     "tracebacks": "Traceback (most recent call last)",
 }
@@ -457,22 +457,9 @@ class Fleet:
 # --------------------------------------------------------------------------- checks
 
 
-def read_state(db_path: Path) -> dict[int, tuple[tuple[int, int, int], bool]]:
-    """Every row of the state table, tombstones included: key -> (version, is_deleted)."""
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT kyc_profile_id, epoch_us(op_time), src_partition, src_offset, is_deleted "
-            "FROM kyc_profile_state"
-        ).fetchall()
-    finally:
-        con.close()
-    return {int(k): ((int(t), int(p), int(o)), bool(d)) for k, t, p, o, d in rows}
-
-
-def latest_versions(produced: Produced) -> dict[int, tuple[tuple[int, int, int], bool]]:
+def latest_versions(produced: Produced) -> State:
     """The oracle with tombstones: key -> (version of its latest event, is a DELETE)."""
-    latest: dict[int, tuple[tuple[int, int, int], bool]] = {}
+    latest: State = {}
     for event, partition, offset in produced.events:
         version = (event.op_time, partition, offset)
         known = latest.get(event.kyc_profile_id)
@@ -491,7 +478,7 @@ class Comparison:
     examples: tuple[str, ...]
 
 
-def compare(db_path: Path, produced: Produced) -> Comparison:
+def compare(target: Target, produced: Produced) -> Comparison:
     """The table against the oracle.
 
     lost: keys whose latest event (live or DELETE) is not what the state table holds (missing,
@@ -500,8 +487,8 @@ def compare(db_path: Path, produced: Produced) -> Comparison:
     newer than any delivered event (the oracle missed a delivery); diff: keys where
     ``kyc_profile_current`` differs from ``harness.oracle``."""
     expected = oracle(produced)
-    table = read_current(db_path)
-    state = read_state(db_path)
+    table = target.read_current()
+    state = target.read_state()
     latest = latest_versions(produced)
     examples: list[str] = []
 
@@ -624,6 +611,7 @@ def count_in_logs(logs: Iterable[Path]) -> tuple[int, dict[str, int]]:
 
 @dataclass(frozen=True)
 class ChaosResult:
+    warehouse: str
     events: int
     profiles: int
     partitions: int
@@ -667,7 +655,8 @@ class ChaosResult:
 
     def line(self) -> str:
         return (
-            f"chaos: events={self.events} profiles={self.profiles} kills={self.kills} "
+            f"chaos: warehouse={self.warehouse} events={self.events} profiles={self.profiles} "
+            f"kills={self.kills} "
             f"broker_restarts={self.broker_restarts} warehouse_faults={self.warehouse_faults} "
             f"poison={self.poison} dlq={self.dlq} lost={self.lost} stale={self.stale} "
             f"diff={self.diff}"
@@ -702,11 +691,12 @@ def _stderr(message: str) -> None:
 
 
 def consumer_env(
-    bootstrap: str, topic: str, db_path: Path, group: str, fault_times: int,
+    bootstrap: str, topic: str, target: Target, workdir: Path, group: str, fault_times: int,
     fault_probability: float, max_events: int, consume_batch: int,
 ) -> dict[str, str]:
     return cli_env(
-        bootstrap, topic, db_path, group,
+        bootstrap, topic, workdir / "kyc.duckdb", group,
+        **target.env(),
         KYC_SYNC_WINDOW__SECONDS="1",
         KYC_SYNC_WINDOW__MAX_EVENTS=str(max_events),
         KYC_SYNC_KAFKA__CONSUME_BATCH=str(consume_batch),
@@ -746,6 +736,8 @@ def run_chaos(
     static_members: int = 1,
     topic: str | None = None,
     say: Say = _stderr,
+    target: Target | None = None,
+    at_half: Callable[[], str] | None = None,
 ) -> ChaosResult:
     """Run the chaos scenario (module docstring) and return what it found.
 
@@ -756,7 +748,9 @@ def run_chaos(
     buffered events); the broker restarts once 60 % is produced (or at half the kills). Kills come
     every ``kill_interval_s`` (uniform); a killed consumer restarts after ``restart_delay_s``
     (uniform) or, with probability ``slow_restarts``, after 1.2-1.6 session timeouts — and then
-    no other consumer is killed until it has rejoined."""
+    no other consumer is killed until it has rejoined. ``target``: the warehouse (default: a
+    DuckDB file in ``workdir``); without ``broker`` the broker restart is skipped. ``at_half``
+    runs once when half the events are produced; it returns a note for the result."""
     if not 0 < profiles <= events:
         raise ValueError("need 0 < profiles <= events")
     began = time.monotonic()
@@ -765,7 +759,7 @@ def run_chaos(
     workdir = Path(workdir).resolve()
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    db_path = workdir / "kyc.duckdb"
+    warehouse: Target = target or DuckDBTarget(workdir / "kyc.duckdb")
     topic = topic or f"chaos-{uuid.uuid4().hex[:10]}"
     group = f"g-{topic}"
     rng = random.Random(seed)
@@ -779,8 +773,8 @@ def run_chaos(
         say(f"[chaos {time.monotonic() - began:6.1f}s] {message}")
 
     create_topic(bootstrap, topic, partitions)
-    env = consumer_env(bootstrap, topic, db_path, group, fault_times, fault_probability,
-                       max_events, consume_batch)
+    env = consumer_env(bootstrap, topic, warehouse, workdir, group, fault_times,
+                       fault_probability, max_events, consume_batch)
     fleet = Fleet(env, logs, seed, static=frozenset(range(consumers - static_members, consumers)))
     pace = produce_seconds if produce_seconds is not None else max(30.0, events / 1_500)
     planner = Planner(profiles, partitions, seed, poison_rate, duplicate_rate)
@@ -797,7 +791,7 @@ def run_chaos(
             f"{events} messages over {profiles} profiles, paced over {pace:.0f}s")
         restart_pending = broker is not None
         if broker is None:
-            notes.append("external broker: the broker restart was skipped (broker_restarts=0)")
+            notes.append("no broker of its own: the broker restart was skipped (broker_restarts=0)")
         pending: dict[int, float] = {}  # killed slot -> when it restarts
         next_kill = time.monotonic() + rng.uniform(*kill_interval_s)
         next_report = 5
@@ -835,6 +829,10 @@ def run_chaos(
                         delay = rng.uniform(*restart_delay_s)
                     pending[victim] = time.monotonic() + delay
                     next_kill = time.monotonic() + rng.uniform(*kill_interval_s)
+            if at_half is not None and producer.sent >= events // 2:
+                notes.append(at_half())
+                log(notes[-1])
+                at_half = None
             if broker is not None and restart_pending and (
                 producer.sent >= 0.6 * events or kills_done >= kills // 2
             ):
@@ -893,8 +891,9 @@ def run_chaos(
     delivered = len(valid.events) + len(poison_positions)
     dlq_raw, dlq_positions, classes = read_dead_letters(bootstrap, f"{topic}.dlq")
     poison_set = set(poison_positions)
-    comparison = compare(db_path, valid)
+    comparison = compare(warehouse, valid)
     faults, signs = count_in_logs(fleet.all_logs)
+    signs.update(warehouse.signs())
     notes.append("dead-letter classes: "
                  + ", ".join(f"{k}={v}" for k, v in sorted(classes.items())))
     if dlq_raw > len(dlq_positions):
@@ -903,6 +902,7 @@ def run_chaos(
     notes += fleet.notes
     mark("verify", t)
     return ChaosResult(
+        warehouse=warehouse.name,
         events=delivered,
         profiles=profiles,
         partitions=partitions,
@@ -935,3 +935,99 @@ def run_chaos(
         phase_seconds=phases,
         workdir=workdir,
     )
+
+
+DUCKDB_SIZES: dict[str, Any] = {
+    "events": 200_000, "profiles": 20_000, "partitions": 6, "consumers": 3, "kills": 20,
+}
+"""The DuckDB run's default size (the suite's and ``make chaos``)."""
+
+SNOWFLAKE_SIZES: dict[str, Any] = {
+    "events": 6_000, "profiles": 1_500, "partitions": 3, "consumers": 2, "kills": 3,
+    "produce_seconds": 20.0, "kill_interval_s": (3.0, 5.0), "slow_restarts": 0.0,
+    "max_events": 1_000, "static_members": 0, "final_faults": 2, "fault_probability": 0.5,
+}
+"""The Snowflake variant's default size: smaller (the double answers far fewer flushes per
+second than a DuckDB file), kills spaced so that members flush between them, no slow restarts
+and no static member (the DuckDB run has them)."""
+
+DEAD_WRITER_KEYS = tuple(range(10))
+"""Profiles the dead writer writes with op_times in 2100: if its transaction ever committed,
+the comparison would find them (``ahead``, ``diff``)."""
+
+
+class DeadWriter:
+    """A Snowflake writer that stops between its MERGE and its COMMIT, holding the state table's
+    lock (``tests.warehouse.killed_writer``), SIGKILLed there; in a thread, so that the chaos
+    goes on meanwhile."""
+
+    def __init__(self, target: SnowflakeTarget, timeout_s: float = 90) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.thread = threading.Thread(target=self._run, name="dead-writer", daemon=True)
+        self.failure = ""
+
+    def start(self) -> str:
+        self.thread.start()
+        return "a writer is being SIGKILLed mid-transaction, holding the state table's lock"
+
+    def wait(self) -> str:
+        """Why it failed ('' when it held its lock and was killed)."""
+        if self.thread.ident is None:
+            return "the writer to kill mid-transaction was never started"
+        self.thread.join(self.timeout_s + 15)
+        return self.failure
+
+    def _run(self) -> None:
+        from tests.warehouse.killed_writer import HOLDING
+
+        target = self.target
+        dead = subprocess.Popen(
+            [sys.executable, "-m", "tests.warehouse.killed_writer", target.host,
+             str(target.port), target.database, *map(str, DEAD_WRITER_KEYS)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        timer = threading.Timer(self.timeout_s, dead.kill)
+        timer.start()
+        try:
+            line = dead.stdout.readline() if dead.stdout is not None else ""
+            dead.send_signal(signal.SIGKILL)
+            dead.wait(10)
+        finally:
+            timer.cancel()
+            if dead.poll() is None:
+                dead.kill()
+                dead.wait()
+        if not line.startswith(HOLDING):
+            self.failure = f"the writer to kill mid-transaction never held its lock: {line!r}"
+
+
+def run_chaos_on_snowflake(
+    bootstrap: str, workdir: Path, idle_abort_s: float = 4.0, lock_timeout_s: int = 1,
+    **sizes: Any,
+) -> ChaosResult:
+    """The chaos scenario on the Snowflake test double, started in ``workdir/fakesnow`` (it
+    aborts a dead transaction after ``idle_abort_s`` idle while it blocks another; Snowflake
+    after about 5 minutes), with one more kill: at half the events, a writer killed between its
+    MERGE and its COMMIT. The consumers' LOCK_TIMEOUT (``lock_timeout_s``) is shorter than
+    ``idle_abort_s``: they wait on that lock, fail with 000625 and retry, as they would on
+    Snowflake. No broker restart: the DuckDB run has it."""
+    from tests.warehouse.fakesnow_process import FAKESNOW_HOST, start_fakesnow, stop_fakesnow
+
+    server_dir = Path(workdir).resolve() / "fakesnow"
+    server_dir.mkdir(parents=True, exist_ok=True)
+    proc, port = start_fakesnow(server_dir, idle_abort_s)
+    try:
+        target = SnowflakeTarget(FAKESNOW_HOST, port, f"CHAOS_{uuid.uuid4().hex[:8].upper()}",
+                                 server_dir / "fakesnow.log", lock_timeout_s)
+        target.create_schema()
+        dead = DeadWriter(target)
+        result = run_chaos(
+            bootstrap, None, Path(workdir) / "run", **{**SNOWFLAKE_SIZES, **sizes},
+            target=target, at_half=dead.start,
+        )
+    finally:
+        stop_fakesnow(proc)
+    if failure := dead.wait():
+        raise ChaosError(failure)
+    return result

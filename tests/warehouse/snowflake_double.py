@@ -23,6 +23,9 @@ that is closed, or whose client died, keeps its open transaction forever. Snowfl
   than ROLLBACK) fails with error 000604, so that a live but idle client never commits half a
   transaction;
 - ``/session?delete`` rolls back the session's transaction and closes its DuckDB connection;
+- a temporary stage belongs to its session, as in Snowflake (fakesnow keeps one stage per name
+  for every session): the session's statements are sent on with its temporary stages renamed
+  ``<name>_S<n>``, so that two sessions' ``PUT``s of one file name do not overwrite each other;
 - a write conflict DuckDB still reports (two open transactions updating one row: what a write
   the locks do not cover would meet, or any write with ``--no-table-locks``) is answered as
   error 000625 instead of HTTP 500.
@@ -92,6 +95,8 @@ class Session:
     held: set[str] = field(default_factory=set)
     aborted: str = ""  # why its transaction was aborted; answered to its next statement
     closed: bool = False
+    number: int = 0
+    stages: set[str] = field(default_factory=set)  # its temporary stages
 
 
 @dataclass
@@ -121,6 +126,7 @@ class SnowflakeDouble:
         self.idle_abort_s = idle_abort_s
         self.table_locks = table_locks
         self.sessions: dict[str, Session] = {}
+        self.logins = 0
         self.owners: dict[str, str] = {}  # table -> token of the session holding its lock
         self.changed = asyncio.Condition()
         logging.getLogger("fakesnow.server").addFilter(_KeepLoggedExceptions())
@@ -153,7 +159,8 @@ class SnowflakeDouble:
             await forward(answer, send)
             return
         lock_timeout = float(params.get("LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S))
-        self.sessions[token] = Session(token, lock_timeout)
+        self.logins += 1
+        self.sessions[token] = Session(token, lock_timeout, number=self.logins)
         payload["data"]["masterToken"] = f"master-{token}"
         response = JSONResponse(payload, status_code=answer.status)
         await forward(Answer(answer.status, list(response.raw_headers),
@@ -165,7 +172,12 @@ class SnowflakeDouble:
         if session is None:  # fakesnow answers an unknown token
             await forward(await self.call_inner(scope, body), send)
             return
-        statement = parse(json_body(scope, body).get("sqlText", ""))
+        payload = json_body(scope, body)
+        sql = str(payload.get("sqlText", ""))
+        if (own := own_stages(session, sql)) != sql:
+            scope, body = with_json_body(scope, {**payload, "sqlText": own})
+            sql = own
+        statement = parse(sql)
         if session.aborted:
             if isinstance(statement, exp.Rollback):
                 session.aborted = ""
@@ -361,6 +373,35 @@ def json_body(scope: Scope, body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return loaded if isinstance(loaded, dict) else {}
+
+
+_TEMPORARY_STAGE = re.compile(
+    r'CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+STAGE\s+(?:IF\s+NOT\s+EXISTS\s+)?("[^"]+"|\w+)',
+    re.IGNORECASE,
+)
+
+
+def own_stages(session: Session, sql: str) -> str:
+    """``sql`` with the session's temporary stages renamed to its own (``<name>_S<n>``)."""
+    if (created := _TEMPORARY_STAGE.search(sql)) is not None:
+        name = created.group(1)
+        session.stages.add(name[1:-1] if name.startswith('"') else name.upper())
+    for stage in session.stages:
+        own = f"{stage}_S{session.number}"
+        sql = re.sub(rf'(@|STAGE\s+(?:IF\s+NOT\s+EXISTS\s+)?)"{re.escape(stage)}"',
+                     rf'\1"{own}"', sql, flags=re.IGNORECASE)
+        sql = re.sub(rf"(@|STAGE\s+(?:IF\s+NOT\s+EXISTS\s+)?){re.escape(stage)}\b",
+                     rf'\1"{own}"', sql, flags=re.IGNORECASE)
+    return sql
+
+
+def with_json_body(scope: Scope, payload: dict[str, Any]) -> tuple[Scope, bytes]:
+    """The request with ``payload`` as its (uncompressed) JSON body."""
+    body = json.dumps(payload).encode()
+    headers = [(k, v) for k, v in scope.get("headers", [])
+               if k not in (b"content-encoding", b"content-length")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return {**scope, "headers": headers}, body
 
 
 def token_of(scope: Scope) -> str:

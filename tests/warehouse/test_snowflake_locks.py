@@ -6,6 +6,7 @@ killed mid-transaction is in ``test_snowflake_e2e``."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -190,3 +191,26 @@ def test_a_write_conflict_is_a_lock_error_not_http_500(
     assert raised.value.errno == 625
     assert isinstance(translate(raised.value), WarehouseLockWait)
     assert rows(server, snowflake_database) == {0: "first"}
+
+
+def test_temporary_stages_belong_to_their_session(
+    server: tuple[str, int], snowflake_database: str
+) -> None:
+    """Two sessions put a file of the same name on their temporary stage of the same name:
+    each loads its own (fakesnow alone keeps one stage per name for every session)."""
+    loaded = {}
+    with session(server, snowflake_database) as one, session(server, snowflake_database) as two:
+        for con, value in ((one, "one"), (two, "two")):
+            con.cursor().execute('CREATE TEMPORARY STAGE IF NOT EXISTS "ST"')
+            con.cursor().execute('CREATE TEMPORARY TABLE "LOADED" (v VARCHAR)')
+            con.cursor().execute(
+                'PUT file://data.csv @"ST" AUTO_COMPRESS = FALSE OVERWRITE = TRUE',
+                file_stream=io.BytesIO(f"{value}\n".encode()),
+            )
+        for con, value in ((one, "one"), (two, "two")):
+            con.cursor().execute('COPY INTO "LOADED" FROM @"ST"/data.csv')
+            cur = con.cursor()
+            cur.execute('SELECT v FROM "LOADED"')
+            loaded[value] = [r[0] for r in cur.fetchall()]
+
+    assert loaded == {"one": ["one"], "two": ["two"]}
