@@ -232,10 +232,10 @@ def full_refresh(
         raise RefreshError(refusal)
     phases = progress or Progress("full refresh", plan.ranges, PHASES)
     rebuild_group = f"{plan.group}.full-refresh.{uuid.uuid4().hex[:8]}"
-    budget = settings.warehouse.retry_max_s
+    budget, lock_budget = settings.warehouse.retry_max_s, settings.warehouse.lock_wait_max_s
 
     def step(what: str, call: Callable[[], T]) -> T:
-        return retry_transient(call, budget, f"full refresh: {what}")
+        return retry_transient(call, budget, f"full refresh: {what}", lock_wait_max_s=lock_budget)
 
     with open_refresher(settings) as live:
         phases.phase("recover")
