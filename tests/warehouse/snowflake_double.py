@@ -27,8 +27,14 @@ that is closed, or whose client died, keeps its open transaction forever. Snowfl
   for every session): the session's statements are sent on with its temporary stages renamed
   ``<name>_S<n>``, so that two sessions' ``PUT``s of one file name do not overwrite each other;
 - a write conflict DuckDB still reports (two open transactions updating one row: what a write
-  the locks do not cover would meet, or any write with ``--no-table-locks``) is answered as
-  error 000625 instead of HTTP 500.
+  the locks do not cover would meet, or any write with ``--no-table-locks``; or a transaction
+  that began before a swap and wrote a swapped table by its old binding) is answered as error
+  000625 instead of HTTP 500;
+- ``ALTER TABLE a SWAP WITH b``, which fakesnow cannot parse, runs as Snowflake runs it: the
+  session's open transaction is committed first (DDL), the locks of both tables are taken, and
+  the two tables trade names in one DuckDB transaction (three renames). Both tables must exist
+  (error 002003), in one schema (the double's limit). DuckDB binds a view by name when it is
+  queried, so a view of the live name reads the table swapped in, as in Snowflake.
 
 Run it: ``python -m tests.warehouse.snowflake_double --host 127.0.0.1 --port N``; connect with
 ``host``, ``port`` and ``protocol="http"``. It logs one line per lock timeout, aborted transaction
@@ -46,6 +52,7 @@ import logging
 import re
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -56,6 +63,7 @@ import sqlglot
 import uvicorn
 from fakesnow.server import app as fakesnow_app
 from fakesnow.server import sessions as fakesnow_sessions
+from fakesnow.statement_type import statement_type_id
 from sqlglot import Expr, exp
 from sqlglot.errors import SqlglotError
 from starlette.responses import JSONResponse
@@ -71,6 +79,7 @@ log = logging.getLogger("snowflake_double")
 DEFAULT_LOCK_TIMEOUT_S = 43_200.0  # Snowflake's default LOCK_TIMEOUT
 WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Copy)
 _TOKEN = re.compile(r'Token="([^"]*)"')
+SUCCESS_SQL = "SELECT 'Statement executed successfully.' AS \"status\""
 
 # The exceptions fakesnow logs while answering the current request (it answers an unexpected one
 # with HTTP 500 and a message that does not name it).
@@ -115,7 +124,94 @@ def error_body(code: int, sqlstate: str, message: str) -> dict[str, Any]:
 
 
 def is_conflict(error: BaseException) -> bool:
-    return isinstance(error, duckdb.TransactionException) and "conflict" in str(error).lower()
+    """A write DuckDB refused because another transaction changed the table: a row both wrote,
+    or a table renamed (swapped) after this transaction bound its name."""
+    if not isinstance(error, duckdb.TransactionException):
+        return False
+    message = str(error).lower()
+    return "conflict" in message or "attempting to modify table" in message
+
+
+@dataclass(frozen=True, slots=True)
+class TableName:
+    """A table as DuckDB stores it under fakesnow: database (catalog), schema, name."""
+
+    database: str
+    schema: str
+    name: str
+
+    def lock(self) -> str:
+        return ".".join(p.upper() for p in (self.database, self.schema, self.name) if p)
+
+    def sql(self) -> str:
+        return ".".join(quoted(p) for p in (self.database, self.schema, self.name))
+
+
+class SwapFailed(Exception):
+    """A SWAP the double refuses, with the error Snowflake would answer."""
+
+    def __init__(self, code: int, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.sqlstate, self.message = code, sqlstate, message
+
+
+def quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def swapped_tables(statement: Expr | None) -> tuple[exp.Table, exp.Table] | None:
+    """The two tables of ``ALTER TABLE a SWAP WITH b``; None for any other statement."""
+    if not isinstance(statement, exp.Alter) or not isinstance(statement.this, exp.Table):
+        return None
+    actions = statement.args.get("actions") or []
+    if len(actions) != 1 or not isinstance(actions[0], exp.SwapTable):
+        return None
+    other = actions[0].this
+    return (statement.this, other) if isinstance(other, exp.Table) else None
+
+
+def stored(duck: Any, table: TableName) -> TableName | None:
+    """``table`` as the catalog spells it, or None if there is no such table (Snowflake's
+    names fold to upper case unquoted; DuckDB matches them without regard to case)."""
+    row = duck.execute(
+        "SELECT database_name, schema_name, table_name FROM duckdb_tables() "
+        "WHERE upper(database_name) = upper(?) AND upper(schema_name) = upper(?) "
+        "AND upper(table_name) = upper(?) AND NOT temporary",
+        [table.database, table.schema, table.name],
+    ).fetchone()
+    return TableName(*row) if row is not None else None
+
+
+def exchange(duck: Any, first: TableName, second: TableName, if_exists: bool) -> bool:
+    """``first`` and ``second`` trade names in one DuckDB transaction (the caller committed the
+    session's open one); False if there was nothing to swap; raises ``SwapFailed`` with what
+    Snowflake would answer."""
+    a, b = stored(duck, first), stored(duck, second)
+    for given, found in ((first, a), (second, b)):
+        if found is None and not (if_exists and given is first):
+            raise SwapFailed(2003, "42S02", "SQL compilation error:\nTable "
+                             f"'{given.lock()}' does not exist or not authorized.")
+    if a is None or b is None:  # ALTER TABLE IF EXISTS of a missing table: nothing to do
+        return False
+    if (a.database, a.schema) != (b.database, b.schema):
+        raise SwapFailed(2, "0A000", "Unsupported feature: the test double swaps two tables of "
+                         "one schema only.")
+    if a == b:
+        return False
+    interim = f"{a.name}__SWAP_{uuid.uuid4().hex[:8]}"
+    duck.begin()
+    try:
+        duck.execute(f"ALTER TABLE {a.sql()} RENAME TO {quoted(interim)}")
+        duck.execute(f"ALTER TABLE {b.sql()} RENAME TO {quoted(a.name)}")
+        duck.execute(f"ALTER TABLE {TableName(a.database, a.schema, interim).sql()} "
+                     f"RENAME TO {quoted(b.name)}")
+        duck.commit()
+    except duckdb.Error as err:
+        rollback(duck)
+        code, state = (625, "57014") if is_conflict(err) else (1003, "42000")
+        message = f"SWAP of '{a.lock()}' with '{b.lock()}' failed: {err}"
+        raise SwapFailed(code, state, message) from None
+    return True
 
 
 class SnowflakeDouble:
@@ -186,15 +282,12 @@ class SnowflakeDouble:
                 return
         session.running += 1
         try:
-            for table in self.written_tables(session, statement):
-                if not await self.acquire(session, table):
-                    log.info("lock wait timeout: session %s on %s", short(session.token), table)
-                    await answer_error(
-                        send, 625, "57014",
-                        f"Statement on table '{table}' was aborted because the lock wait timeout "
-                        f"of {session.lock_timeout_s:g} seconds was exceeded.",
-                    )
-                    return
+            if (tables := swapped_tables(statement)) is not None:
+                assert isinstance(statement, exp.Alter)
+                await self.swap(session, statement, tables, scope, payload, send)
+                return
+            if not await self.lock_all(session, self.written_tables(session, statement), send):
+                return
             logged: list[BaseException] = []
             reset = _logged.set(logged)
             try:
@@ -236,7 +329,55 @@ class SnowflakeDouble:
                     self.end(session, conn)
         await forward(answer, send)
 
+    async def swap(
+        self, session: Session, statement: exp.Alter, tables: tuple[exp.Table, exp.Table],
+        scope: Scope, payload: dict[str, Any], send: Send,
+    ) -> None:
+        """``ALTER TABLE a SWAP WITH b`` (module doc): commit the open transaction, take both
+        tables' locks, exchange the names; answered as Snowflake answers DDL."""
+        conn = fakesnow_sessions.get(session.token)
+        if conn is None:
+            await answer_error(send, 390111, "08001", "Session no longer exists.")
+            return
+        # DDL commits the session's open transaction first, which ends its locks.
+        await asyncio.to_thread(commit_open, conn)
+        async with self.changed:
+            self.release(session)
+        first, second = (self.qualified(session, t) for t in tables)
+        locks = sorted({first.lock(), second.lock()}) if self.table_locks else []
+        if not await self.lock_all(session, locks, send):
+            return
+        try:
+            swapped = await asyncio.to_thread(
+                exchange, conn._duck_conn, first, second, bool(statement.args.get("exists"))
+            )
+        except SwapFailed as err:
+            log.info("swap refused: session %s: %s", short(session.token), err.message)
+            await answer_error(send, err.code, err.sqlstate, err.message)
+            return
+        if swapped:
+            log.info("swapped %s with %s: session %s", first.lock(), second.lock(),
+                     short(session.token))
+        scope, body = with_json_body(scope, {**payload, "sqlText": SUCCESS_SQL})
+        answer = await self.call_inner(scope, body)
+        try:
+            done = json.loads(bytes(answer.body))
+            done["data"]["statementTypeId"] = statement_type_id(statement)
+        except (ValueError, KeyError, TypeError):
+            await forward(answer, send)
+            return
+        response = JSONResponse(done, status_code=answer.status)
+        await forward(Answer(answer.status, list(response.raw_headers),
+                             bytearray(response.body)), send)
+
     # -- locks ------------------------------------------------------------------------------
+
+    def qualified(self, session: Session, table: exp.Table) -> TableName:
+        """``table`` with the session's current database and schema where it names none."""
+        conn = fakesnow_sessions.get(session.token)
+        database = table.catalog or (conn.database if conn else "") or ""
+        schema = table.db or (conn.schema if conn else "") or ""
+        return TableName(database, schema, table.name)
 
     def written_tables(self, session: Session, statement: Expr | None) -> list[str]:
         """The table a DML statement writes, unless it is one of the session's temporary
@@ -249,10 +390,20 @@ class SnowflakeDouble:
             return []
         if not table.db and table.name.upper() in session.temporary:
             return []
-        conn = fakesnow_sessions.get(session.token)
-        database = table.catalog or (conn.database if conn else "") or ""
-        schema = table.db or (conn.schema if conn else "") or ""
-        return [".".join(p.upper() for p in (database, schema, table.name) if p)]
+        return [self.qualified(session, table).lock()]
+
+    async def lock_all(self, session: Session, tables: Sequence[str], send: Send) -> bool:
+        """Take each lock of ``tables``; False (error 000625 answered) when a wait timed out."""
+        for table in tables:
+            if not await self.acquire(session, table):
+                log.info("lock wait timeout: session %s on %s", short(session.token), table)
+                await answer_error(
+                    send, 625, "57014",
+                    f"Statement on table '{table}' was aborted because the lock wait timeout "
+                    f"of {session.lock_timeout_s:g} seconds was exceeded.",
+                )
+                return False
+        return True
 
     async def acquire(self, session: Session, table: str) -> bool:
         """Wait for ``table``'s lock up to the session's LOCK_TIMEOUT, aborting a holder that
@@ -346,6 +497,12 @@ class SnowflakeDouble:
 
         await self.inner(scope, replay, keep)
         return answer
+
+
+def commit_open(conn: Any) -> None:
+    """Commit the session's open transaction, as Snowflake does before a DDL statement."""
+    conn._duck_conn.commit()
+    conn._in_transaction = False
 
 
 def rollback(conn: Any) -> None:

@@ -150,7 +150,6 @@ class Harness:
     module: ModuleType
     examples: int
     new_writer: Callable[[TableNames], ContractWriter]
-    swap: bool = True
 
     def apply(self, events: Sequence[Event], invalid: Sequence[tuple[int, int]] = ()) -> Batch:
         batch = make_batch(events, invalid)
@@ -207,7 +206,7 @@ def duckdb_harness(path: Path) -> Harness:
     return Harness("duckdb", "duckdb", writer, faults, duckdb_writer, 25, new_writer)
 
 
-def snowflake_harness(config: Any, examples: int, swap: bool = True) -> Harness:
+def snowflake_harness(config: Any, examples: int) -> Harness:
     from warehouse import snowflake_writer
 
     def new_writer(names: TableNames, faults: FaultPlan | None = None) -> ContractWriter:
@@ -216,7 +215,7 @@ def snowflake_harness(config: Any, examples: int, swap: bool = True) -> Harness:
     faults = FaultPlan()
     writer = new_writer(names_in(config.database, config.schema_name, upper=True), faults)
     return Harness(
-        "snowflake", "snowflake", writer, faults, snowflake_writer, examples, new_writer, swap
+        "snowflake", "snowflake", writer, faults, snowflake_writer, examples, new_writer
     )
 
 
@@ -240,8 +239,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     else:
         host, port = request.getfixturevalue("fakesnow_server")
         database = request.getfixturevalue("snowflake_database")
-        # fakesnow has no ALTER TABLE ... SWAP WITH: the swap runs on DuckDB and real Snowflake.
-        h = snowflake_harness(fakesnow_config(host, port, database), examples=6, swap=False)
+        h = snowflake_harness(fakesnow_config(host, port, database), examples=6)
     h.writer.open()
     try:
         yield h
@@ -458,8 +456,6 @@ def test_level_merges_the_live_rows_outside_the_rebuilt_ranges(harness: Harness)
 
 
 def test_refresh_swaps_in_the_level_rebuild_and_catches_raced_writes(harness: Harness) -> None:
-    if not harness.swap:
-        pytest.skip("the test double cannot run this writer's swap (ALTER TABLE ... SWAP WITH)")
     live, rebuilt_events, rebuilt = rebuild_beside(harness)
     harness.writer.level(BUILT, into_live=False)
     raced = harness.apply([Event(6, T0 + 20, 0, 12, "INSERT", "raced")])  # after the leveling
