@@ -1,6 +1,7 @@
 """End to end on the Snowflake writer: real broker -> ``kyc-sync run --until-caught-up`` -> the
 real Snowflake connector over HTTP -> the Snowflake test double (fakesnow's server with
-Snowflake's locks) -> the expected rows; also after an instance was killed mid-transaction."""
+Snowflake's locks and SWAP WITH) -> the expected rows; also after an instance was killed
+mid-transaction, and through a full refresh beside a running instance and a producer."""
 
 from __future__ import annotations
 
@@ -8,14 +9,27 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
 import snowflake.connector
 
-from tests.integration.harness import Produced, cli_env, history, oracle, produce, run_cli
+from tests.integration.harness import (
+    Produced,
+    cli_env,
+    history,
+    oracle,
+    produce,
+    run_cli,
+    start_cli,
+)
+from tests.integration.test_online_ops import Writer, wait_caught_up
+from tests.integration.test_operations import log_match, ok, stop, wait_for
 from tests.warehouse.fakesnow_process import FAKESNOW_HOST, start_fakesnow, stop_fakesnow
 from tests.warehouse.killed_writer import HOLDING
 from tools.localkafka import create_topic
@@ -131,3 +145,74 @@ def test_run_after_an_instance_killed_mid_transaction(
     assert done.stderr.count("625 (57014)") >= 2, done.stderr
     assert took < 60, took
     assert current(slow_abort_server, snowflake_database) == oracle(produced)
+
+
+class Sampler:
+    """Reads the live profiles of the view every ``every_s`` in a thread, through the connector."""
+
+    def __init__(self, server: tuple[str, int], database: str, every_s: float = 0.1) -> None:
+        self.server, self.database, self.every_s = server, database, every_s
+        self.samples: list[set[int]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with snowflake.connector.connect(**connection(self.server, self.database)) as con:
+            cursor = con.cursor()
+            while not self.stopped.is_set():
+                cursor.execute('SELECT "KYC_PROFILE_ID" FROM "KYC"."KYC_PROFILE_CURRENT"')
+                self.samples.append({int(k) for (k,) in cursor.fetchall()})
+                self.stopped.wait(self.every_s)
+
+    def __enter__(self) -> Sampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+
+
+def test_full_refresh_beside_a_running_instance_and_a_producer(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path,
+    fakesnow_server: tuple[str, int], snowflake_database: str,
+) -> None:
+    """The rebuild is swapped in with ``ALTER TABLE ... SWAP WITH`` while an instance keeps
+    applying a producer's events: the view never misses a profile, the live group's writes
+    during the refresh are kept, and the table equals the stream after it."""
+    create_topic(kafka_bootstrap, topic_name, partitions=3)
+    produced = produce(kafka_bootstrap, topic_name, history(random.Random(13), 300, 60, 3))
+    env = snowflake_env(kafka_bootstrap, topic_name, tmp_path, fakesnow_server, snowflake_database,
+                        KYC_SYNC_REPLAY__BACKUP_DIR=str(tmp_path))
+    log = tmp_path / "live.log"
+    live = start_cli(env, "run", log=log)
+    try:
+        wait_for("an assignment", partial(log_match, log, r"assigned partitions \[\d"), 60)
+        wait_caught_up(kafka_bootstrap, topic_name, f"g-{topic_name}", 3)
+        stable = sorted(current(fakesnow_server, snowflake_database))
+        with Sampler(fakesnow_server, snowflake_database) as sampler, Writer(
+                kafka_bootstrap, topic_name, stable, produced) as writer:
+            wait_for("the writer", lambda: writer.count > 50 or None)
+            started = datetime.now(UTC).replace(tzinfo=None)
+            done = ok(run_cli(env, "replay", "--full-refresh", "--execute", timeout=300))
+            ended = datetime.now(UTC).replace(tzinfo=None)
+            time.sleep(1)  # a few writes after the swap too
+        wait_caught_up(kafka_bootstrap, topic_name, f"g-{topic_name}", 3)
+    finally:
+        stop(live, log)
+
+    assert "swapped in" in done.stdout
+    with snowflake.connector.connect(**connection(fakesnow_server, snowflake_database)) as con:
+        cursor = con.cursor()
+        cursor.execute('SELECT "COMMITTED_AT" FROM "KYC"."KYC_SYNC_LEDGER" '
+                       'WHERE "CONSUMER_GROUP" = %s', (f"g-{topic_name}",))
+        committed = [at for (at,) in cursor.fetchall()]
+        cursor.execute("SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES "
+                       "WHERE TABLE_SCHEMA = 'KYC' AND TABLE_TYPE = 'BASE TABLE'")
+        tables = {name for (name,) in cursor.fetchall()}
+    assert any(started <= at <= ended for at in committed)  # the live group kept applying
+    assert len(sampler.samples) > 10
+    missing = [sorted(set(stable) - s)[:5] for s in sampler.samples if not set(stable) <= s]
+    assert missing == []  # never empty, never without a profile live before and after
+    assert current(fakesnow_server, snowflake_database) == oracle(produced)
+    assert tables == {"KYC_PROFILE_STATE", "KYC_SYNC_LEDGER"}
