@@ -16,7 +16,9 @@ from warehouse.tables import TableNames
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One reduced window, ready to write. ``rows`` has one row per key (``STATE_COLUMNS``)."""
+    """One reduced window, ready to write. ``rows`` has one row per key (``STATE_COLUMNS``);
+    ``history``, with history on, one row per distinct (key, version) of the window (the same
+    columns; the winners among them)."""
 
     batch_id: str
     topic: str
@@ -27,6 +29,7 @@ class Batch:
     invalid_events: int
     started_at: datetime
     decode_ms: int = 0
+    history: pa.Table | None = None
 
     def offsets_json(self) -> str:
         return json.dumps(

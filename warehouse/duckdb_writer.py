@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from batcher.ranges import PartitionRange
+from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultPlan
@@ -28,7 +30,7 @@ from warehouse.sql import (
     insert_new_sql,
     ledger_insert_sql,
 )
-from warehouse.staging import assert_unique_keys
+from warehouse.staging import assert_unique_keys, history_of
 from warehouse.swap import (
     Statement,
     discard_statements,
@@ -40,8 +42,12 @@ from warehouse.swap import (
 from warehouse.tables import TableNames, ddl
 
 STAGED = "kyc_sync_staged"
+STAGED_HISTORY = "kyc_sync_staged_history"
 APPLY_SLICE_ROWS = 250_000
 """Staged rows written per statement group; bounds the memory of the hash joins of a flush."""
+HISTORY_SLICE_ROWS = 1_000_000
+"""Staged versions added to history per statement pair: each pair reads the history rows of its
+keys once, so fewer, larger slices; any slicing gives the same table."""
 
 
 @contextmanager
@@ -115,13 +121,19 @@ class DuckDBWarehouse:
                 con.execute(statement)
         finally:
             self._release(con)
+        if self.names.history is not None:
+            self._statements([(sql, ()) for sql in history_sql.seed_statements(
+                self.names.history, self.names.state, "duckdb")])
 
     @translated()
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
+        versions = history_of(batch, self.names)
         started = time.perf_counter()
         with self._transaction() as con:
             result = self._write(con, batch)
+            if versions is not None:
+                self._write_history(con, versions)
             self.faults("after_merge")
             write_ms = int((time.perf_counter() - started) * 1000)
             con.execute(
@@ -154,6 +166,17 @@ class DuckDBWarehouse:
             inserted=int(inserted), updated=int(updated), deleted=int(deleted),
             skipped_stale=int(stale), min_op_time=min_t, max_op_time=max_t, write_s=0.0,
         )
+
+    def _write_history(self, con: duckdb.DuckDBPyConnection, versions: pa.Table) -> None:
+        """New versions into the history table, then the intervals of their keys; by slices
+        (a key split over two slices is recomputed twice, from the whole table: still right)."""
+        assert self.names.history is not None
+        statements = history_sql.flush_statements(self.names.history, STAGED_HISTORY, "duckdb")
+        for start in range(0, versions.num_rows, HISTORY_SLICE_ROWS):
+            con.register(STAGED_HISTORY, versions.slice(start, HISTORY_SLICE_ROWS))
+            for statement in statements:
+                con.execute(statement)
+            con.unregister(STAGED_HISTORY)
 
     # -- operations: read-only queries and the full-refresh swap ------------------------------
 

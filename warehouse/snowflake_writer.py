@@ -15,6 +15,11 @@ stage. Per flush (``apply``) it issues, in order:
 6. ``INSERT INTO`` the ledger, values bound (``sql.ledger_insert_sql``);
 7. ``COMMIT``.
 
+With history on, the window's distinct versions travel the same way into a second temporary
+table (``"KYC_SYNC_STAGED_HISTORY"``, created before the first COPY: DDL would commit the open
+transaction) and, right after the MERGE, are added to the history table with their intervals
+(``history_sql.flush_statements``).
+
 Any error rolls the transaction back, closes the session (the next flush opens a fresh one) and
 is raised as ``TransientWarehouseError`` or ``TerminalWarehouseError`` (``snowflake_errors``).
 When the reply to the COMMIT itself is lost, the transaction may have committed: the retry of
@@ -59,6 +64,7 @@ from snowflake.connector.cursor import SnowflakeCursor
 
 from batcher.ranges import PartitionRange
 from schemas.columns import Column
+from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.faults import FaultPlan
@@ -66,7 +72,7 @@ from warehouse.identifiers import Ident, QualifiedName
 from warehouse.snowflake_errors import translated
 from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
-from warehouse.staging import assert_unique_keys
+from warehouse.staging import assert_unique_keys, history_of
 from warehouse.swap import (
     Statement,
     discard_statements,
@@ -85,6 +91,9 @@ session's current schema)."""
 STAGE = Ident("kyc_sync_stage", upper=True)
 """The session's temporary stage the batch file is uploaded to."""
 STAGED_FILE = "batch.parquet"
+STAGED_HISTORY = Ident("kyc_sync_staged_history", upper=True)
+"""The session's temporary table holding the window's versions, with history on."""
+HISTORY_FILE = "history.parquet"
 
 
 # -- SQL of the session and the staging steps (the MERGE, classification and ledger SQL are
@@ -99,15 +108,15 @@ def create_stage_sql() -> str:
     return f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE.sql()} FILE_FORMAT = (TYPE = PARQUET)"
 
 
-def create_staged_sql() -> str:
+def create_staged_sql(table: Ident = STAGED) -> str:
     return (
-        f"CREATE OR REPLACE TEMPORARY TABLE {STAGED.sql()} (\n"
+        f"CREATE OR REPLACE TEMPORARY TABLE {table.sql()} (\n"
         f"{column_list(STATE_COLUMNS, 'snowflake')}\n)"
     )
 
 
-def put_sql() -> str:
-    return f"PUT file://{STAGED_FILE} @{STAGE.sql()} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
+def put_sql(file: str = STAGED_FILE) -> str:
+    return f"PUT file://{file} @{STAGE.sql()} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
 
 
 def _staged_value(column: Column) -> str:
@@ -117,14 +126,14 @@ def _staged_value(column: Column) -> str:
     return f"{ref}::{sql_type(column, 'snowflake')}"
 
 
-def copy_sql() -> str:
+def copy_sql(table: Ident = STAGED, file: str = STAGED_FILE) -> str:
     """Load the uploaded file into the staged table, typed column by column. ``NULL_IF = ()``:
     a text value is never turned into NULL (the default would turn ``\\N`` into NULL)."""
     cols = ", ".join(col(c.name, "snowflake") for c in STATE_COLUMNS)
     values = ",\n  ".join(_staged_value(c) for c in STATE_COLUMNS)
     return (
-        f"COPY INTO {STAGED.sql()} ({cols})\n"
-        f"FROM (SELECT\n  {values}\nFROM @{STAGE.sql()}/{STAGED_FILE})\n"
+        f"COPY INTO {table.sql()} ({cols})\n"
+        f"FROM (SELECT\n  {values}\nFROM @{STAGE.sql()}/{file})\n"
         "FILE_FORMAT = (TYPE = PARQUET NULL_IF = ())\n"
         "ON_ERROR = ABORT_STATEMENT\n"
         "FORCE = TRUE\n"
@@ -223,12 +232,18 @@ class SnowflakeWarehouse:
     # -- the Warehouse protocol --------------------------------------------------------------
 
     def open(self) -> None:
-        self._statements(ddl(self.names, "snowflake"))
+        """DDL (each statement commits on its own), then, with history on, the seeding of
+        history from the state table in one transaction."""
+        seed = [] if self.names.history is None else history_sql.seed_statements(
+            self.names.history, self.names.state, "snowflake")
+        self._statements(ddl(self.names, "snowflake") + seed)
 
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
+        versions = history_of(batch, self.names)
         started = time.perf_counter()
         payload = parquet_payload(batch.rows)
+        history = None if versions is None else parquet_payload(versions)
         committing = False
         try:
             with self._work() as conn:
@@ -237,7 +252,7 @@ class SnowflakeWarehouse:
                     return replace(done, write_s=time.perf_counter() - started)
                 self._uncertain = None
                 with conn.cursor() as cur:
-                    result = self._write(cur, batch, payload, started)
+                    result = self._write(cur, batch, payload, history, started)
                 committing = True
                 conn.commit()
         except BaseException:
@@ -249,18 +264,21 @@ class SnowflakeWarehouse:
         return replace(result, write_s=time.perf_counter() - started)
 
     def _write(
-        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, started: float
+        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, history: bytes | None,
+        started: float,
     ) -> ApplyResult:
-        """Statements 1-6 of the module doc; the caller commits."""
+        """Statements 1-6 of the module doc (and the history's); the caller commits."""
         state, staged = self.names.state, STAGED.sql()
         cur.execute(create_staged_sql())
+        if history is not None:
+            cur.execute(create_staged_sql(STAGED_HISTORY))
         cur.execute(put_sql(), file_stream=io.BytesIO(payload))
-        cur.execute(copy_sql())
-        loaded = _rows_loaded(cur.description, cur.fetchall())
-        if loaded != batch.rows.num_rows:
-            raise TerminalWarehouseError(
-                f"COPY loaded {loaded} of the batch's {batch.rows.num_rows} rows"
-            )
+        if history is not None:
+            cur.execute(put_sql(HISTORY_FILE), file_stream=io.BytesIO(history))
+        self._copy(cur, STAGED, STAGED_FILE, batch.rows.num_rows, "rows")
+        if history is not None:
+            assert batch.history is not None
+            self._copy(cur, STAGED_HISTORY, HISTORY_FILE, batch.history.num_rows, "versions")
         cur.execute(classify_sql(state, staged, "snowflake"))
         classified = _result(cur.fetchone())
         cur.execute(merge_sql(state, staged, "snowflake"))
@@ -271,6 +289,11 @@ class SnowflakeWarehouse:
                 f"the MERGE changed {merged_rows} rows where {classified.applied} were "
                 "classified: another writer changed the state table in between; retrying"
             )
+        if history is not None:
+            assert self.names.history is not None
+            for statement in history_sql.flush_statements(
+                    self.names.history, STAGED_HISTORY.sql(), "snowflake"):
+                cur.execute(statement)
         self.faults("after_merge")
         write_ms = int((time.perf_counter() - started) * 1000)
         cur.execute(
@@ -278,6 +301,13 @@ class SnowflakeWarehouse:
             ledger_row(batch, classified, utcnow(), write_ms),
         )
         return classified
+
+    @staticmethod
+    def _copy(cur: SnowflakeCursor, table: Ident, file: str, expected: int, what: str) -> None:
+        cur.execute(copy_sql(table, file))
+        loaded = _rows_loaded(cur.description, cur.fetchall())
+        if loaded != expected:
+            raise TerminalWarehouseError(f"COPY loaded {loaded} of the batch's {expected} {what}")
 
     def _recorded(self, conn: SnowflakeConnection, batch: Batch) -> ApplyResult | None:
         """What the ledger recorded for ``batch``, if an earlier attempt committed it."""

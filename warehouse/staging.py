@@ -1,4 +1,7 @@
-"""Build the staged Arrow table of a batch: one row per winning event, ``STATE_COLUMNS``."""
+"""Build the staged Arrow table of a batch: one row per winning event, ``STATE_COLUMNS``.
+
+With history on, the window's distinct versions are staged the same way (same columns), one row
+per (key, version)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.columns import BUSINESS_COLUMNS, ColumnType
+from warehouse.base import Batch
 from warehouse.errors import TerminalWarehouseError
-from warehouse.tables import STATE_COLUMNS
+from warehouse.tables import STATE_COLUMNS, TableNames
 
 ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     "int": pa.int32(),
@@ -29,6 +33,30 @@ def assert_unique_keys(rows: pa.Table) -> None:
         raise TerminalWarehouseError(
             f"staged batch has {rows.num_rows} rows but {distinct} distinct keys"
         )
+
+
+def assert_unique_versions(rows: pa.Table) -> None:
+    """The staged history holds each (key, version) once; the reducer guarantees it."""
+    versions = rows.select(["kyc_profile_id", "op_time", "src_partition", "src_offset"])
+    distinct = versions.group_by(versions.column_names).aggregate([]).num_rows
+    if distinct != rows.num_rows:
+        raise TerminalWarehouseError(
+            f"staged history has {rows.num_rows} rows but {distinct} distinct versions"
+        )
+
+
+def history_of(batch: Batch, names: TableNames) -> pa.Table | None:
+    """The versions a writer adds to its history table: None when history is off; checked to be
+    distinct. History on and a batch without its versions is a programming error: refused, so
+    that history never silently misses versions."""
+    if names.history is None:
+        return None
+    if batch.history is None:
+        raise TerminalWarehouseError(
+            f"history is on ({names.history.sql()}) but batch {batch.batch_id} carries no versions"
+        )
+    assert_unique_versions(batch.history)
+    return batch.history
 
 
 def stage_frame(rows: pl.DataFrame, batch_id: str, synced_at_us: int) -> pa.Table:

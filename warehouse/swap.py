@@ -19,7 +19,9 @@ the topic, while the live instances keep writing to the live tables. Then:
    adds nothing), the swapped-out objects are dropped.
 
 The tables a refresh exchanges are a list (``swap_tables``), each with the statements that bring
-one of its copies level with the other, so that further derived tables can join it.
+one of its copies level with the other, so that further derived tables can join it. With
+profile history on, the history table is one of them: its copies are brought level by adding the
+versions one lacks and recomputing the intervals of their profiles (``history_sql``).
 Statements that take parameters come as ``(sql, params)``; values are bound, never formatted in.
 """
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from batcher.ranges import PartitionRange
 from schemas.columns import Column
+from warehouse import history_sql
 from warehouse.identifiers import Ident, QualifiedName
 from warehouse.sql import delete_superseded_sql, insert_new_sql, merge_sql
 from warehouse.tables import (
@@ -48,7 +51,8 @@ EXCHANGE_SUFFIX = "__exchange"
 
 Statement = tuple[str, tuple[object, ...]]
 Level = Callable[[QualifiedName, str, Dialect], list[str]]
-"""Statements merging the rows of a relation (SQL text, used once per statement) into a table."""
+"""Statements merging the rows of a relation (SQL text) into a table. A statement may read the
+relation more than once; its parameters are bound at each place."""
 
 
 def _renamed(name: QualifiedName, suffix: str) -> QualifiedName:
@@ -62,6 +66,7 @@ def rebuild_names(live: TableNames, suffix: str = REBUILD_SUFFIX) -> TableNames:
         state=_renamed(live.state, suffix),
         current=_renamed(live.current, suffix),
         ledger=_renamed(live.ledger, suffix),
+        history=None if live.history is None else _renamed(live.history, suffix),
     )
 
 
@@ -88,7 +93,11 @@ def swap_tables(live: TableNames) -> tuple[SwapTable, ...]:
     if live.state.parts[:-1] != live.ledger.parts[:-1]:
         raise ValueError("the state table and the ledger must share one schema")
     rebuild = rebuild_names(live)
-    return (SwapTable(live.state, rebuild.state, STATE_COLUMNS, guarded_upsert),)
+    tables = [SwapTable(live.state, rebuild.state, STATE_COLUMNS, guarded_upsert)]
+    if live.history is not None and rebuild.history is not None:
+        tables.append(SwapTable(live.history, rebuild.history, STATE_COLUMNS,
+                                history_sql.flush_statements))
+    return tuple(tables)
 
 
 def outside_sql(
@@ -117,7 +126,8 @@ def level_statements(
     for table in swap_tables(live):
         target, source = (table.live, table.rebuild) if into_live else (table.rebuild, table.live)
         relation, params = outside_sql(source, table.columns, built, dialect)
-        found += [(sql, params) for sql in table.level(target, relation, dialect)]
+        found += [(sql, params * sql.count(relation))
+                  for sql in table.level(target, relation, dialect)]
     return found
 
 

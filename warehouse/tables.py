@@ -5,6 +5,8 @@
   or late INSERT older than the DELETE can never bring the profile back.
 - ``<table>`` (``kyc_profile_current``): a view of the live profiles only.
 - ``<ledger>`` (``kyc_sync_ledger``): one row per applied batch, written in the batch's transaction.
+- ``<history>`` (``kyc_profile_history``, only with ``history.enabled``): one row per distinct
+  version of each profile, with the interval it was valid in (``HISTORY_COLUMNS``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,26 @@ BOOKKEEPING_COLUMNS: tuple[Column, ...] = (
 STATE_COLUMNS: tuple[Column, ...] = BUSINESS_COLUMNS + VERSION_COLUMNS + BOOKKEEPING_COLUMNS
 """Columns of the state table and, in the same order, of every staged batch."""
 
+PER_WRITE_COLUMNS: frozenset[str] = frozenset({"batch_id", "synced_at"})
+"""State columns that say which write put a row there, not what the row holds."""
+
+INTERVAL_COLUMNS: tuple[Column, ...] = (
+    Column("valid_from", "timestamp", nullable=False),
+    Column("valid_to", "timestamp"),
+    Column("is_current", "bool", nullable=False),
+)
+"""What the history table adds to a version: valid from its op_time until the next version's
+(NULL while it is the latest: ``is_current``)."""
+
+
+def history_columns(state: tuple[Column, ...] = STATE_COLUMNS) -> tuple[Column, ...]:
+    """The history table's columns: the state table's, whatever they are, then the interval.
+    Derived, never listed twice, so that history follows the state table's columns."""
+    return state + INTERVAL_COLUMNS
+
+
+HISTORY_COLUMNS: tuple[Column, ...] = history_columns()
+
 VIEW_COLUMNS: tuple[str, ...] = (*(c.name for c in BUSINESS_COLUMNS), "op_time", "synced_at")
 
 LEDGER_COLUMNS: tuple[Column, ...] = (
@@ -74,6 +96,8 @@ class TableNames:
     state: QualifiedName
     current: QualifiedName
     ledger: QualifiedName
+    history: QualifiedName | None = None
+    """The history table; None when history is off (nothing of it is created or written)."""
 
 
 def column_list(columns: tuple[Column, ...], dialect: Dialect) -> str:
@@ -115,8 +139,11 @@ def create_view_sql(names: TableNames, dialect: Dialect) -> str:
 
 def ddl(names: TableNames, dialect: Dialect) -> list[str]:
     """Statements that create every object if missing; safe to run on every start."""
-    return [
+    statements = [
         create_table_sql(names.state, STATE_COLUMNS, dialect),
         create_table_sql(names.ledger, LEDGER_COLUMNS, dialect),
         create_view_sql(names, dialect),
     ]
+    if names.history is not None:
+        statements.append(create_table_sql(names.history, HISTORY_COLUMNS, dialect))
+    return statements

@@ -217,6 +217,8 @@ def rebuild_settings(settings: Settings, rebuild_group: str) -> Settings:
             "state_table": wh.state_table + REBUILD_SUFFIX,
             "ledger_table": wh.ledger_table + REBUILD_SUFFIX,
         }),
+        "history": settings.history.model_copy(
+            update={"table": settings.history.table + REBUILD_SUFFIX}),
     })
 
 

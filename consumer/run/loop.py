@@ -71,6 +71,8 @@ class LoopOptions:
     bounds: tuple[PartitionRange, ...] | None = None
     """Read exactly these ranges (``first`` .. ``next_offset - 1``) with an assigned consumer,
     commit nothing, stop when each is read. None: join the group and consume."""
+    history: bool = False
+    """Keep every distinct version of the window and stage them for the history table."""
 
     @property
     def stops(self) -> dict[int, int] | None:
@@ -111,7 +113,7 @@ class SyncLoop:
         self.warehouse = warehouse
         self.dead_letters = dead_letters
         self.window = Window(policy, clock)
-        self.reducer = Reducer()
+        self.reducer = Reducer(keep_versions=options.history)
         self.observer = observer or Observer()
         self.partitions = Partitions(options.topic, options.consume_batch)
         self.stopping = False
@@ -376,7 +378,7 @@ class SyncLoop:
             self.window.reset()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch = self.stage(window, decode_s)
-        return Drained(replace(window, rows=None), batch, decode_s)
+        return Drained(replace(window, rows=None, versions=None), batch, decode_s)
 
     def _report(
         self, reason: FlushReason, drained: Drained, result: ApplyResult | None, started: float
@@ -418,16 +420,19 @@ class SyncLoop:
             return None
         now = datetime.now(UTC).replace(tzinfo=None)
         batch_id = uuid.uuid4().hex
+        synced_at = _utc_micros(now)
         return Batch(
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=stage_frame(window.rows, batch_id, _utc_micros(now)),
+            rows=stage_frame(window.rows, batch_id, synced_at),
             ranges=window.ranges,
             events_in=window.events,
             invalid_events=window.invalid,
             started_at=now,
             decode_ms=int(decode_s * 1000),
+            history=None if window.versions is None
+            else stage_frame(window.versions, batch_id, synced_at),
         )
 
     def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:

@@ -4,10 +4,11 @@ real broker, and everything that can go wrong going wrong while events keep arri
 ``run_chaos`` does, in order:
 
 1. creates the topic and starts ``consumers`` processes (1 s window, small ``max_events``,
-   injected transient warehouse faults, a 6 s session timeout so that a killed member's
-   partitions move on quickly, metrics on a free port); ``static_members`` of them run with a
-   ``group.instance.id`` (static membership: a restarted incarnation takes its predecessor's
-   place without a rebalance), the others as dynamic members;
+   profile history on (``history``), injected transient warehouse faults, a 6 s session
+   timeout so that a killed member's partitions move on quickly, metrics on a free port);
+   ``static_members`` of them run with a ``group.instance.id`` (static membership: a restarted
+   incarnation takes its predecessor's place without a rebalance), the others as dynamic
+   members;
 2. produces in a background thread, a steady stream (1 500 events/s by default) for the whole
    chaos phase, with one idempotent producer that records the (partition, offset) of every
    delivery. ``Planner`` plans (and Avro-encodes) each chunk just before it is produced:
@@ -26,8 +27,9 @@ real broker, and everything that can go wrong going wrong while events keep arri
    until the group is empty, then runs one ``kyc-sync run --until-caught-up`` so that everything
    left is applied and committed;
 5. compares the warehouse with the oracle (``harness.oracle`` over the delivered valid events,
-   duplicates included at their own positions), the dead-letter topic with the poison
-   positions, and the group's committed offsets with the end of the topic.
+   duplicates included at their own positions; with history on, also the history table with
+   ``harness.history_oracle``: every distinct version, its interval), the dead-letter topic with
+   the poison positions, and the group's committed offsets with the end of the topic.
 
 Each consumer incarnation logs to ``<workdir>/logs/c<slot>.<incarnation>.log``; the final
 catch-up run to ``final.log``.
@@ -65,6 +67,7 @@ from tests.integration.harness import (
     Produced,
     cli_env,
     committed,
+    history_oracle,
     oracle,
     start_cli,
 )
@@ -476,9 +479,20 @@ class Comparison:
     ahead: int
     diff: int
     examples: tuple[str, ...]
+    history_diff: int = 0
 
 
-def compare(target: Target, produced: Produced) -> Comparison:
+def compare_history(target: Target, produced: Produced) -> tuple[int, list[str]]:
+    """Keys whose history rows (versions, values, intervals) differ from the oracle's."""
+    expected = history_oracle(produced)
+    table = target.read_history()
+    keys = sorted(k for k in expected.keys() | table.keys() if expected.get(k) != table.get(k))
+    examples = [f"history key={k} oracle={expected.get(k)} table={table.get(k)}"
+                for k in keys[:5]]
+    return len(keys), examples
+
+
+def compare(target: Target, produced: Produced, history: bool = False) -> Comparison:
     """The table against the oracle.
 
     lost: keys whose latest event (live or DELETE) is not what the state table holds (missing,
@@ -519,7 +533,11 @@ def compare(target: Target, produced: Produced) -> Comparison:
             note("ahead", key)
     keys = expected.keys() | table.keys()
     diff = sum(1 for k in keys if expected.get(k) != table.get(k))
-    return Comparison(lost, stale, resurrected, ahead, diff, tuple(examples))
+    history_diff = 0
+    if history:
+        history_diff, found = compare_history(target, produced)
+        examples += found
+    return Comparison(lost, stale, resurrected, ahead, diff, tuple(examples), history_diff)
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -631,6 +649,8 @@ class ChaosResult:
     resurrected: int
     ahead: int
     diff: int
+    history: bool  # the consumers kept the history table
+    history_diff: int  # keys whose history differs from the oracle's
     uncommitted: int  # messages between the group's committed offsets and the end, at the end
     unreported: int  # messages on the topic without a delivery report (the oracle lacks them)
     final_exit: int
@@ -648,7 +668,7 @@ class ChaosResult:
     def clean(self) -> bool:
         return (
             self.lost == self.stale == self.diff == self.resurrected == self.ahead == 0
-            and self.dlq == self.poison and self.dlq_unexpected == 0
+            and self.history_diff == 0 and self.dlq == self.poison and self.dlq_unexpected == 0
             and self.uncommitted == 0 and self.unreported == 0 and self.final_exit == 0
             and not self.crashes and not self.hangs
         )
@@ -660,6 +680,7 @@ class ChaosResult:
             f"broker_restarts={self.broker_restarts} warehouse_faults={self.warehouse_faults} "
             f"poison={self.poison} dlq={self.dlq} lost={self.lost} stale={self.stale} "
             f"diff={self.diff}"
+            + (f" history_diff={self.history_diff}" if self.history else " history=off")
         )
 
     def details(self) -> str:
@@ -692,7 +713,7 @@ def _stderr(message: str) -> None:
 
 def consumer_env(
     bootstrap: str, topic: str, target: Target, workdir: Path, group: str, fault_times: int,
-    fault_probability: float, max_events: int, consume_batch: int,
+    fault_probability: float, max_events: int, consume_batch: int, history: bool = True,
 ) -> dict[str, str]:
     return cli_env(
         bootstrap, topic, workdir / "kyc.duckdb", group,
@@ -708,6 +729,7 @@ def consumer_env(
         KYC_SYNC_FAULTS__PROBABILITY=str(fault_probability),
         KYC_SYNC_METRICS__PORT="0",  # several processes on one host
         KYC_SYNC_LOG_LEVEL="INFO",
+        KYC_SYNC_HISTORY__ENABLED="true" if history else "false",
     )
 
 
@@ -734,6 +756,7 @@ def run_chaos(
     max_events: int = 2_000,
     consume_batch: int = 500,
     static_members: int = 1,
+    history: bool = True,
     topic: str | None = None,
     say: Say = _stderr,
     target: Target | None = None,
@@ -774,7 +797,7 @@ def run_chaos(
 
     create_topic(bootstrap, topic, partitions)
     env = consumer_env(bootstrap, topic, warehouse, workdir, group, fault_times,
-                       fault_probability, max_events, consume_batch)
+                       fault_probability, max_events, consume_batch, history)
     fleet = Fleet(env, logs, seed, static=frozenset(range(consumers - static_members, consumers)))
     pace = produce_seconds if produce_seconds is not None else max(30.0, events / 1_500)
     planner = Planner(profiles, partitions, seed, poison_rate, duplicate_rate)
@@ -891,7 +914,7 @@ def run_chaos(
     delivered = len(valid.events) + len(poison_positions)
     dlq_raw, dlq_positions, classes = read_dead_letters(bootstrap, f"{topic}.dlq")
     poison_set = set(poison_positions)
-    comparison = compare(warehouse, valid)
+    comparison = compare(warehouse, valid, history)
     faults, signs = count_in_logs(fleet.all_logs)
     signs.update(warehouse.signs())
     notes.append("dead-letter classes: "
@@ -922,6 +945,8 @@ def run_chaos(
         resurrected=comparison.resurrected,
         ahead=comparison.ahead,
         diff=comparison.diff,
+        history=history,
+        history_diff=comparison.history_diff,
         uncommitted=uncommitted,
         unreported=sum(ends.values()) - delivered,
         final_exit=final_exit,
@@ -1023,7 +1048,8 @@ def run_chaos_on_snowflake(
         target.create_schema()
         dead = DeadWriter(target)
         result = run_chaos(
-            bootstrap, None, Path(workdir) / "run", **{**SNOWFLAKE_SIZES, **sizes},
+            bootstrap, None, Path(workdir) / "run",
+            **{**SNOWFLAKE_SIZES, "history": False, **sizes},
             target=target, at_half=dead.start,
         )
     finally:
