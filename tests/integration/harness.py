@@ -17,7 +17,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
 from tests.oracles.history import build_history
-from tests.oracles.reducer import Version
 
 BASE_US = 1_700_000_000_000_000
 FIELDS = ("goldtier_id", "cid", "party_id", "created_date", "updated_date")
@@ -149,12 +148,12 @@ def read_history(db_path: Path) -> dict[int, list[HistoryRow]]:
 def history_oracle(produced: Produced) -> dict[int, list[HistoryRow]]:
     """The history table after every event applied once (``tests.oracles.history``)."""
     built = build_history(
-        (e.kyc_profile_id, Version(e.op_time, p, o), e.op_type, e.goldtier_id)
+        (e.kyc_profile_id, e.op_time, p, o, e.op_type, e.goldtier_id)
         for e, p, o in produced.events
     )
     return {
-        key: [((i.version.op_time, i.version.partition, i.version.offset), i.payload,
-               i.is_deleted, i.valid_from, i.valid_to, i.is_current) for i in intervals]
+        key: [((i.op_time, i.partition, i.offset), i.payload, i.op_type == "DELETE", i.op_time,
+               i.valid_to, i.valid_to is None) for i in intervals]
         for key, intervals in built.items()
     }
 

@@ -3,34 +3,44 @@
 Per key, its distinct events (one per version: a redelivery is the same version) sorted by
 (op_time, partition, offset); each is valid from its op_time until the next one's (open for the
 last, the current one). A DELETE is a version too, flagged deleted. No reducer, no SQL.
+
+Intervals are named tuples and events plain tuples: the chaos run builds this oracle over
+hundreds of thousands of events.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from operator import itemgetter
+from typing import Generic, NamedTuple, TypeVar
 
 from tests.oracles.reducer import Version
 
 P = TypeVar("P")
 
+HistoryEvent = tuple[int, int, int, int, str, P]
+"""(key, op_time, partition, offset, op_type, payload); op_time in microseconds."""
 
-@dataclass(frozen=True, slots=True)
-class Interval(Generic[P]):
+
+class Interval(NamedTuple, Generic[P]):
     """One row of the history table."""
 
     key: int
-    version: Version
+    op_time: int
+    partition: int
+    offset: int
     op_type: str
     payload: P
     valid_to: int | None
     """The next version's op_time (microseconds); None for the current version."""
 
     @property
+    def version(self) -> Version:
+        return Version(self.op_time, self.partition, self.offset)
+
+    @property
     def valid_from(self) -> int:
-        return self.version.op_time
+        return self.op_time
 
     @property
     def is_current(self) -> bool:
@@ -42,27 +52,25 @@ class Interval(Generic[P]):
 
     def live_at(self, moment: int) -> bool:
         """A live version of the profile at ``moment``: [valid_from, valid_to), not deleted."""
-        return (not self.is_deleted and self.valid_from <= moment
+        return (not self.is_deleted and self.op_time <= moment
                 and (self.valid_to is None or moment < self.valid_to))
 
 
-def build_history(
-    events: Iterable[tuple[int, Version, str, P]],
-) -> dict[int, tuple[Interval[P], ...]]:
-    """``events``: (key, version, op_type, payload), in any order, duplicates allowed (the first
-    one of a version is kept). Per key its intervals, oldest first."""
-    distinct: dict[tuple[int, int, int, int], tuple[Version, str, P]] = {}
-    for key, version, op_type, payload in events:
-        distinct.setdefault((key, version.op_time, version.partition, version.offset),
-                            (version, op_type, payload))
+def build_history(events: Iterable[HistoryEvent[P]]) -> dict[int, tuple[Interval[P], ...]]:
+    """``events`` in any order, duplicates allowed (the first one of a version is kept). Per key
+    its intervals, oldest first."""
+    per_key: dict[int, dict[tuple[int, int, int], tuple[str, P]]] = {}
+    for key, op_time, partition, offset, op_type, payload in events:
+        per_key.setdefault(key, {}).setdefault((op_time, partition, offset), (op_type, payload))
     history: dict[int, tuple[Interval[P], ...]] = {}
-    # Plain tuples sort in C; the order is (key, op_time, partition, offset), as ``Version``.
-    for key, group in itertools.groupby(sorted(distinct.items()), key=lambda i: i[0][0]):
-        versions = [value for _, value in group]
+    for key in sorted(per_key):
+        # Plain tuples sort in C, in the order of ``Version``: (op_time, partition, offset).
+        versions = sorted(per_key[key].items(), key=itemgetter(0))
+        nexts = [version[0] for version, _ in versions[1:]] + [None]
         history[key] = tuple(
-            Interval(key, version, op_type, payload,
-                     versions[i + 1][0].op_time if i + 1 < len(versions) else None)
-            for i, (version, op_type, payload) in enumerate(versions)
+            Interval(key, op_time, partition, offset, op_type, payload, valid_to)
+            for ((op_time, partition, offset), (op_type, payload)), valid_to
+            in zip(versions, nexts, strict=True)
         )
     return history
 

@@ -709,7 +709,7 @@ def history_row(interval: Interval[Event]) -> dict[str, Any]:
 
 
 def expected_history(events: Sequence[Event]) -> dict[int, list[dict[str, Any]]]:
-    built = build_history((e.key, Version(*e.version), e.op_type, e) for e in events)
+    built = build_history((e.key, *e.version, e.op_type, e) for e in events)
     return {key: [history_row(i) for i in intervals] for key, intervals in built.items()}
 
 
@@ -951,7 +951,7 @@ def test_history_convergence_property(history_harness: Harness) -> None:
         assert live == {k: view_row(e) for k, e in winners.items() if e.op_type != "DELETE"}
         moment = T0 + 3
         expected_live = as_of(build_history(
-            (e.key, Version(*e.version), e.op_type, e) for e in map(shift, history.events)
+            (e.key, *e.version, e.op_type, e) for e in map(shift, history.events)
         ), moment)
         assert {k: t for k, t in live_as_of(h, moment).items() if k in in_range} == {
             k: i.valid_from for k, i in expected_live.items()}
