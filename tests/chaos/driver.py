@@ -25,7 +25,8 @@ real broker, and everything that can go wrong going wrong while events keep arri
    the broker is external); a consumer exit the driver did not cause is recorded as a crash;
 4. stops the group with SIGTERM (each member must exit 0 within 60 s, or it is a hang), waits
    until the group is empty, then runs one ``kyc-sync run --until-caught-up`` so that everything
-   left is applied and committed;
+   left is applied and committed (with windows of up to ``FINAL_MAX_EVENTS``: a catch-up, not
+   the chaos, whose small windows are the members');
 5. compares the warehouse with the oracle (``harness.oracle`` over the delivered valid events,
    duplicates included at their own positions; with history on, also the history table with
    ``harness.history_oracle``: every distinct version, its interval), the dead-letter topic with
@@ -74,6 +75,8 @@ from tests.integration.harness import (
 from tools.localkafka import LocalKafka, create_topic
 
 QUIET = 0  # librdkafka log_level of the driver's own clients
+FINAL_MAX_EVENTS = 20_000
+"""``window.max_events`` of the final catch-up run."""
 SESSION_TIMEOUT_MS = 6_000  # the broker's group.min.session.timeout.ms default
 JOINED = "assigned partitions"
 PREFLIGHT_FAILED = "stopped without committing the open window: cannot read metadata of topic"
@@ -890,7 +893,8 @@ def run_chaos(
         final_log = logs / "final.log"
         fleet.all_logs.append(final_log)
         final_env = dict(env, KYC_SYNC_FAULTS__TIMES=str(final_faults),
-                         KYC_SYNC_FAULTS__PROBABILITY="1.0", KYC_SYNC_FAULTS__SEED=str(seed))
+                         KYC_SYNC_FAULTS__PROBABILITY="1.0", KYC_SYNC_FAULTS__SEED=str(seed),
+                         KYC_SYNC_WINDOW__MAX_EVENTS=str(FINAL_MAX_EVENTS))
         final = start_cli(final_env, "run", "--until-caught-up", log=final_log)
         try:
             final_exit = final.wait(timeout=240 + events / 2_000)

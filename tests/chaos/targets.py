@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import duckdb
 import snowflake.connector
 
-from tests.integration.harness import HistoryRow
+from tests.integration.harness import HistoryRow, read_history
 
 State = dict[int, tuple[tuple[int, int, int], bool]]
 Current = dict[int, tuple[str, int]]
@@ -33,7 +33,8 @@ HISTORY_SQL = (
     "{valid_from_us}, valid_to IS NULL, {valid_to_us}, is_current FROM {schema}kyc_profile_history "
     "ORDER BY kyc_profile_id, op_time, src_partition, src_offset"
 )
-"""``valid_to IS NULL`` is read apart: the Snowflake double renders a NULL timestamp as 0."""
+"""The Snowflake side of ``harness.read_history``; ``valid_to IS NULL`` is read apart: the
+Snowflake double renders a NULL timestamp as 0."""
 
 
 DOUBLE_SIGNS = {
@@ -44,12 +45,14 @@ DOUBLE_SIGNS = {
 """Lines of the Snowflake double's log, counted."""
 
 
-def _history(rows: list[tuple[object, ...]]) -> dict[int, list[HistoryRow]]:
+def _history(rows: list[tuple[Any, ...]]) -> dict[int, list[HistoryRow]]:
+    """Values as the drivers return them (ints, or Decimals from Snowflake): ``int`` takes
+    both, without the text round trip of ``_state``."""
     out: dict[int, list[HistoryRow]] = {}
     for key, t, p, o, goldtier, deleted, valid_from, open_ended, valid_to, current in rows:
-        out.setdefault(int(str(key)), []).append(
-            ((int(str(t)), int(str(p)), int(str(o))), str(goldtier), bool(deleted),
-             int(str(valid_from)), None if open_ended else int(str(valid_to)), bool(current)))
+        out.setdefault(int(key), []).append(
+            ((int(t), int(p), int(o)), str(goldtier), bool(deleted), int(valid_from),
+             None if open_ended else int(valid_to), bool(current)))
     return out
 
 
@@ -114,9 +117,7 @@ class DuckDBTarget:
         return _current(self._rows(CURRENT_SQL.format(op_time_us="epoch_us(op_time)", schema="")))
 
     def read_history(self) -> dict[int, list[HistoryRow]]:
-        return _history(self._rows(HISTORY_SQL.format(
-            op_time_us="epoch_us(op_time)", valid_from_us="epoch_us(valid_from)",
-            valid_to_us="epoch_us(valid_to)", schema="")))
+        return read_history(self.path)
 
 
 @dataclass(frozen=True, slots=True)
