@@ -32,7 +32,9 @@ HISTORY_ON = {"KYC_SYNC_HISTORY__ENABLED": "true"}
 
 
 def env_for(bootstrap: str, topic: str, db: Path, **extra: str) -> dict[str, str]:
-    return cli_env(bootstrap, topic, db, f"g-{topic}", **{**HISTORY_ON, **extra})
+    """History on; the offsets saved by ``replay --execute`` go next to the database."""
+    return cli_env(bootstrap, topic, db, f"g-{topic}", KYC_SYNC_REPLAY__BACKUP_DIR=str(db.parent),
+                   **{**HISTORY_ON, **extra})
 
 
 def ok(env: dict[str, str], *args: str) -> str:
