@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -24,7 +26,7 @@ from consumer.source.client import new_consumer, new_producer
 from consumer.source.deadletters import DeadLetters, DeadLetterSink
 from consumer.telemetry.logs import FlushLog
 from schemas import audit_schema
-from schemas.errors import UsageError
+from schemas.errors import TerminalError, UsageError
 from warehouse.base import Inspector, Refresher, Warehouse
 from warehouse.duckdb_writer import DuckDBWarehouse
 from warehouse.faults import FaultPlan
@@ -76,7 +78,13 @@ def build_warehouse(settings: Settings) -> Warehouse:
             fault_plan(settings),
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
-    from warehouse.snowflake_writer import SnowflakeWarehouse
+    try:
+        from warehouse.snowflake_writer import SnowflakeWarehouse
+    except ImportError as err:
+        raise MissingExtra(
+            "warehouse.kind is 'snowflake' but the Snowflake connector cannot be imported "
+            f"({err}): pip install 'kyc-sync[snowflake]'"
+        ) from None
 
     sf = settings.snowflake
     return SnowflakeWarehouse(
@@ -126,8 +134,61 @@ def build_loop(
     )
 
 
+class MissingExtra(TerminalError):
+    """The configured writer needs an optional dependency that is not installed."""
+
+
 class UnsupportedWarehouse(UsageError):
     """The configured writer does not implement what the command needs."""
+
+
+class WarehouseUnanswered(TerminalError):
+    """A question to the warehouse (``lag``, ``check``) got no answer in time."""
+
+
+class BoundedInspector:
+    """An ``Inspector`` whose reads together end within ``budget_s``: a warehouse that does not
+    answer (unreachable host, login hanging) ends the command with one line instead of
+    minutes of retries. Each read runs on a daemon thread that is left behind when the budget
+    is spent; the command exits right after."""
+
+    def __init__(self, inner: Inspector, budget_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.names = inner.names
+        self.budget_s = budget_s
+        self.clock = clock
+        self.deadline = clock() + budget_s
+        self.last_error: BaseException | None = None
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise self._unanswered()
+        outcome: list[list[tuple[Any, ...]]] = []
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                outcome.append(self.inner.fetch(sql, params))
+            except BaseException as err:  # handed to the caller's thread
+                failure.append(err)
+
+        worker = threading.Thread(target=read, name="kyc-sync-warehouse-read", daemon=True)
+        worker.start()
+        worker.join(left)
+        if failure:
+            self.last_error = failure[0]
+            raise failure[0]
+        if not outcome:
+            raise self._unanswered()
+        return outcome[0]
+
+    def _unanswered(self) -> WarehouseUnanswered:
+        why = "" if self.last_error is None else f": {self.last_error}"
+        return WarehouseUnanswered(
+            f"the warehouse did not answer within {self.budget_s:g}s{why}"
+        )
 
 
 @contextmanager
@@ -144,10 +205,11 @@ def _writer(settings: Settings) -> Iterator[Warehouse]:
 
 @contextmanager
 def open_inspector(settings: Settings) -> Iterator[Inspector]:
+    """The writer as a reader whose reads end within ``warehouse.read_timeout_s``."""
     with _writer(settings) as writer:
         if not isinstance(writer, Inspector):
             raise UnsupportedWarehouse(f"the {settings.warehouse.kind} writer has no fetch()")
-        yield writer
+        yield BoundedInspector(writer, settings.warehouse.read_timeout_s)
 
 
 @contextmanager

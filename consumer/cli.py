@@ -58,9 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     _common_options(common, argparse.SUPPRESS)  # absent after the command: keep the global one
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Handler, help_text: str, kafka: bool = True
+    ) -> argparse.ArgumentParser:
+        """A sub-command; ``kafka``: it talks to Kafka, so kafka.bootstrap_servers is needed."""
         added: argparse.ArgumentParser = sub.add_parser(name, help=help_text, parents=[common])
-        added.set_defaults(handler=handler)
+        added.set_defaults(handler=handler, needs_kafka=kafka)
         return added
 
     run = command("run", commands.run, "consume the audit topic and keep the table in sync")
@@ -77,18 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, help="shuffle seed")
 
     show = command("show", commands.show, "print kyc_profile_current, or with --as-of the "
-                   "profiles live at an instant from the history table (DuckDB)")
+                   "profiles live at an instant from the history table (DuckDB)", kafka=False)
     show.add_argument("--as-of", metavar="ISO8601", type=_arg_type(parse_instant, "time"),
                       help="the profiles live at this instant (UTC unless an offset is given); "
                       "needs history.enabled")
     show.add_argument("--id", metavar="N", type=_arg_type(parse_count, "id"),
                       help="only this kyc_profile_id")
     _operations(command)
-    command("settings", _print_settings, "print the effective settings, secrets redacted")
+    command("settings", _print_settings, "print the effective settings, secrets redacted",
+            kafka=False)
     return parser
 
 
-def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+def _operations(command: Callable[..., argparse.ArgumentParser]) -> None:
     """replay, lag, check, verify: see docs/operations.md."""
     from consumer.ops import commands
 
@@ -174,11 +178,14 @@ def load(args: argparse.Namespace) -> Settings:
     if getattr(args, "on_invalid", None) is not None:
         overrides["decoding"] = {"on_invalid": args.on_invalid}
     try:
-        return load_settings(args.config, **overrides)
+        settings = load_settings(args.config, **overrides)
     except ValidationError as err:
         raise UsageError(f"invalid settings: {describe_invalid(err)}") from None
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(f"invalid settings: {_one_line(str(err))}") from None
+    if getattr(args, "needs_kafka", True) and (problem := settings.kafka_problem()):
+        raise UsageError(f"invalid settings: {problem}")
+    return settings
 
 
 def describe_invalid(err: ValidationError) -> str:

@@ -5,10 +5,12 @@ sections, e.g. ``KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS``) over an optional TOML file
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -24,6 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from warehouse.identifiers import validate_identifier
 from warehouse.snowflake_settings import SnowflakeSettings
@@ -144,6 +147,11 @@ class WarehouseSettings(Section):
         "this long (at least retry_max_s). Long enough for Snowflake to abort the transaction "
         "of an instance that died mid-flush (about 5 minutes idle, up to 5 more for a statement "
         "it was running).",
+    )
+    read_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="lag and check give up on a warehouse that does not answer after this "
+        "long in all (retries included), with one line and exit 1.",
     )
 
     @field_validator("table", "state_table", "ledger_table")
@@ -299,12 +307,13 @@ class Settings(BaseSettings):
         description="Log lines as plain text, or one JSON object per line (also --log-format).",
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _complete(self) -> Settings:
-        if not self.kafka.bootstrap_servers.strip():
-            raise ValueError(
-                "kafka.bootstrap_servers is required (KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS)"
-            )
         if self.decoding.format == "confluent" and not self.decoding.schema_registry_url:
             raise ValueError(
                 "decoding.schema_registry_url is required when decoding.format is 'confluent'"
@@ -315,6 +324,13 @@ class Settings(BaseSettings):
         ):
             raise ValueError(problem)
         return self
+
+    def kafka_problem(self) -> str | None:
+        """Why the commands that talk to Kafka cannot run; None when they can. ``show``,
+        ``settings`` and ``check`` do not need Kafka, so this is not a validation rule."""
+        if not self.kafka.bootstrap_servers.strip():
+            return "kafka.bootstrap_servers is required (KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS)"
+        return None
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-able data, secrets replaced by asterisks."""
@@ -354,4 +370,54 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
             return tuple(sources)
 
-    return FileSettings(**overrides)
+    try:
+        return FileSettings(**overrides)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    except SettingsError as err:
+        raise ValueError(_explain_source_error(err, os.environ)) from None
+
+
+def _explain_source_error(err: SettingsError, environ: Mapping[str, str]) -> str:
+    """pydantic-settings names only the section (``kafka``) of an environment variable it
+    could not parse; name the variable and its setting instead, e.g. a JSON object that is not
+    valid JSON."""
+    for name, value in sorted(environ.items()):
+        path = _setting_of(name)
+        if path is None:
+            continue
+        annotation = _annotation(path)
+        if annotation is None or not _is_json_setting(annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as bad:
+            return f"{name} ({'.'.join(path)}) is not valid JSON: {bad}"
+    return str(err)
+
+
+def _setting_of(env_name: str) -> tuple[str, ...] | None:
+    prefix = "KYC_SYNC_"
+    if not env_name.upper().startswith(prefix):
+        return None
+    return tuple(part.lower() for part in env_name[len(prefix):].split("__"))
+
+
+def _annotation(path: tuple[str, ...]) -> Any:
+    model: Any = Settings
+    annotation: Any = None
+    for part in path:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = model = field.annotation
+    return annotation
+
+
+def _is_json_setting(annotation: Any) -> bool:
+    """Settings that the environment gives as JSON: objects, lists, whole sections."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return get_origin(annotation) in (dict, list, tuple)

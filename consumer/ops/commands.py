@@ -94,6 +94,9 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     if settings.warehouse.kind != "duckdb":
         raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake "
                          "(docs/operations.md has the as-of query)")
+    path = settings.duckdb.path
+    if path != ":memory:" and not Path(path).is_file():
+        raise TerminalError(f"no DuckDB database at {path} (duckdb.path): nothing synced yet?")
     as_of: datetime | None = getattr(args, "as_of", None)
     key: int | None = getattr(args, "id", None)
     names = table_names(settings, False, settings.duckdb.schema_name)
@@ -107,15 +110,17 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     else:
         sql = as_of_sql(names.history, "duckdb", by_key=key is not None)
         params = [as_of, as_of, *params]
-    con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
-        cursor = con.execute(sql, params)
-        header = [d[0] for d in cursor.description]
-        print(format_table(header, cursor.fetchall()))
-    except duckdb.CatalogException as err:
-        raise TerminalError(f"cannot read the table: {err}") from None
-    finally:
-        con.close()
+        con = duckdb.connect(path, read_only=True)
+        try:
+            cursor = con.execute(sql, params)
+            header = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        finally:
+            con.close()
+    except duckdb.Error as err:
+        raise TerminalError(f"cannot read the table from {path}: {err}") from None
+    print(format_table(header, rows))
     return 0
 
 

@@ -20,7 +20,7 @@ from consumer.ops.durations import format_duration
 from consumer.ops.ledger import LastBatch
 from consumer.ops.offsets import GroupInfo, KafkaSide, PartitionOffsets
 from consumer.ops.render import text_table, utc_text
-from schemas.errors import UsageError
+from schemas.errors import TerminalError
 from warehouse.errors import WarehouseError
 
 
@@ -195,7 +195,7 @@ def gather(
     batch, error = None, None
     try:
         batch = read_ledger()
-    except (WarehouseError, UsageError) as err:
+    except (WarehouseError, TerminalError) as err:  # unreadable, unanswered, unsupported
         error = str(err)
     return LagReport(kafka.topic, group, partitions, now_ms, batch, error,
                      thresholds or Thresholds(), info, show_members)
