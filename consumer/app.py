@@ -23,7 +23,8 @@ from consumer.run.observer import Observer, Observers
 from consumer.run.retry import retry_transient
 from consumer.settings import Settings
 from consumer.source.client import new_consumer, new_producer
-from consumer.source.deadletters import DeadLetters, DeadLetterSink
+from consumer.source.deadletters import DeadLetters, DeadLetterSink, producer_max_bytes
+from consumer.source.topics import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from consumer.telemetry.logs import FlushLog
 from schemas import audit_schema
 from schemas.errors import TerminalError, UsageError
@@ -67,7 +68,7 @@ def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableN
 
 def fault_plan(settings: Settings) -> FaultPlan:
     f = settings.faults
-    return FaultPlan(f.warehouse, f.times, f.probability, f.seed)
+    return FaultPlan(f.warehouse, f.times, f.probability, f.seed, f.stall_s)
 
 
 def build_warehouse(settings: Settings) -> Warehouse:
@@ -101,10 +102,12 @@ def build_loop(
     bounds: tuple[PartitionRange, ...] | None = None,
     warehouse: Warehouse | None = None,
     dead_letters: DeadLetterSink | None = None,
+    topics: Topics | None = None,
 ) -> SyncLoop:
     """The run loop; it reports to a flush log line and to ``observers``. ``bounds``: read
     those offset ranges only (``LoopOptions.bounds``); ``warehouse`` and ``dead_letters``
-    replace the ones the settings describe."""
+    replace the ones the settings describe. ``topics``: what ``preflight`` found (the
+    dead-letter producer is sized to the dead-letter topic's ``max.message.bytes``)."""
     kafka = settings.kafka
     options = LoopOptions(
         topic=kafka.topic,
@@ -119,9 +122,13 @@ def build_loop(
         shutdown_timeout_s=settings.run.shutdown_timeout_s,
         bounds=bounds,
         history=settings.history.enabled,
+        caught_up_wait_s=settings.run.caught_up_wait_s,
     )
     if dead_letters is None and settings.decoding.on_invalid == "dlq":
-        dead_letters = DeadLetters(new_producer(kafka), kafka.dead_letter_topic)
+        limit = (topics.dead_letter_max_bytes if topics is not None else None) \
+            or DEFAULT_MAX_MESSAGE_BYTES
+        dead_letters = DeadLetters(
+            new_producer(kafka, producer_max_bytes(limit)), kafka.dead_letter_topic, limit)
     window = settings.window
     return SyncLoop(
         options,

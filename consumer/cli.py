@@ -22,6 +22,7 @@ from consumer.ops.arguments import (
     parse_datetime_ms,
     parse_instant,
     parse_partitions,
+    parse_positive,
 )
 from consumer.ops.durations import parse_duration
 from consumer.settings import Settings, load_settings
@@ -75,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sample = command("produce-sample", commands.sample,
                      "produce the seed's sample audit trail")
-    sample.add_argument("--partitions", type=int, default=3)
+    sample.add_argument("--partitions", type=_arg_type(parse_positive, "count"), default=3,
+                        help="spread the events over partitions 0..N-1 (at most the topic's)")
     sample.add_argument("--create-topic", action="store_true", help="create the topic first")
     sample.add_argument("--seed", type=int, default=None, help="shuffle seed")
 

@@ -58,6 +58,17 @@ class KafkaSettings(Section):
     create_dlq_topic: bool = Field(
         default=True, description="Create the dead-letter topic at start if it is missing."
     )
+    dlq_replication_factor: int = Field(
+        default=-1, ge=-1,
+        description="Replication factor of a dead-letter topic kyc-sync creates; -1: the "
+        "broker's default.replication.factor.",
+    )
+    dlq_topic_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Topic settings of a dead-letter topic kyc-sync creates, e.g. "
+        "{\"min.insync.replicas\": \"2\", \"retention.ms\": \"2592000000\"} (JSON object in "
+        "the environment).",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="Kafka security.protocol."
     )
@@ -82,6 +93,13 @@ class KafkaSettings(Section):
         clash = sorted(RESERVED_CLIENT_OPTIONS & value.keys())
         if clash:
             raise ValueError(f"{', '.join(clash)} are set by kyc-sync and cannot be overridden")
+        return value
+
+    @field_validator("dlq_replication_factor")
+    @classmethod
+    def _replication(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the broker's default) or at least 1")
         return value
 
     @property
@@ -209,6 +227,13 @@ class RunSettings(Section):
         description="After SIGTERM/SIGINT, how long flush + commit + leaving the group may take "
         "before the process exits without committing.",
     )
+    caught_up_wait_s: float = Field(
+        default=300.0, gt=0,
+        description="run --until-caught-up: once this instance has read its own partitions, how "
+        "long the group may commit nothing while other partitions are not read to their end "
+        "(held by another member, or by a killed one until session.timeout.ms) before it "
+        "exits 1 naming them.",
+    )
 
 
 class MetricsSettings(Section):
@@ -268,14 +293,18 @@ class ExporterSettings(Section):
 class FaultSettings(Section):
     """Injected warehouse failures for fault and chaos tests; off by default."""
 
-    warehouse: Literal["off", "transient", "terminal"] = Field(
-        default="off", description="Fail flushes after the MERGE, before the commit."
+    warehouse: Literal["off", "transient", "terminal", "stall"] = Field(
+        default="off", description="Fail (or stall) flushes after the MERGE, before the commit."
     )
     times: int = Field(default=1, ge=0, description="How many flushes fail; 0: no limit.")
     probability: float = Field(
         default=1.0, ge=0, le=1, description="Chance that a flush fails while faults remain."
     )
     seed: int | None = Field(default=None, description="Random seed of the fault draw.")
+    stall_s: float = Field(
+        default=0.0, ge=0, description="With warehouse='stall': how long each faulty flush "
+        "blocks (then it goes on); a hung warehouse for the /healthz test.",
+    )
 
 
 class Settings(BaseSettings):

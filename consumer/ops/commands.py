@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
 from prometheus_client import write_to_textfile
 
 from batcher.ranges import PartitionRange
@@ -37,13 +40,20 @@ from consumer.ops.ledger import READ_RETRY_S, LastBatch, last_batch
 from consumer.ops.offsets import KafkaOffsets
 from consumer.ops.offsets_file import backup_path, read_offsets, render_csv, write_private
 from consumer.ops.replay import Reset, ResetKind
-from consumer.ops.sample import produce_sample, sample_encoder
-from consumer.run.loop import StopRun
+from consumer.ops.sample import check_partitions, produce_sample, sample_encoder
+from consumer.run.loop import StopRun, SyncLoop
 from consumer.run.retry import RetriesExhausted
 from consumer.settings import Settings
 from consumer.source.client import new_producer
 from consumer.source.deadletters import DeadLetterError
-from consumer.source.topics import TopicError, ensure_topic, preflight
+from consumer.source.topics import (
+    StartAbandoned,
+    TopicError,
+    admin_client,
+    ensure_topic,
+    partition_count,
+    preflight,
+)
 from consumer.telemetry.metrics import exposing, serving
 from consumer.telemetry.progress import Progress, show_bar
 from schemas.columns import KEY
@@ -58,21 +68,60 @@ log = logging.getLogger("kyc_sync")
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """``kyc-sync run``: exit 0 when stopped cleanly or caught up, 1 on a terminal error."""
     log.info("settings %s", json.dumps(settings.redacted(), sort_keys=True))
+    loop: SyncLoop | None = None
+    stop = threading.Event()
     try:
-        with serving(settings.metrics, settings.kafka.topic) as metrics:
-            preflight(settings.kafka, settings.decoding.on_invalid == "dlq")
-            loop = build_loop(settings, args.until_caught_up, [metrics] if metrics else [])
+        with serving(settings.metrics, settings.kafka.topic,
+                     settings.kafka.max_poll_interval_s) as metrics:
+
+            def waiting() -> bool:
+                """Between attempts to reach Kafka at start: alive, unless asked to stop."""
+                if metrics is not None:
+                    metrics.polled()
+                return stop.is_set()
+
+            with _stop_sets(stop):
+                topics = preflight(settings.kafka, settings.decoding.on_invalid == "dlq",
+                                   timeout_s=None, stopped=waiting)
+            loop = build_loop(settings, args.until_caught_up, [metrics] if metrics else [],
+                              topics=topics)
             loop.install_signal_handlers()
             return loop.run()
+    except StartAbandoned as err:
+        log.info("%s", err)
+        return 0
     except KycSyncError as err:
-        log.error("stopped without committing the open window: %s", err)
+        dropped = 0 if loop is None else loop.dropped_events
+        if dropped:
+            log.error("stopped without committing the open window (%d event(s), read again "
+                      "at the next start): %s", dropped, err)
+        else:
+            log.error("stopped: %s", err)
         return 1
+
+
+@contextmanager
+def _stop_sets(stop: threading.Event) -> Iterator[None]:
+    """While starting: SIGTERM or SIGINT sets ``stop`` (the run loop installs its own)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda _signum, _frame: stop.set()) for s in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def sample(settings: Settings, args: argparse.Namespace) -> int:
     partitions: int = args.partitions
+    topic = settings.kafka.topic
     if args.create_topic:
-        ensure_topic(settings.kafka, settings.kafka.topic, partitions)
+        ensure_topic(settings.kafka, topic, partitions)
+    try:
+        available = partition_count(admin_client(settings.kafka), topic)
+    except KafkaException as err:
+        raise TopicError(f"cannot read metadata of topic {topic!r}: {err}") from None
+    check_partitions(topic, partitions, available)
     try:
         encoder = sample_encoder(settings, writer_schema(settings))
     except OSError as err:
