@@ -84,6 +84,11 @@ class KafkaSettings(Section):
         default=10_000, gt=0, description="Messages asked for per consume() call."
     )
     poll_timeout_s: float = Field(default=0.5, gt=0, description="consume() timeout, seconds.")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="lag and replay give up on a Kafka request (metadata, offsets, a group) "
+        "after this long, with one line and exit 1.",
+    )
 
     @field_validator("client_options")
     @classmethod
