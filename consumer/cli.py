@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -205,8 +206,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+PRIVATE_UMASK = 0o077
+"""Files kyc-sync creates (the DuckDB database, its write-ahead log) hold profile data and
+offsets: readable by their owner only."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = os.umask(PRIVATE_UMASK)
     try:
         settings = load(args)
         setup_logging(settings.log_level, settings.log_format, sys.stderr)
@@ -215,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KycSyncError as err:
         print(f"kyc-sync: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
+    finally:
+        os.umask(previous)
 
 
 if __name__ == "__main__":

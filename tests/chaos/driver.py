@@ -784,7 +784,8 @@ def run_chaos(
     notes: list[str] = []
     workdir = Path(workdir).resolve()
     logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # profile data: owner only
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     warehouse: Target = target or DuckDBTarget(workdir / "kyc.duckdb")
     topic = topic or f"chaos-{uuid.uuid4().hex[:10]}"
     group = f"g-{topic}"

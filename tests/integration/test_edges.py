@@ -8,6 +8,7 @@ import json
 import random
 import signal
 import socket
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -286,3 +287,25 @@ def test_lag_reports_kafka_when_snowflake_does_not_answer(
     assert report["total_lag"] == 10
     assert report["ledger_error"] == "the warehouse did not answer within 3s"
     assert elapsed < 30
+
+
+# -- files of profile data are private --------------------------------------------------------
+
+
+def test_the_database_of_a_run_is_readable_by_its_owner_only(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, partitions=1)
+    produce(kafka_bootstrap, topic_name, history(random.Random(15), 10, 5, 1))
+    db = tmp_path / "data" / "kyc.duckdb"
+    db.parent.mkdir()
+    env = cli_env(kafka_bootstrap, topic_name, db, f"g-{topic_name}")
+
+    done = run_cli(env, "run", "--until-caught-up")
+
+    assert done.returncode == 0, done.stderr
+    made = [p for p in db.parent.iterdir() if p.name.startswith("kyc.duckdb")]
+    assert made
+    for path in made:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
