@@ -24,6 +24,7 @@ from consumer.decode.decoder import Decoder, PlainAvroDecoder
 from consumer.decode.encoder import AuditEncoder
 from consumer.run.loop import LoopOptions, StopRun, SyncLoop
 from consumer.run.observer import FlushReport, Observer
+from consumer.run.partitions import Partitions
 from consumer.run.retry import RetriesExhausted
 from consumer.source.deadletters import DeadLetterError, DeadLetters
 from schemas import audit_schema
@@ -826,3 +827,29 @@ def test_polls_are_reported_while_waiting_to_retry(rigs: Rigs) -> None:
     assert rig.loop.run() == 0
 
     assert rig.observer.polls >= rig.consumer.polls > rig.consumer.paused_polls > 0
+
+
+def test_a_dropped_buffer_is_re_read_even_if_its_partition_looked_read(
+    rigs: Rigs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 item 6, the other way round: with the rewind not taking the partition out of
+    ``at_end`` (the old defect, put back here), the loop still does not end before the dropped
+    events are re-read and committed, because the group's commits decide."""
+    monkeypatch.setattr(Partitions, "unread", lambda self, partitions: None)
+    rig = rigs.new(until_caught_up=True, revoke_budget_s=0.3)
+    produced = rig.produce(updates(0, 1, 2, 3) + updates(1, 11, 12, 13))
+    rig.consumer.play(
+        Assign((0, 1)),
+        deliver(0),                # partition 0 read to its end (EOF)
+        deliver(1, limit=2),
+        Call(lambda: setattr(rig.warehouse, "fail_with", LOCKED)),
+        Revoke((1,)),              # the buffer of 0 and 1 is dropped, 0 rewound
+        Call(lambda: setattr(rig.warehouse, "fail_with", None)),
+        Call(lambda: rig.consumer.group_offsets.update({1: 3})),  # 1's new owner is done
+    )
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.seeks == [(0, 0)]
+    assert rig.consumer.commits == [{0: 3}]
+    assert rig.warehouse.current() == oracle(on(produced, 0))
