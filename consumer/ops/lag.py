@@ -77,8 +77,14 @@ class LagReport:
         return max(known) if known else None
 
     def problems(self) -> list[str]:
-        """One line per threshold exceeded; empty means exit 0."""
-        found = []
+        """One line per threshold exceeded, and per partition holding messages the group has
+        never committed (a partition no member reads shows so, not as lag alone); empty means
+        exit 0."""
+        found = [
+            f"partition {p.offsets.partition}: no committed offset, {p.lag} message(s) never "
+            f"read by group {self.group}"
+            for p in self.partitions if p.offsets.committed is None and p.lag > 0
+        ]
         limits = self.thresholds
         if limits.max_lag is not None and self.total_lag > limits.max_lag:
             found.append(f"lag {self.total_lag} messages > --max-lag {limits.max_lag}")

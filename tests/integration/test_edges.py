@@ -309,3 +309,27 @@ def test_the_database_of_a_run_is_readable_by_its_owner_only(
     for path in made:
         expected = 0o700 if path.is_dir() else 0o600
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+# -- lag flags partitions the group never committed -------------------------------------------
+
+
+def test_lag_flags_partitions_without_a_committed_offset(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, partitions=3)
+    produce(kafka_bootstrap, topic_name, history(random.Random(16), 60, 30, 2))  # 0 and 1
+    group = f"g-{topic_name}"
+    env = cli_env(kafka_bootstrap, topic_name, tmp_path / "kyc.duckdb", group)
+    moved = run_cli(env, "replay", "--to-latest", "--partitions", "0", "--execute")
+    assert moved.returncode == 0, moved.stderr
+
+    result = run_cli(env, "lag", "--json")
+
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    [problem] = report["problems"]
+    assert problem.startswith("partition 1: no committed offset, ")
+    assert problem.endswith(f" message(s) never read by group {group}")
+    assert [p["committed"] for p in report["partitions"]][1:] == [None, None]  # 2 is empty
