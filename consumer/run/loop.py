@@ -270,8 +270,8 @@ class SyncLoop:
         if now - self.last_waiting_log >= 10.0:
             self.last_waiting_log = now
             owned = sorted(self.partitions.assigned)
-            log.info("own partitions %s read to their end; waiting for the group to commit "
-                     "partition(s) %s", owned, describe(behind))
+            mine = f"own partitions {owned} read to their end" if owned else "no partition assigned"
+            log.info("%s; waiting for the group to commit partition(s) %s", mine, describe(behind))
         return False
 
     # -- ingest ------------------------------------------------------------------------------
