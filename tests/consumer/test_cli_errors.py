@@ -111,7 +111,8 @@ def test_check_gives_up_on_a_silent_snowflake_in_bounded_time(
            "KYC_SYNC_SNOWFLAKE__HOST": "127.0.0.1",
            "KYC_SYNC_SNOWFLAKE__PORT": str(silent_endpoint),
            "KYC_SYNC_SNOWFLAKE__PROTOCOL": "http",
-           "KYC_SYNC_WAREHOUSE__READ_TIMEOUT_S": "3"}
+           "KYC_SYNC_WAREHOUSE__READ_TIMEOUT_S": "3",
+           "KYC_SYNC_KAFKA__REQUEST_TIMEOUT_S": "2"}  # check reads Kafka's side first
 
     started = time.monotonic()
     line = one_line(kyc_sync(tmp_path, env, "check"))
