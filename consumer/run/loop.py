@@ -139,6 +139,8 @@ class SyncLoop:
         """Events of the window being flushed, until its offsets are committed."""
         self.dropped_events = 0
         """Events of the open window when the run stopped on an error (not committed)."""
+        self.commit_pending: dict[int, int] = {}
+        """Applied offsets whose commit failed, per partition: committed with the next one."""
 
     @property
     def consumer(self) -> Consumer | None:
@@ -249,6 +251,7 @@ class SyncLoop:
         now = time.monotonic()
         if now < self.next_progress_check:
             return False
+        self.retry_pending_commit()
         self.next_progress_check = now + self.options.progress_check_s
         consumer = self.consumer
         assert consumer is not None
@@ -518,13 +521,32 @@ class SyncLoop:
         owned = [r for r in ranges if r.partition in self.partitions.assigned]
         if self.consumer is None or not owned or self.stops is not None:
             return
-        offsets = [TopicPartition(self.options.topic, r.partition, r.next_offset) for r in owned]
+        self._commit_offsets({r.partition: r.next_offset for r in owned})
+
+    def _commit_offsets(self, offsets: dict[int, int]) -> None:
+        """Commit ``offsets`` (all applied). A failure (a rebalance under way) is kept and
+        retried with the next commit, or when ``until_caught_up`` finds the group behind."""
+        assert self.consumer is not None
+        pending = {p: o for p, o in self.commit_pending.items() if p in self.partitions.assigned}
+        for partition, offset in offsets.items():
+            pending[partition] = max(offset, pending.get(partition, offset))
+        tps = [TopicPartition(self.options.topic, p, o) for p, o in sorted(pending.items())]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=tps, asynchronous=False)
         except KafkaException as err:
-            # The batch is in the warehouse; a failed commit only means it will be re-read and
-            # re-applied as a no-op by the guard (at-least-once).
-            log.warning("offset commit failed, the batch will be re-read: %s", err)
+            # The batch is in the warehouse; a commit that never succeeds only means it is
+            # re-read and re-applied as a no-op by the guard (at-least-once).
+            log.warning("offset commit failed, retried with the next one: %s", err)
+            self.commit_pending = pending
+            return
+        self.commit_pending = {}
+
+    def retry_pending_commit(self) -> None:
+        """Commit again what a failed commit left (partitions still owned only)."""
+        pending = {p: o for p, o in self.commit_pending.items() if p in self.partitions.assigned}
+        self.commit_pending = pending
+        if pending and self.consumer is not None and self.stops is None:
+            self._commit_offsets({})
 
     def wait_in_group(self, seconds: float, rewind: dict[int, int] | None = None) -> None:
         """Wait with the partitions paused, staying in the group (``Partitions.wait``)."""

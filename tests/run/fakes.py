@@ -189,6 +189,8 @@ class FakeConsumer:
         self.group_offsets: dict[int, int] = {}
         """The group's committed offsets."""
         self.commits: list[dict[int, int]] = []
+        self.failing_commits = 0
+        """How many of the next commits fail, as during a rebalance (ILLEGAL_GENERATION)."""
         self.seeks: list[tuple[int, int]] = []
         self.callback_s: list[tuple[str, float]] = []
         """How long each rebalance callback took: ``(kind, seconds)``."""
@@ -336,6 +338,10 @@ class FakeConsumer:
         if asynchronous:
             raise ContractViolation("an asynchronous commit may be lost: commit synchronously")
         done = {tp.partition: tp.offset for tp in offsets}
+        if self.failing_commits:
+            self.failing_commits -= 1
+            self.journal.add("commit failed", done)
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation changed"))
         unowned = sorted(set(done) - self.assigned)
         if unowned or any(tp.topic != self.topic for tp in offsets):
             raise ContractViolation(f"commit of partitions not owned: {unowned} in {done}")

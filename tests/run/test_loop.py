@@ -853,3 +853,30 @@ def test_a_dropped_buffer_is_re_read_even_if_its_partition_looked_read(
     assert rig.consumer.seeks == [(0, 0)]
     assert rig.consumer.commits == [{0: 3}]
     assert rig.warehouse.current() == oracle(on(produced, 0))
+
+
+def test_a_failed_commit_is_made_again_before_the_run_counts_as_caught_up(rigs: Rigs) -> None:
+    """The batch is in the warehouse but its commit failed (a rebalance under way): the group
+    is behind on a partition this instance has read to its end. The commit is made again; the
+    run neither ends with the group behind nor waits for a commit that never comes."""
+    rig = rigs.new(until_caught_up=True, caught_up_wait_s=2.0)
+    produced = rig.produce(updates(0, 1, 2, 3) + updates(1, 11, 12))
+    rig.consumer.failing_commits = 1
+    rig.consumer.play(Assign((0, 1)), deliver())
+
+    assert rig.loop.run() == 0
+
+    assert rig.journal.kinds("commit failed", "commit") == ["commit failed", "commit"]
+    assert rig.consumer.group_offsets == {0: 3, 1: 2}
+    assert rig.warehouse.current() == oracle(produced)
+
+
+def test_a_failed_commit_goes_with_the_next_one(rigs: Rigs) -> None:
+    rig = rigs.new(policy=WindowPolicy(max_events=2))
+    rig.produce(updates(0, 1, 2) + updates(1, 11, 12))
+    rig.consumer.failing_commits = 1
+    rig.consumer.play(Assign((0, 1)), deliver(0), deliver(1), rig.stop())
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.commits == [{0: 2, 1: 2}]
