@@ -320,7 +320,8 @@ def test_lag_flags_partitions_without_a_committed_offset(
     create_topic(kafka_bootstrap, topic_name, partitions=3)
     produce(kafka_bootstrap, topic_name, history(random.Random(16), 60, 30, 2))  # 0 and 1
     group = f"g-{topic_name}"
-    env = cli_env(kafka_bootstrap, topic_name, tmp_path / "kyc.duckdb", group)
+    env = cli_env(kafka_bootstrap, topic_name, tmp_path / "kyc.duckdb", group,
+                  KYC_SYNC_REPLAY__BACKUP_DIR=str(tmp_path))  # its undo file
     moved = run_cli(env, "replay", "--to-latest", "--partitions", "0", "--execute")
     assert moved.returncode == 0, moved.stderr
 
