@@ -29,6 +29,33 @@ class KafkaAuthError(TopicError):
     """The brokers refused the client (credentials, TLS handshake): no retry can help."""
 
 
+class TopicUnavailable(TopicError):
+    """Kafka did not answer a topic request, or answered that it cannot yet (unreachable,
+    restarting, no controller elected): asking again may succeed. ``brief``: what failed, in
+    the client's words without its codes."""
+
+    def __init__(self, what: str, error: KafkaException | str) -> None:
+        super().__init__(f"{what}: {error}")
+        self.brief = f"{what}: {_reason(error) if isinstance(error, KafkaException) else error}"
+
+
+UNANSWERED = frozenset({
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT,
+    KafkaError._TIMED_OUT_QUEUE,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.BROKER_NOT_AVAILABLE,
+    KafkaError.NOT_CONTROLLER,
+})
+"""Errors of a broker that is down, restarting or still electing its controller."""
+
+
+def _unanswered(error: object) -> bool:
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in UNANSWERED)
+
+
 def admin_client(kafka: KafkaSettings, errors: list[KafkaError] | None = None) -> AdminClient:
     """An admin client; with ``errors``, the client errors it reports are appended to it."""
     config = admin_config(kafka)
@@ -66,13 +93,19 @@ def ensure_topic(
                   config=dict(config or {}))],
         operation_timeout=timeout_s,
     )
-    failure = futures[name].exception(timeout_s)
+    try:
+        failure = futures[name].exception(timeout_s)
+    except TimeoutError:
+        raise TopicUnavailable(f"cannot create topic {name!r}",
+                               f"no answer within {timeout_s:g}s") from None
     if failure is None:
         return True
     error = failure.args[0] if failure.args else None
     if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
         return False
     detail = error.str() if isinstance(error, KafkaError) else str(failure)
+    if _unanswered(error):
+        raise TopicUnavailable(f"cannot create topic {name!r}", detail)
     raise TopicError(f"cannot create topic {name!r}: {detail}")
 
 
@@ -105,25 +138,32 @@ class Topics:
     dead_letter_max_bytes: int | None = None
 
 
+CREATE_ATTEMPT_S = 10.0
+"""How long one attempt to create the dead-letter topic waits for the broker's answer."""
+
+
 def preflight(
     kafka: KafkaSettings, dead_letters: bool, timeout_s: float | None = 30, attempt_s: float = 1,
     stopped: Callable[[], bool] = lambda: False, warn_every_s: float = 10,
 ) -> Topics:
     """Check the audit topic exists; create the dead-letter topic if asked and read its size
-    limit. ``timeout_s`` None: wait for unreachable brokers until ``stopped()``, one warning
-    every ``warn_every_s`` (``run``); otherwise give up after ``timeout_s``.
+    limit. While Kafka does not answer (unreachable, restarting) the whole check is tried
+    again: ``timeout_s`` None: until ``stopped()``, one warning every ``warn_every_s``
+    (``run``); otherwise for up to ``timeout_s``.
 
-    Metadata is asked for in ``attempt_s`` slices so that a refused login ends the check at
-    once (``KafkaAuthError``) instead of after ``timeout_s``: librdkafka retries it forever."""
+    Kafka is asked in ``attempt_s`` slices (one attempt at most per slice) so that a refused
+    login ends the check at once (``KafkaAuthError``) instead of after ``timeout_s``:
+    librdkafka retries it forever."""
     errors: list[KafkaError] = []
     admin = admin_client(kafka, errors)
     started = time.monotonic()
     warned = started
     while True:
+        attempt = time.monotonic()
         try:
-            partitions = partition_count(admin, kafka.topic, attempt_s)
-            break
-        except KafkaException as err:
+            return _check_topics(kafka, admin, dead_letters, attempt_s)
+        except TopicUnavailable as err:
+            time.sleep(max(0.0, attempt + attempt_s - time.monotonic()))  # at most one a slice
             admin.poll(0)  # serves the error callback
             refused = terminal_client_error(errors)
             if refused is not None:
@@ -135,14 +175,20 @@ def preflight(
                 ) from None
             now = time.monotonic()
             if timeout_s is not None and now - started >= timeout_s:
-                raise TopicError(f"cannot read metadata of topic {kafka.topic!r}: {err}") from err
+                raise TopicError(str(err)) from None
             if stopped():
                 raise StartAbandoned("stopped while waiting for Kafka") from None
             if timeout_s is None and now - warned >= warn_every_s:
                 warned = now
-                log.warning("waiting for Kafka (%s) for %.0fs: cannot read metadata of topic "
-                            "%r: %s", kafka.bootstrap_servers, now - started, kafka.topic,
-                            _reason(err))
+                log.warning("waiting for Kafka (%s) for %.0fs: %s", kafka.bootstrap_servers,
+                            now - started, err.brief)
+
+
+def _check_topics(
+    kafka: KafkaSettings, admin: AdminClient, dead_letters: bool, attempt_s: float
+) -> Topics:
+    """One attempt of ``preflight``; ``TopicUnavailable`` when Kafka did not answer."""
+    partitions = _metadata(admin, kafka.topic, attempt_s)
     if partitions is None:
         raise TopicError(f"topic {kafka.topic!r} does not exist")
     if not dead_letters:
@@ -150,12 +196,19 @@ def preflight(
     name = kafka.dead_letter_topic
     if kafka.create_dlq_topic:
         if ensure_topic(kafka, name, partitions, kafka.dlq_replication_factor,
-                        kafka.dlq_topic_config):
+                        kafka.dlq_topic_config, max(attempt_s, CREATE_ATTEMPT_S)):
             log.info("created the dead-letter topic %r", name)
-    elif partition_count(admin, name, timeout_s or 30) is None:
+    elif _metadata(admin, name, attempt_s) is None:
         raise TopicError(f"dead-letter topic {name!r} does not exist and "
                          "kafka.create_dlq_topic is false: create it first")
-    return Topics(partitions, max_message_bytes(admin, name, timeout_s or 30))
+    return Topics(partitions, max_message_bytes(admin, name, max(attempt_s, CREATE_ATTEMPT_S)))
+
+
+def _metadata(admin: AdminClient, name: str, timeout_s: float) -> int | None:
+    try:
+        return partition_count(admin, name, timeout_s)
+    except KafkaException as err:
+        raise TopicUnavailable(f"cannot read metadata of topic {name!r}", err) from None
 
 
 class StartAbandoned(TopicError):
