@@ -172,12 +172,18 @@ def test_missing_dead_letter_topic_that_must_not_be_created(
 UNREACHABLE = "127.0.0.1:1"
 
 
-def test_lag_gives_up_on_an_unreachable_broker_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [
+    ("lag",), ("lag", "--members"), ("replay", "--to-latest"), ("replay", "--full-refresh"),
+    ("verify",),
+])
+def test_questions_give_up_on_an_unreachable_broker_with_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
     env = cli_env(UNREACHABLE, "audit", tmp_path / "kyc.duckdb", "g",
                   KYC_SYNC_KAFKA__REQUEST_TIMEOUT_S="5")
 
     started = time.monotonic()
-    failed = run_cli(env, "lag")
+    failed = run_cli(env, *command)
     elapsed = time.monotonic() - started
 
     assert failed.returncode == 1
@@ -185,6 +191,23 @@ def test_lag_gives_up_on_an_unreachable_broker_with_one_line(tmp_path: Path) -> 
         "kyc-sync: metadata of topic 'audit': KafkaError{code=_TRANSPORT,val=-195,"
         'str="Failed to get metadata: Local: Broker transport failure"}'
     ]
+    assert elapsed < 20
+
+
+def test_check_gives_up_on_an_unreachable_broker_with_its_freshness_line(
+    tmp_path: Path
+) -> None:
+    env = cli_env(UNREACHABLE, "audit", tmp_path / "kyc.duckdb", "g",
+                  KYC_SYNC_KAFKA__REQUEST_TIMEOUT_S="5")
+
+    started = time.monotonic()
+    failed = run_cli(env, "check")
+    elapsed = time.monotonic() - started
+
+    assert failed.returncode == 1
+    assert stderr_lines(failed.stderr) == []
+    assert ("FAIL freshness: cannot read the group's lag from Kafka: metadata of topic 'audit': "
+            "KafkaError{code=_TRANSPORT,") in failed.stdout
     assert elapsed < 20
 
 
