@@ -74,16 +74,16 @@ class LoopOptions:
     commit nothing, stop when each is read. None: join the group and consume."""
     history: bool = False
     """Keep every distinct version of the window and stage them for the history table."""
-
-    @property
-    def stops(self) -> dict[int, int] | None:
-        """The end offset of each bounded partition (None when unbounded)."""
-        return None if self.bounds is None else {r.partition: r.next_offset for r in self.bounds}
     caught_up_wait_s: float = 300.0
     """``until_caught_up``: how long the group may stay without moving forward while this
     instance waits for partitions other members hold; then it stops naming them."""
     progress_check_s: float = 1.0
     """``until_caught_up``: how often the group's offsets are asked for while waiting."""
+
+    @property
+    def stops(self) -> dict[int, int] | None:
+        """The end offset of each bounded partition (None when unbounded)."""
+        return None if self.bounds is None else {r.partition: r.next_offset for r in self.bounds}
 
 
 @dataclass(frozen=True, slots=True)
