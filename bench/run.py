@@ -82,6 +82,10 @@ CONSUME_BATCH = 10_000
 BUFFER_CHUNK = 500_000
 """Messages buffered at a time for the decode + reduce measurement (bounds its memory)."""
 
+STEPS: tuple[str, ...] = ("b0", "decode", "e2e", "history", "writes", "peer")
+"""The measuring steps ``--steps`` picks from (loading the topic and seeding the file always run,
+unless ``--topic`` names a topic already loaded). ``writes`` needs ``decode``'s staged table."""
+
 REQUIRED_KEYS: tuple[str, ...] = (
     "b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "peak_rss_bytes", "merge_s", "ctas_s",
     "peer_e2e_per_s", "events", "profiles", "e2e_history_per_s", "peak_rss_history_bytes",
@@ -254,6 +258,7 @@ def decode_reduce(bootstrap: str, topic: str, partitions: int) -> IngestResult:
         started = time.perf_counter()
         for messages in chunk:
             ingest(messages)
+        loop.settle_ingest()  # the last batch, held for the next poll
         ingest_s += time.perf_counter() - started
         chunk, buffered = [], 0
 
@@ -421,9 +426,18 @@ def fmt_ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def fmt_mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def fmt_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
 def render(results: dict[str, Any]) -> str:
     r = results
     b0 = r["b0_msgs_per_s"]
+    keys = "n/a" if r["keys"] is None else f"{r['keys']:,}"
     rows: list[tuple[str, str, str]] = [
         ("B0 raw consume (key+value)", fmt_rate(b0), "1.00"),
         ("decode + reduce (SyncLoop.ingest)", fmt_rate(r["decode_reduce_per_s"]),
@@ -435,24 +449,23 @@ def render(results: dict[str, Any]) -> str:
          fmt_ratio(ratio(r["peer_e2e_per_s"], b0))),
         ("end to end, history on", fmt_rate(r["e2e_history_per_s"]),
          fmt_ratio(ratio(r["e2e_history_per_s"], b0))),
-        ("peak RSS, end to end", f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB", ""),
-        ("peak RSS, end to end, history on", "n/a" if r["peak_rss_history_bytes"] is None
-         else f"{r['peak_rss_history_bytes'] / 2**20:,.0f} MiB", ""),
-        ("peak RSS, peer", "n/a" if r["peer_peak_rss_bytes"] is None
-         else f"{r['peer_peak_rss_bytes'] / 2**20:,.0f} MiB", ""),
-        (f"MERGE {r['keys']:,} rows into {r['seeded_rows']:,} (file)", f"{r['merge_s']:.2f} s",
-         ""),
-        ("writer's DELETE + INSERT, same rows (file)", f"{r['upsert_s']:.2f} s", ""),
-        ("CTAS of the same Arrow table (file)", f"{r['ctas_s']:.2f} s", ""),
-        ("e2e flush: write (classify+upsert+ledger)", f"{r['e2e_write_s']:.2f} s", ""),
-        ("e2e flush: total (stage+write+commit)", f"{r['e2e_flush_s']:.2f} s", ""),
-        ("e2e flush, history on: write", f"{r['e2e_history_write_s']:.2f} s", ""),
+        ("peak RSS, end to end", fmt_mib(r["peak_rss_bytes"]), ""),
+        ("peak RSS, end to end, history on", fmt_mib(r["peak_rss_history_bytes"]), ""),
+        ("peak RSS, peer", fmt_mib(r["peer_peak_rss_bytes"]), ""),
+        (f"MERGE {keys} rows into {r['seeded_rows']:,} (file)", fmt_s(r["merge_s"]), ""),
+        ("writer's DELETE + INSERT, same rows (file)", fmt_s(r["upsert_s"]), ""),
+        ("CTAS of the same Arrow table (file)", fmt_s(r["ctas_s"]), ""),
+        ("e2e flush: write (classify+upsert+ledger)", fmt_s(r["e2e_write_s"]), ""),
+        ("e2e flush: total (stage+write+commit)", fmt_s(r["e2e_flush_s"]), ""),
+        ("e2e flush, history on: write", fmt_s(r["e2e_history_write_s"]), ""),
         ("load (produce the topic)", fmt_rate(r["load_per_s"]), ""),
     ]
     width = max(len(a) for a, _, _ in rows)
     lines = [
         f"kyc-sync benchmark: {r['events']:,} events over {r['profiles']:,} profiles, "
-        f"{r['partitions']} partitions, {r['payload_avg_bytes']:.0f} B avg payload",
+        f"{r['partitions']} partitions"
+        + ("" if r["payload_avg_bytes"] is None
+           else f", {r['payload_avg_bytes']:.0f} B avg payload"),
         f"{'figure'.ljust(width)}  {'value':>16}  x B0",
         f"{'-' * width}  {'-' * 16}  ----",
     ]
@@ -496,31 +509,84 @@ def versions() -> dict[str, str]:
     }
 
 
+def selected_steps(args: argparse.Namespace) -> set[str]:
+    """The steps to run: ``--steps`` (all by default), less the history run with
+    ``--history off``; ``writes`` brings ``decode`` (it writes decode's staged table)."""
+    steps = set(STEPS if args.steps is None else args.steps.split(","))
+    unknown = steps - set(STEPS)
+    if unknown:
+        raise SystemExit(f"unknown step(s) {sorted(unknown)}; choose among {', '.join(STEPS)}")
+    if args.history == "off":
+        steps.discard("history")
+    if "writes" in steps:
+        steps.add("decode")
+    return steps
+
+
+def loaded_events(bootstrap: str, topic: str, partitions: int) -> int:
+    """Messages in ``topic`` (sum of its high watermarks; the benchmark's topics start at 0)."""
+    consumer = _consumer(bootstrap)
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in range(partitions))
+    finally:
+        consumer.close()
+
+
+def empty_results() -> dict[str, Any]:
+    """Every key of ``latest.json`` a step fills, null until it runs."""
+    keys = (
+        "load_s", "load_per_s", "load_workers", "payload_avg_bytes", "b0_msgs_per_s", "b0_s",
+        "decode_reduce_per_s", "decode_reduce_s", "decode_only_per_s", "stage_s", "keys",
+        "e2e_per_s", "e2e_wall_s", "e2e_flushes", "e2e_ingest_s", "e2e_flush_s", "e2e_write_s",
+        "e2e_mismatches", "e2e_correct", "peak_rss_bytes", "e2e_history_per_s",
+        "e2e_history_wall_s", "e2e_history_flush_s", "e2e_history_write_s",
+        "peak_rss_history_bytes", "e2e_history_rows", "e2e_history_rows_expected",
+        "e2e_history_correct", "merge_s", "upsert_s", "ctas_s", "peer_e2e_per_s", "peer_wall_s",
+        "peer_peak_rss_bytes", "peer_mismatches", "peer_correct",
+    )
+    return dict.fromkeys(keys)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     events, profiles = QUICK if args.quick else FULL
     spec = Spec(args.events or events, args.profiles or profiles, args.partitions)
+    steps = selected_steps(args)
     work: Path = args.work_dir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=0o700)  # profile data and offsets: owner only
     timeout = args.timeout
     peer_python: Path = args.peer_python
-    peer_kind = args.peer
+    peer_kind = args.peer if "peer" in steps else "none"
     if peer_kind == "auto":
         peer_kind = "quix" if peer_python == PEER_PYTHON and PEER_READY.exists() else "none"
     if peer_kind == "quix" and not peer_python.exists():
         raise SystemExit(f"no peer environment at {peer_python}: run `make bench-peer-env`")
+    r = empty_results()
 
     with ExitStack() as stack:
         bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
+            if args.topic:
+                raise SystemExit("--topic names a topic of a running broker: give --bootstrap")
             broker = stack.enter_context(LocalKafka(work_dir=work / "kafka"))
             bootstrap = broker.bootstrap
             say(f"local broker on {bootstrap} (started in {broker.startup_seconds:.1f}s)")
         loadavg_start = _loadavg()
-        topic = f"bench-{spec.events}-{spec.profiles}-{uuid.uuid4().hex[:8]}"
-        say(f"loading {spec.events:,} events over {spec.profiles:,} profiles into {topic}")
-        loaded: LoadReport = load(bootstrap, topic, spec, args.load_workers)
-        say(f"  {loaded.seconds:.1f}s, {loaded.per_s:,.0f} events/s")
+        if args.topic:
+            topic = args.topic
+            found = loaded_events(bootstrap, topic, spec.partitions)
+            if found != spec.events:
+                raise SystemExit(f"topic {topic} holds {found:,} messages, not {spec.events:,}: "
+                                 "load it with `python -m bench.load` and the same sizes")
+            say(f"reusing {topic}: {spec.events:,} events over {spec.profiles:,} profiles")
+        else:
+            topic = f"bench-{spec.events}-{spec.profiles}-{uuid.uuid4().hex[:8]}"
+            say(f"loading {spec.events:,} events over {spec.profiles:,} profiles into {topic}")
+            loaded: LoadReport = load(bootstrap, topic, spec, args.load_workers)
+            say(f"  {loaded.seconds:.1f}s, {loaded.per_s:,.0f} events/s")
+            r.update(load_s=loaded.seconds, load_per_s=loaded.per_s, load_workers=loaded.workers,
+                     payload_avg_bytes=loaded.payload_bytes / loaded.events)
         if args.pin_cpu is not None:
             os.sched_setaffinity(0, {args.pin_cpu})  # inherited by the e2e and peer processes
 
@@ -528,41 +594,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed_s = seed_warehouse(seeded, spec)
         seeded_rows = len(spec.seeded_ids)
         say(f"seeded table: {seeded_rows:,} rows in {seed_s:.1f}s")
-        expected = expected_table(spec)
+        expected = expected_table(spec) if steps & {"e2e", "history", "peer"} else None
 
-        say("B0: raw consume loop")
-        b0_count, b0_s = raw_consume(bootstrap, topic, spec.partitions)
-        if b0_count != spec.events:
-            raise RuntimeError(f"B0 read {b0_count} messages, expected {spec.events}")
-        b0 = b0_count / b0_s
-        say(f"  {b0:,.0f} msg/s")
+        if "b0" in steps:
+            say(f"B0: raw consume loop (load average {_loadavg()})")
+            b0_count, b0_s = raw_consume(bootstrap, topic, spec.partitions)
+            if b0_count != spec.events:
+                raise RuntimeError(f"B0 read {b0_count} messages, expected {spec.events}")
+            r.update(b0_msgs_per_s=b0_count / b0_s, b0_s=b0_s)
+            say(f"  {r['b0_msgs_per_s']:,.0f} msg/s")
 
-        say("decode + reduce: SyncLoop.ingest over buffered messages")
-        ingested = decode_reduce(bootstrap, topic, spec.partitions)
-        if ingested.events != spec.events:
-            raise RuntimeError(f"ingest saw {ingested.events} events, expected {spec.events}")
-        decode_reduce_per_s = ingested.events / ingested.ingest_s
-        say(f"  {decode_reduce_per_s:,.0f} events/s, {ingested.keys:,} keys; "
-            f"staged in {ingested.stage_s:.2f}s")
+        ingested: IngestResult | None = None
+        if "decode" in steps:
+            say(f"decode + reduce: SyncLoop.ingest over buffered messages (load average "
+                f"{_loadavg()})")
+            ingested = decode_reduce(bootstrap, topic, spec.partitions)
+            if ingested.events != spec.events:
+                raise RuntimeError(f"ingest saw {ingested.events} events, expected {spec.events}")
+            r.update(decode_reduce_per_s=ingested.events / ingested.ingest_s,
+                     decode_reduce_s=ingested.ingest_s, keys=ingested.keys,
+                     decode_only_per_s=ingested.decode_only_events / ingested.decode_only_s,
+                     stage_s=ingested.stage_s)
+            say(f"  {r['decode_reduce_per_s']:,.0f} events/s, {ingested.keys:,} keys; "
+                f"staged in {ingested.stage_s:.2f}s")
 
-        say("end to end: kyc-sync run --until-caught-up")
-        e2e_db = work / "e2e.duckdb"
-        shutil.copyfile(seeded, e2e_db)
-        run_e2e, flushes = e2e(bootstrap, topic, e2e_db, spec, work / "e2e.log", timeout)
-        if run_e2e.returncode != 0:
-            raise RuntimeError(f"kyc-sync exited {run_e2e.returncode}:\n{run_e2e.log[-4000:]}")
-        e2e_bad = mismatches(e2e_db, expected)
-        e2e_per_s = spec.events / run_e2e.wall_s
-        say(f"  {e2e_per_s:,.0f} events/s in {run_e2e.wall_s:.1f}s, peak RSS "
-            f"{run_e2e.peak_rss_bytes / 2**20:,.0f} MiB, {len(flushes)} flush(es), "
-            f"{e2e_bad} mismatching rows")
+        if "e2e" in steps:
+            assert expected is not None
+            say(f"end to end: kyc-sync run --until-caught-up (load average {_loadavg()})")
+            e2e_db = work / "e2e.duckdb"
+            shutil.copyfile(seeded, e2e_db)
+            run_e2e, flushes = e2e(bootstrap, topic, e2e_db, spec, work / "e2e.log", timeout)
+            if run_e2e.returncode != 0:
+                raise RuntimeError(f"kyc-sync exited {run_e2e.returncode}:\n{run_e2e.log[-4000:]}")
+            e2e_bad = mismatches(e2e_db, expected)
+            r.update(
+                e2e_per_s=spec.events / run_e2e.wall_s, e2e_wall_s=run_e2e.wall_s,
+                e2e_flushes=len(flushes),
+                e2e_ingest_s=sum(float(f.get("decode_s", 0)) for f in flushes),
+                e2e_flush_s=sum(float(f.get("total_s", 0)) for f in flushes),
+                e2e_write_s=sum(float(f.get("write_s", 0)) for f in flushes),
+                e2e_mismatches=e2e_bad, e2e_correct=e2e_bad == 0,
+                peak_rss_bytes=run_e2e.peak_rss_bytes,
+            )
+            say(f"  {r['e2e_per_s']:,.0f} events/s in {run_e2e.wall_s:.1f}s, peak RSS "
+                f"{run_e2e.peak_rss_bytes / 2**20:,.0f} MiB, {len(flushes)} flush(es), "
+                f"{e2e_bad} mismatching rows")
 
-        history_run: Measured | None = None
-        history_flushes: list[dict[str, str]] = []
-        history_bad: int | None = None
-        history_rows = history_problems = 0
-        if args.history == "on":
-            say("end to end with history on: kyc-sync run --until-caught-up")
+        if "history" in steps:
+            assert expected is not None
+            say(f"end to end with history on: kyc-sync run --until-caught-up (load average "
+                f"{_loadavg()})")
             history_db = work / "e2e-history.duckdb"
             shutil.copyfile(seeded, history_db)
             history_run, history_flushes = e2e(bootstrap, topic, history_db, spec,
@@ -572,20 +653,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    f"{history_run.log[-4000:]}")
             history_bad = mismatches(history_db, expected)
             history_rows, history_problems = history_findings(history_db)
-            say(f"  {spec.events / history_run.wall_s:,.0f} events/s in "
-                f"{history_run.wall_s:.1f}s, peak RSS {history_run.peak_rss_bytes / 2**20:,.0f} "
-                f"MiB, {history_rows:,} history rows, {history_problems} history findings, "
-                f"{history_bad} mismatching rows")
+            r.update(
+                e2e_history_per_s=spec.events / history_run.wall_s,
+                e2e_history_wall_s=history_run.wall_s,
+                e2e_history_flush_s=sum(float(f.get("total_s", 0)) for f in history_flushes),
+                e2e_history_write_s=sum(float(f.get("write_s", 0)) for f in history_flushes),
+                peak_rss_history_bytes=history_run.peak_rss_bytes,
+                e2e_history_rows=history_rows, e2e_history_rows_expected=seeded_rows + spec.events,
+                e2e_history_correct=history_bad == 0 and history_problems == 0
+                and history_rows == seeded_rows + spec.events,
+            )
+            say(f"  {r['e2e_history_per_s']:,.0f} events/s in {history_run.wall_s:.1f}s, peak "
+                f"RSS {history_run.peak_rss_bytes / 2**20:,.0f} MiB, {history_rows:,} history "
+                f"rows, {history_problems} history findings, {history_bad} mismatching rows")
 
-        say("MERGE vs CTAS of the staged winners")
-        writes = merge_vs_ctas(seeded, work, ingested.staged)
-        say(f"  MERGE {writes.merge_s:.2f}s, DELETE+INSERT {writes.upsert_s:.2f}s, "
-            f"CTAS {writes.ctas_s:.2f}s")
+        if "writes" in steps:
+            assert ingested is not None
+            say(f"MERGE vs CTAS of the staged winners (load average {_loadavg()})")
+            writes = merge_vs_ctas(seeded, work, ingested.staged)
+            r.update(merge_s=writes.merge_s, upsert_s=writes.upsert_s, ctas_s=writes.ctas_s)
+            say(f"  MERGE {writes.merge_s:.2f}s, DELETE+INSERT {writes.upsert_s:.2f}s, "
+                f"CTAS {writes.ctas_s:.2f}s")
 
-        peer_run: Measured | None = None
-        peer_bad: int | None = None
         if peer_kind == "quix":
-            say("peer: Quix Streams application")
+            assert expected is not None
+            say(f"peer: Quix Streams application (load average {_loadavg()})")
             peer_db = work / "peer.duckdb"
             shutil.copyfile(seeded, peer_db)
             peer_run = peer(peer_python, bootstrap, topic, peer_db, spec, work / "peer.log",
@@ -593,66 +685,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if peer_run.returncode != 0:
                 raise RuntimeError(f"peer exited {peer_run.returncode}:\n{peer_run.log[-4000:]}")
             peer_bad = mismatches(peer_db, expected)
-            say(f"  {spec.events / peer_run.wall_s:,.0f} events/s in {peer_run.wall_s:.1f}s, "
+            r.update(peer_e2e_per_s=spec.events / peer_run.wall_s, peer_wall_s=peer_run.wall_s,
+                     peer_peak_rss_bytes=peer_run.peak_rss_bytes, peer_mismatches=peer_bad,
+                     peer_correct=peer_bad == 0)
+            say(f"  {r['peer_e2e_per_s']:,.0f} events/s in {peer_run.wall_s:.1f}s, "
                 f"peak RSS {peer_run.peak_rss_bytes / 2**20:,.0f} MiB, "
                 f"{peer_bad} mismatching rows")
         loadavg_end = _loadavg()
 
-    peer_per_s = None if peer_run is None else spec.events / peer_run.wall_s
     results: dict[str, Any] = {
         "events": spec.events,
         "profiles": spec.profiles,
         "partitions": spec.partitions,
         "quick": bool(args.quick),
-        "keys": ingested.keys,
+        "steps": sorted(steps, key=STEPS.index),
         "seeded_rows": seeded_rows,
-        "payload_avg_bytes": loaded.payload_bytes / loaded.events,
-        "load_s": loaded.seconds,
-        "load_per_s": loaded.per_s,
-        "load_workers": loaded.workers,
-        "b0_msgs_per_s": b0,
-        "b0_s": b0_s,
-        "decode_reduce_per_s": decode_reduce_per_s,
-        "decode_reduce_s": ingested.ingest_s,
-        "decode_only_per_s": ingested.decode_only_events / ingested.decode_only_s,
-        "stage_s": ingested.stage_s,
-        "e2e_per_s": e2e_per_s,
-        "e2e_wall_s": run_e2e.wall_s,
-        "e2e_flushes": len(flushes),
-        "e2e_ingest_s": sum(float(f.get("decode_s", 0)) for f in flushes),
-        "e2e_flush_s": sum(float(f.get("total_s", 0)) for f in flushes),
-        "e2e_write_s": sum(float(f.get("write_s", 0)) for f in flushes),
-        "e2e_mismatches": e2e_bad,
-        "e2e_correct": e2e_bad == 0,
-        "peak_rss_bytes": run_e2e.peak_rss_bytes,
-        "history": args.history,
-        "e2e_history_per_s": None if history_run is None else spec.events / history_run.wall_s,
-        "e2e_history_wall_s": None if history_run is None else history_run.wall_s,
-        "e2e_history_flush_s": sum(float(f.get("total_s", 0)) for f in history_flushes),
-        "e2e_history_write_s": sum(float(f.get("write_s", 0)) for f in history_flushes),
-        "peak_rss_history_bytes": None if history_run is None else history_run.peak_rss_bytes,
-        "e2e_history_rows": history_rows if history_run is not None else None,
-        "e2e_history_rows_expected": seeded_rows + spec.events,
-        "e2e_history_correct": None if history_run is None else (
-            history_bad == 0 and history_problems == 0
-            and history_rows == seeded_rows + spec.events),
-        "merge_s": writes.merge_s,
-        "upsert_s": writes.upsert_s,
-        "ctas_s": writes.ctas_s,
+        **r,
+        "history": "on" if "history" in steps else "off",
         "peer": "quixstreams" if peer_kind == "quix" else "none",
-        "peer_e2e_per_s": peer_per_s,
-        "peer_wall_s": None if peer_run is None else peer_run.wall_s,
-        "peer_peak_rss_bytes": None if peer_run is None else peer_run.peak_rss_bytes,
-        "peer_mismatches": peer_bad,
-        "peer_correct": None if peer_bad is None else peer_bad == 0,
-        "e2e_vs_b0": ratio(e2e_per_s, b0),
-        "e2e_history_vs_off": None if history_run is None
-        else ratio(spec.events / history_run.wall_s, e2e_per_s),
-        "decode_reduce_vs_b0": ratio(decode_reduce_per_s, b0),
-        "peak_rss_gb": run_e2e.peak_rss_bytes / 1e9,
-        "merge_vs_ctas": ratio(writes.merge_s, writes.ctas_s),
-        "upsert_vs_ctas": ratio(writes.upsert_s, writes.ctas_s),
-        "e2e_vs_peer": ratio(e2e_per_s, peer_per_s),
+        "e2e_vs_b0": ratio(r["e2e_per_s"], r["b0_msgs_per_s"]),
+        "e2e_history_vs_off": ratio(r["e2e_history_per_s"], r["e2e_per_s"]),
+        "decode_reduce_vs_b0": ratio(r["decode_reduce_per_s"], r["b0_msgs_per_s"]),
+        "peak_rss_gb": None if r["peak_rss_bytes"] is None else r["peak_rss_bytes"] / 1e9,
+        "merge_vs_ctas": ratio(r["merge_s"], r["ctas_s"]),
+        "upsert_vs_ctas": ratio(r["upsert_s"], r["ctas_s"]),
+        "e2e_vs_peer": ratio(r["e2e_per_s"], r["peer_e2e_per_s"]),
         "cpus": os.cpu_count(),
         "pinned_cpu": args.pin_cpu,
         "loadavg_start": loadavg_start,
@@ -684,6 +741,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     parser.add_argument("--history", choices=["on", "off"], default="on",
                         help="also run end to end with profile history on (default), or skip it")
+    parser.add_argument("--steps", default=None,
+                        help=f"comma-separated steps to run, among {','.join(STEPS)} (default: "
+                        "all); the others' keys are null")
+    parser.add_argument("--topic", default="",
+                        help="measure this topic, already loaded on --bootstrap with the same "
+                        "--events/--profiles (`python -m bench.load`), instead of loading one")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--load-workers", type=int, default=2)
