@@ -76,7 +76,7 @@ def build_warehouse(settings: Settings) -> Warehouse:
         schema = settings.duckdb.schema_name
         return DuckDBWarehouse(
             settings.duckdb.path, table_names(settings, False, schema), schema,
-            fault_plan(settings),
+            fault_plan(settings), memory_limit=settings.duckdb.memory_limit,
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
     try:

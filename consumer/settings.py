@@ -195,6 +195,12 @@ class WarehouseSettings(Section):
 class DuckDBSettings(Section):
     path: str = Field(default="kyc.duckdb", description="Database file.")
     schema_name: str = Field(default="main", description="Schema of the tables.")
+    memory_limit: str = Field(
+        default="128MB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory limit while kyc-sync uses the file (e.g. 128MB, 1GiB): "
+        "what a flush's joins and checkpoint may hold before DuckDB spills to "
+        "<path>.tmp. DuckDB's own default is 80% of the machine's memory.",
+    )
 
     @field_validator("schema_name")
     @classmethod
