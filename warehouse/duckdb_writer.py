@@ -100,7 +100,8 @@ class DuckDBWarehouse:
         self.names = names
         self.schema = Ident(schema)
         self.faults = faults or FaultPlan()
-        self.config = {} if memory_limit is None else {"memory_limit": memory_limit}
+        self.config: dict[str, str | bool | int | float | list[str]] = (
+            {} if memory_limit is None else {"memory_limit": memory_limit})
         """Every connection's DuckDB settings (one process must open a file with one config)."""
         self._memory: duckdb.DuckDBPyConnection | None = None
 
