@@ -306,6 +306,8 @@ class SyncLoop:
         may own none), flush them, then ask whether the group has committed every partition of
         the topic to its end (``consumer.run.progress``). Raises ``StopRun`` naming the
         partitions when the group stays without moving forward for ``caught_up_wait_s``."""
+        if self.partitions.assigned <= self.partitions.at_end:
+            self.settle_ingest()  # what was read is decoded: a registry outage rewinds
         if not self.partitions.assigned <= self.partitions.at_end:
             self.progress.restart_wait()
             return False
@@ -730,18 +732,33 @@ class SyncLoop:
     # -- rebalances --------------------------------------------------------------------------
 
     def abandon(self) -> None:
-        """Drop the buffer; nothing more is flushed or committed by this instance. Work in
-        flight is waited for and its outcome ignored (a write may still commit in the warehouse:
-        its events are re-read and re-applied as no-ops)."""
-        self.abandoned = True
+        """Drop the buffer; nothing more is flushed or committed by this instance, but for the
+        window whose write is in flight: committed if that write succeeds (a failure of it is
+        not retried). The batch being decoded is waited for and dropped."""
         self.decoding.discard()  # its events join the reducer's count of what is dropped
-        self.writing.discard()
+        self._finish_write_once()
+        self.abandoned = True
         held = 0 if self.held is None else len(self.held.kept)
         self.dropped_events = self.reducer.events + self.flushing_events + held
         self.held = None
         self.written = None
         self.reducer.clear()
         self.window.reset()
+
+    def _finish_write_once(self) -> None:
+        """Steps 5-7 for the write in flight, without retrying it: the run is stopping."""
+        written = self.written
+        if written is None:
+            return
+        self.written = None
+        try:
+            result = self.writing.take()
+        except Exception as err:
+            log.warning("the write in flight failed too, nothing of it is committed: %s", err)
+            return
+        self.commit(written.drained.window.ranges)
+        self.flushing_events = 0
+        self._report(written.reason, written.drained, result, written.started)
 
     def _drop_buffer(self, why: str, ranges: Iterable[PartitionRange]) -> None:
         """Forget buffered events without writing them; owned partitions re-read them (from the

@@ -733,13 +733,15 @@ def test_revocation_over_budget_with_a_write_in_flight_rewinds_both_windows(rigs
         deliver(0, limit=1),                  # 0@2 buffered meanwhile
         Revoke((1,)),
         Call(lambda: setattr(rig.warehouse, "fail_with", None)),
+        Assign((1,)),                         # back, to be read from its start
     )
 
     assert rig.loop.run() == 0
 
     assert rig.consumer.seeks == [(0, 0)]
-    assert rig.consumer.commits == [{0: 3}]
-    assert rig.warehouse.current() == oracle(on(produced, 0))
+    assert rig.consumer.group_offsets == {0: 3, 1: 2}
+    assert_commits_follow_applies(rig.journal)
+    assert rig.warehouse.current() == oracle(produced)
 
 
 def test_shutdown_waits_for_the_write_in_flight_then_flushes_the_rest(rigs: Rigs) -> None:
