@@ -371,15 +371,15 @@ class SyncLoop:
     def _take(self, messages: list[Message]) -> Taken:
         started = time.perf_counter()
         stops = self.stops
-        if stops is None and not any(m.error() is not None for m in messages):
+        if stops is None and not [m for m in messages if m.error() is not None]:
             # The common case, without a per-message branch: every message is a record.
             partitions: list[int] = [m.partition() for m in messages]  # type: ignore[misc]
             values = [m.value() for m in messages]
-            self.partitions.at_end.difference_update(partitions)
+            self.partitions.at_end.difference_update(set(partitions))
             return Taken(
                 messages, messages, values, [m.key() for m in messages], partitions,
                 [m.offset() for m in messages],  # type: ignore[misc]
-                sum(len(v) for v in values if v), time.perf_counter() - started,
+                _payload_bytes(values), time.perf_counter() - started,
             )
         kept: list[Message] = []
         values = []
@@ -407,8 +407,7 @@ class SyncLoop:
             offsets.append(offset)
             if stops is not None and offset + 1 >= stops[partition]:
                 self.partitions.reached_end(partition)
-        size = sum(len(v) for v in values if v)
-        return Taken(messages, kept, values, keys, partitions, offsets, size,
+        return Taken(messages, kept, values, keys, partitions, offsets, _payload_bytes(values),
                      time.perf_counter() - started)
 
     def _start_ingest(self) -> None:
@@ -838,6 +837,13 @@ class SyncLoop:
                     if self.reducer.events:
                         self._drop_buffer(f"partitions {lost} lost", self.reducer.ranges())
         self.observer.assignment(frozenset(self.partitions.assigned))
+
+
+def _payload_bytes(values: list[bytes | None]) -> int:
+    try:
+        return sum(map(len, values))  # type: ignore[arg-type]
+    except TypeError:  # a message without a value
+        return sum(len(v) for v in values if v)
 
 
 def _utc_micros(naive_utc: datetime) -> int:

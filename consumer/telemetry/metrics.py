@@ -116,6 +116,8 @@ class PrometheusObserver(Observer):
         self.committed: dict[int, int] = {}
         self.high: dict[int, int] = {}
         self.pending_ms: dict[int, int] = {}
+        self.pending_offset: dict[int, int] = {}
+        """The offset of the message each ``pending_ms`` entry was taken from."""
         self.newest_op_time_s: float | None = None
         self.last_flush_ok = True
         self.next_refresh = 0.0
@@ -125,22 +127,30 @@ class PrometheusObserver(Observer):
     # -- hooks -------------------------------------------------------------------------------
 
     def consumed(self, messages: list[Message], decoded: int) -> None:
-        first: dict[int, int] = {}
-        valid = 0
-        for msg in messages:
-            if msg.error() is None:
-                valid += 1
-                partition: int = msg.partition()  # type: ignore[assignment]
-                if partition not in first:
-                    kind, stamp = msg.timestamp()
-                    first[partition] = -1 if kind == TIMESTAMP_NOT_AVAILABLE else stamp
-        self.events_consumed.inc(valid)
+        events = [m for m in messages if m.error() is not None]  # partition ends: a few
+        self.events_consumed.inc(len(messages) - len(events))
         self.events_decoded.inc(decoded)
+        with self.lock:
+            known = set(self.pending_ms)
+            wanted = len(self.assigned - known) if self.assigned else -1
+        if wanted == 0:
+            return  # every partition owned has its oldest pending message: nothing to look at
+        first: dict[int, tuple[int, int]] = {}
+        for msg in messages:
+            partition: int = msg.partition()  # type: ignore[assignment]
+            if partition in known or partition in first or msg.error() is not None:
+                continue
+            offset: int = msg.offset()  # type: ignore[assignment]
+            kind, stamp = msg.timestamp()
+            first[partition] = (offset, -1 if kind == TIMESTAMP_NOT_AVAILABLE else stamp)
+            if len(first) == wanted:
+                break
         if first:
             with self.lock:
-                for partition, stamp in first.items():
+                for partition, (offset, stamp) in first.items():
                     if partition not in self.pending_ms:
                         self.pending_ms[partition] = stamp
+                        self.pending_offset[partition] = offset
 
     def dead_lettered(self, error_class: str) -> None:
         self.events_dead_lettered.labels(error_class).inc()
@@ -171,7 +181,10 @@ class PrometheusObserver(Observer):
         with self.lock:
             for r in report.ranges:
                 self.committed[r.partition] = r.next_offset
-            self.pending_ms.clear()  # a flush drains and commits everything consumed so far
+                # What the window held is applied; messages consumed after it was drained (the
+                # loop consumes while a window is written) are still pending.
+                if self.pending_offset.get(r.partition, r.next_offset) < r.next_offset:
+                    del self.pending_ms[r.partition], self.pending_offset[r.partition]
             self.last_flush_ok = True
             if newest is not None and (self.newest_op_time_s is None
                                        or newest > self.newest_op_time_s):
@@ -186,7 +199,7 @@ class PrometheusObserver(Observer):
     def assignment(self, partitions: frozenset[int]) -> None:
         with self.lock:
             self.assigned = partitions
-            for known in (self.committed, self.high, self.pending_ms):
+            for known in (self.committed, self.high, self.pending_ms, self.pending_offset):
                 for partition in [p for p in known if p not in partitions]:
                     del known[partition]
         self.assigned_partitions.set(len(partitions))

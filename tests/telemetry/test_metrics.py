@@ -189,6 +189,26 @@ def test_lag_in_messages_and_seconds() -> None:
     assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") == 0
 
 
+def test_events_consumed_while_a_window_is_written_stay_pending() -> None:
+    """The loop consumes the next window while one is written: that window's report must not
+    make the events read meanwhile look applied."""
+    clock = Clock(NOW)
+    obs = observer(clock)
+    consumer = FakeConsumer(high={0: 100, 1: 100}, committed={0: 0, 1: 0})
+    obs.assignment(frozenset({0, 1}))
+    obs.tick(consumer)  # type: ignore[arg-type]
+    old_ms, new_ms = int((NOW - 60) * 1000), int((NOW - 20) * 1000)
+    obs.consumed(batch(Msg(0, 0, old_ms), Msg(0, 1, old_ms)), 2)   # window 1, then drained
+    obs.consumed(batch(Msg(0, 2, new_ms), Msg(1, 0, new_ms)), 2)   # window 2, while it is written
+
+    obs.flushed(report((0, 0, 2), result=RESULT))  # window 1 committed
+
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") is None  # until read again
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="1") == 20
+    obs.consumed(batch(Msg(0, 3, new_ms)), 1)
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") == 20
+
+
 def test_tick_is_throttled_and_asks_committed_once() -> None:
     clock = Clock(NOW)
     obs = observer(clock)
