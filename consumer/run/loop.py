@@ -120,6 +120,21 @@ class Taken:
     scan_s: float
 
 
+    def merged(self, later: Taken) -> Taken:
+        """This batch and a later one, as one batch."""
+        return Taken(
+            self.messages + later.messages, self.kept + later.kept, self.values + later.values,
+            self.keys + later.keys, self.partitions + later.partitions,
+            self.offsets + later.offsets, self.size + later.size, self.scan_s + later.scan_s,
+        )
+
+
+MERGED_BATCHES = 8
+"""While the decoder is busy, consume() batches wait merged into one, up to this many: a bigger
+batch decodes for less per event (each polars call has a fixed cost, several milliseconds when
+the machine is loaded), so a decoder that falls behind catches up."""
+
+
 @dataclass(frozen=True, slots=True)
 class Ingested:
     """What decoding and reducing a batch left for the loop's thread: the registry failure that
@@ -188,7 +203,12 @@ class SyncLoop:
         """Applied offsets whose commit failed, per partition: committed with the next one."""
         self.decoding: Slot[Ingested] = Slot("kyc-sync-decode")
         self.held: Taken | None = None
-        """The last batch consumed, decoded while the next one is fetched."""
+        """Batches consumed and not yet decoded (merged while the decoder is busy)."""
+        self.decoding_taken: Taken | None = None
+        """The batch in the ``decoding`` slot."""
+        self.absorbed = (0, 0, 0)
+        """The reducer's events, payload bytes and keys (at most) when it was last read on this
+        thread: it must not be read while a batch is decoded."""
         self.writing: Slot[ApplyResult | None] = Slot("kyc-sync-write")
         self.written: Writing | None = None
         """The window whose write is in the ``writing`` slot."""
@@ -270,6 +290,8 @@ class SyncLoop:
     def poll(self) -> None:
         consumer = self.consumer
         assert consumer is not None
+        if self.decoding.done():
+            self._absorb(self.decoding.take(), None)
         self._start_ingest()  # the batch held is decoded while the next one is fetched
         messages = consumer.consume(self.options.consume_batch, self.options.poll_timeout_s)
         self.observer.polled()
@@ -344,12 +366,22 @@ class SyncLoop:
     # -- ingest ------------------------------------------------------------------------------
 
     def ingest(self, messages: list[Message]) -> None:
-        """Take a consume() batch: sort its messages out here (partition ends, planned stops),
-        settle the batches taken before it, and hold it; ``poll`` decodes and reduces the batch
-        held in the background while it fetches the next one."""
+        """Take a consume() batch: sort its messages out here (partition ends, planned stops)
+        and hold it; ``poll`` decodes and reduces the batch held in the background while it
+        fetches the next one. While the decoder is busy, batches held wait merged (up to
+        ``MERGED_BATCHES``); then the loop waits for the decoder."""
         taken = self._take(messages)
-        if not self._settle(taken):
-            return  # rewound, together with the batch before it
+        if self.decoding.done() and not self._absorb(self.decoding.take(), taken):
+            return  # rewound, together with the batches before it
+        held = self.held
+        if held is not None and taken.kept:
+            limit = self.options.consume_batch * MERGED_BATCHES
+            if self.decoding.busy and len(held.kept) + len(taken.kept) <= limit:
+                self.held = held.merged(taken)
+                return
+            if self.decoding.busy and not self._absorb(self.decoding.take(), taken):
+                return
+            self._start_ingest()
         if taken.kept:
             self.window.note_event()
             self.held = taken
@@ -361,12 +393,14 @@ class SyncLoop:
         self._settle()
 
     def buffered(self) -> tuple[int, int]:
-        """Events and payload bytes of the open window, the batch held included (nothing may
-        be in flight: between two polls)."""
-        held = self.held
-        if held is None:
-            return self.reducer.events, self.reducer.payload_bytes
-        return self.reducer.events + len(held.kept), self.reducer.payload_bytes + held.size
+        """Events and payload bytes of the open window: the reducer's when last read, and the
+        batches taken since (decoding or waiting)."""
+        events, size, _keys = self.absorbed
+        for taken in (self.decoding_taken, self.held):
+            if taken is not None:
+                events += len(taken.kept)
+                size += taken.size
+        return events, size
 
     def _take(self, messages: list[Message]) -> Taken:
         started = time.perf_counter()
@@ -411,10 +445,11 @@ class SyncLoop:
                      time.perf_counter() - started)
 
     def _start_ingest(self) -> None:
-        """Decode and reduce the batch held, in the background."""
+        """Decode and reduce the batch held, in the background (if the decoder is free)."""
         taken = self.held
         if taken is not None and not self.decoding.busy:
             self.held = None
+            self.decoding_taken = taken
             self.decoding.start(lambda: self._decode_reduce(taken))
 
     def _settle(self, newer: Taken | None = None) -> bool:
@@ -440,6 +475,7 @@ class SyncLoop:
         """Back on the loop's thread: report the batch; after a registry outage, re-read its
         unprocessed messages and every batch taken after it. False in that case."""
         taken = ingested.taken
+        self.decoding_taken = None
         self.decode_s += taken.scan_s + ingested.seconds
         self.observer.consumed(taken.messages, ingested.decoded)
         rewound = ingested.error is not None
@@ -452,10 +488,16 @@ class SyncLoop:
             self._registry_down(ingested.error, unprocessed)
         else:
             self.registry_failures = 0
-        if self.reducer.events == 0:
+        if self.reducer.events == 0 and self.held is None:
             self.window.reset()
+        self._read_reducer()
         self.observer.buffered(self.reducer.events, self.reducer.keys_at_most)
         return not rewound
+
+    def _read_reducer(self) -> None:
+        """Note what the reducer holds (nothing may be decoding)."""
+        self.absorbed = (self.reducer.events, self.reducer.payload_bytes,
+                         self.reducer.keys_at_most)
 
     def _ingest_decoded(self, taken: Taken) -> tuple[int, RegistryUnavailable | None]:
         """Decode the batch in columns and offer its rows to the reducer. Returns where it
@@ -620,6 +662,7 @@ class SyncLoop:
         the staged table is all the write needs."""
         with self._timed("reduce"):
             window = self.reducer.drain()
+            self._read_reducer()
             self.window.reset()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch = self.stage(window, decode_s)
@@ -636,7 +679,7 @@ class SyncLoop:
             decode_s=drained.decode_s, total_s=time.perf_counter() - started,
         )
         self.observer.flushed(report)
-        self.observer.buffered(self.reducer.events, self.reducer.keys_at_most)
+        self.observer.buffered(self.absorbed[0], self.absorbed[2])
         return report
 
     @contextmanager
@@ -740,8 +783,10 @@ class SyncLoop:
         held = 0 if self.held is None else len(self.held.kept)
         self.dropped_events = self.reducer.events + self.flushing_events + held
         self.held = None
+        self.decoding_taken = None
         self.written = None
         self.reducer.clear()
+        self._read_reducer()
         self.window.reset()
 
     def _finish_write_once(self) -> None:
@@ -763,6 +808,7 @@ class SyncLoop:
         """Forget buffered events without writing them; owned partitions re-read them (from the
         first offset of any range of theirs)."""
         self.reducer.clear()
+        self._read_reducer()
         self.flushing_events = 0
         self.window.reset()
         rewind: dict[int, int] = {}

@@ -605,13 +605,15 @@ class RegistryOutage:
 
 class GatedDecoder:
     """A decoder whose ``decode_batch`` signals ``entered`` and then waits for ``gate``; it
-    records the threads it ran on."""
+    records the threads it ran on and the batches' sizes."""
 
     def __init__(self, inner: Decoder) -> None:
         self.inner = inner
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.threads: list[str] = []
+        self.sizes: list[int] = []
+        """The size of each batch decoded."""
 
     def decode(self, value: bytes | None, key: bytes | None) -> Decoded:
         return self.inner.decode(value, key)
@@ -620,6 +622,7 @@ class GatedDecoder:
         self, values: Sequence[bytes | None], keys: Sequence[bytes | None]
     ) -> DecodedBatch:
         self.threads.append(threading.current_thread().name)
+        self.sizes.append(len(values))
         self.entered.set()
         if not self.gate.wait(10.0):
             raise AssertionError("the decode gate was never opened")

@@ -679,6 +679,26 @@ def test_a_batch_is_decoded_while_the_next_one_is_fetched(rigs: Rigs) -> None:
     assert rig.warehouse.current() == oracle(produced)
 
 
+def test_batches_wait_merged_while_the_decoder_is_busy(rigs: Rigs) -> None:
+    decoder = GatedDecoder(plain_decoder())
+    rig = rigs.new(decoder=decoder, until_caught_up=True)
+    produced = rig.produce(updates(0, *range(1, 11)))
+    rig.consumer.play(
+        Assign((0,)), deliver(limit=2),
+        Call(lambda: decoder.entered.wait(5.0)),   # the first batch is being decoded
+        deliver(limit=3), deliver(limit=3),       # these two wait, merged
+        Call(decoder.gate.set), deliver(),
+    )
+
+    assert rig.loop.run() == 0
+
+    assert decoder.sizes[0] == 2
+    assert decoder.sizes[1] >= 6  # at least the two batches fetched meanwhile, as one
+    assert sum(decoder.sizes) == 10
+    assert rig.consumer.commits == [{0: 10}]
+    assert rig.warehouse.current() == oracle(produced)
+
+
 def test_a_window_is_written_while_the_next_one_is_consumed(rigs: Rigs) -> None:
     rig = rigs.new(policy=WindowPolicy(max_events=2))
     gate = threading.Event()
