@@ -148,7 +148,11 @@ class DecodingSettings(Section):
 
 class WindowSettings(Section):
     seconds: float = Field(default=600.0, gt=0, description="Window length, seconds.")
-    max_events: int = Field(default=1_000_000, gt=0, description="Flush early at this many events.")
+    max_events: int = Field(
+        default=1_000_000, gt=0,
+        description="Flush early at this many events. Bounds one window; the next one fills "
+        "while a window is written, so memory holds up to two.",
+    )
     max_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Flush early at this many payload bytes."
     )

@@ -52,7 +52,7 @@ from consumer.run.observer import FlushReport, Observer
 from consumer.run.partitions import Partitions, first_offsets
 from consumer.run.progress import GroupProgress, describe
 from consumer.run.retry import RetriesExhausted, retry_transient
-from consumer.run.slot import Slot
+from consumer.run.slot import Slot, SlotTimeout
 from consumer.source.deadletters import DeadLetterSink
 from schemas.errors import InvalidEvent, TerminalError
 from warehouse.base import ApplyResult, Batch, Warehouse
@@ -625,9 +625,12 @@ class SyncLoop:
             self.finish_write(budget_s)
 
     def finish_write(self, budget_s: float | None = None) -> FlushReport | None:
-        """Steps 5-7 of the flush whose write is in flight, if any."""
+        """Steps 5-7 of the flush whose write is in flight, if any. With ``budget_s`` (a
+        revocation), a write that does not end in time raises ``RetriesExhausted``: it is
+        given up on, its events re-read."""
         written = self.written
         if written is None:
+            self._end_given_up_write(budget_s)
             return None
         drained = written.drained
         with self._in_flight():
@@ -644,18 +647,43 @@ class SyncLoop:
         return self._report(written.reason, drained, result, written.started)
 
     def _write_result(self, batch: Batch | None, budget_s: float | None) -> ApplyResult | None:
-        """The outcome of the write in flight; a transient failure is retried on this thread."""
+        """The outcome of the write in flight; a transient failure is retried, each attempt
+        on the write slot's thread. With ``budget_s``, no wait for an attempt outlasts it."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         attempts = 0
 
         def attempt() -> ApplyResult | None:
             nonlocal attempts
             attempts += 1
-            if attempts == 1:
-                return self.writing.take()
-            assert batch is not None  # an empty window's write cannot fail
-            return self.warehouse.apply(batch)
+            if attempts > 1:
+                assert batch is not None  # an empty window's write cannot fail
+                self.writing.start(lambda: self.warehouse.apply(batch))
+            return self._take_write(deadline)
 
         return self.retry(attempt, "warehouse apply", budget_s)
+
+    def _take_write(self, deadline: float | None) -> ApplyResult | None:
+        """The outcome of the write slot's task, waiting at most until ``deadline``. A write
+        still running then is given up on (``RetriesExhausted``); the slot keeps it, and the
+        next write waits for it to end (``_end_given_up_write``)."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self.writing.take(timeout)
+        except SlotTimeout as err:
+            raise RetriesExhausted(f"warehouse apply: over its budget ({err})") from None
+
+    def _end_given_up_write(self, budget_s: float | None) -> None:
+        """Wait for a write given up on over its budget to end (its outcome is ignored: its
+        events were rewound and are written again), before another write starts."""
+        if not self.writing.busy:
+            return
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        try:
+            self._take_write(deadline)
+        except RetriesExhausted:
+            raise
+        except Exception as err:
+            log.info("the write given up on has ended: %s", err)
 
     def _drain(self) -> Drained:
         """Empty the reducer and stage its rows. The reduced rows are released once staged:
@@ -664,6 +692,7 @@ class SyncLoop:
             window = self.reducer.drain()
             self._read_reducer()
             self.window.reset()
+            self.observer.window_closed()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch = self.stage(window, decode_s)
         return Drained(replace(window, rows=None, versions=None), batch, decode_s)
@@ -853,11 +882,15 @@ class SyncLoop:
                 ranges = self._uncommitted()
                 try:
                     self.finish_write(budget)
+                    ranges = self._uncommitted()  # the write in flight is committed
                     if revoked & self.reducer.partitions():
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise RetriesExhausted(
+                                f"no time left of {budget:g}s to write the buffer")
                         log.info("partitions %s revoked: flushing what is buffered",
                                  sorted(revoked))
-                        self.flush(FlushReason.REVOKE,
-                                   budget_s=max(0.0, deadline - time.monotonic()))
+                        self.flush(FlushReason.REVOKE, budget_s=left)
                     else:
                         log.info("partitions %s revoked", sorted(revoked))
                 except RetriesExhausted as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -20,6 +21,10 @@ T = TypeVar("T")
 
 class SlotBusy(RuntimeError):
     """A task was started while the slot still held one (a programming error)."""
+
+
+class SlotTimeout(Exception):
+    """``Slot.take`` waited its whole timeout: the task is still running."""
 
 
 class Slot(Generic[T]):
@@ -48,15 +53,20 @@ class Slot(Generic[T]):
         self._task = self._executor.submit(task)
         self.started += 1
 
-    def take(self) -> T:
-        """Wait for the task to end and free the slot: its result, or its exception raised."""
+    def take(self, timeout_s: float | None = None) -> T:
+        """Wait for the task to end and free the slot: its result, or its exception raised.
+        Raises ``SlotTimeout`` when it has not ended within ``timeout_s``; the slot then still
+        holds it (``discard`` waits for it)."""
         task = self._task
         if task is None:
             raise LookupError(f"{self.name}: no task to take")
         try:
-            return task.result()
-        finally:
-            self._task = None
+            task.exception(timeout=timeout_s)  # waits; the task's own exception is not raised
+        except FutureTimeout:
+            raise SlotTimeout(
+                f"{self.name}: the task did not end within {timeout_s:g}s") from None
+        self._task = None
+        return task.result()
 
     def discard(self) -> None:
         """Wait for the task in flight, if any, to end; free the slot, ignoring its outcome."""

@@ -115,9 +115,12 @@ class PrometheusObserver(Observer):
         self.assigned: frozenset[int] = frozenset()
         self.committed: dict[int, int] = {}
         self.high: dict[int, int] = {}
-        self.pending_ms: dict[int, int] = {}
-        self.pending_offset: dict[int, int] = {}
-        """The offset of the message each ``pending_ms`` entry was taken from."""
+        self.pending: dict[int, list[tuple[int, int]]] = {}
+        """Per partition, the (offset, timestamp ms) of the first message consumed into each
+        window not yet applied, oldest first: with a window written while the next one is
+        consumed, two of them."""
+        self.in_open_window: set[int] = set()
+        """Partitions whose first message of the open window is in ``pending``."""
         self.newest_op_time_s: float | None = None
         self.last_flush_ok = True
         self.next_refresh = 0.0
@@ -131,10 +134,10 @@ class PrometheusObserver(Observer):
         self.events_consumed.inc(len(messages) - len(events))
         self.events_decoded.inc(decoded)
         with self.lock:
-            known = set(self.pending_ms)
+            known = set(self.in_open_window)
             wanted = len(self.assigned - known) if self.assigned else -1
         if wanted == 0:
-            return  # every partition owned has its oldest pending message: nothing to look at
+            return  # every partition owned has its first message of the window: nothing to do
         first: dict[int, tuple[int, int]] = {}
         for msg in messages:
             partition: int = msg.partition()  # type: ignore[assignment]
@@ -147,10 +150,14 @@ class PrometheusObserver(Observer):
                 break
         if first:
             with self.lock:
-                for partition, (offset, stamp) in first.items():
-                    if partition not in self.pending_ms:
-                        self.pending_ms[partition] = stamp
-                        self.pending_offset[partition] = offset
+                for partition, entry in first.items():
+                    if partition not in self.in_open_window:
+                        self.in_open_window.add(partition)
+                        self.pending.setdefault(partition, []).append(entry)
+
+    def window_closed(self) -> None:
+        with self.lock:
+            self.in_open_window.clear()
 
     def dead_lettered(self, error_class: str) -> None:
         self.events_dead_lettered.labels(error_class).inc()
@@ -181,10 +188,14 @@ class PrometheusObserver(Observer):
         with self.lock:
             for r in report.ranges:
                 self.committed[r.partition] = r.next_offset
-                # What the window held is applied; messages consumed after it was drained (the
-                # loop consumes while a window is written) are still pending.
-                if self.pending_offset.get(r.partition, r.next_offset) < r.next_offset:
-                    del self.pending_ms[r.partition], self.pending_offset[r.partition]
+                # What the window held is applied; the windows consumed after it (the loop
+                # consumes while a window is written) are still pending.
+                entries = [e for e in self.pending.get(r.partition, ()) if e[0] >= r.next_offset]
+                if entries:
+                    self.pending[r.partition] = entries
+                else:
+                    self.pending.pop(r.partition, None)
+                    self.in_open_window.discard(r.partition)
             self.last_flush_ok = True
             if newest is not None and (self.newest_op_time_s is None
                                        or newest > self.newest_op_time_s):
@@ -199,9 +210,10 @@ class PrometheusObserver(Observer):
     def assignment(self, partitions: frozenset[int]) -> None:
         with self.lock:
             self.assigned = partitions
-            for known in (self.committed, self.high, self.pending_ms, self.pending_offset):
+            for known in (self.committed, self.high, self.pending):
                 for partition in [p for p in known if p not in partitions]:
                     del known[partition]
+            self.in_open_window &= partitions
         self.assigned_partitions.set(len(partitions))
 
     def tick(self, consumer: Consumer) -> None:
@@ -273,7 +285,8 @@ class PrometheusObserver(Observer):
         with self.lock:
             assigned = sorted(self.assigned)
             committed, high = dict(self.committed), dict(self.high)
-            pending, newest = dict(self.pending_ms), self.newest_op_time_s
+            pending = {p: entries[0][1] for p, entries in self.pending.items() if entries}
+            newest = self.newest_op_time_s
         lag_messages = GaugeMetricFamily(
             PREFIX + "partition_lag_messages",
             "Log-end offset minus committed offset, per assigned partition.",

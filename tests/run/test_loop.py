@@ -24,10 +24,11 @@ from batcher.window import FlushReason, WindowPolicy
 from consumer.decode.decoder import Decoder, PlainAvroDecoder
 from consumer.decode.encoder import AuditEncoder
 from consumer.run.loop import LoopOptions, StopRun, SyncLoop
-from consumer.run.observer import FlushReport, Observer
+from consumer.run.observer import FlushReport, Observer, Observers
 from consumer.run.partitions import Partitions
 from consumer.run.retry import RetriesExhausted
 from consumer.source.deadletters import DeadLetterError, DeadLetters
+from consumer.telemetry.metrics import PrometheusObserver
 from schemas import audit_schema
 from tests.integration.harness import BASE_US, Event, Produced, history, history_oracle, oracle
 from tests.run.fakes import (
@@ -762,6 +763,108 @@ def test_revocation_over_budget_with_a_write_in_flight_rewinds_both_windows(rigs
     assert rig.consumer.group_offsets == {0: 3, 1: 2}
     assert_commits_follow_applies(rig.journal)
     assert rig.warehouse.current() == oracle(produced)
+
+
+@pytest.mark.parametrize("step", [Revoke((1,)), Lose((1,))], ids=["revoked", "lost"])
+def test_a_callback_gives_up_on_a_slow_write_within_its_budget(rigs: Rigs, step: Step) -> None:
+    """The write in flight takes 2 s, the callback's budget is 0.3 s: the callback returns in
+    time, both windows are dropped and partition 0 rewound; the next write waits for the one
+    given up on, and the table converges."""
+    rig = rigs.new(policy=WindowPolicy(max_events=3), revoke_budget_s=0.3, until_caught_up=True)
+    gate = threading.Event()
+    rig.warehouse.gate = gate
+    produced = rig.produce(updates(0, 1, 2, 3, 4) + updates(1, 11, 12))
+    rig.consumer.play(
+        Assign((0, 1)), deliver(0, limit=3),  # window 0@0-2 due: its write is held 2 s
+        deliver(0, limit=1), deliver(1, limit=1),  # 0@3 and 1@0 buffered meanwhile
+        open_later(gate, 2.0), step,
+        Assign((1,)),                         # back, to be read from its start
+    )
+
+    assert rig.loop.run() == 0
+
+    kind = "revoked" if isinstance(step, Revoke) else "lost"
+    seconds = [s for k, s in rig.consumer.callback_s if k == kind]
+    assert seconds[0] < 0.3 + 0.4, seconds
+    assert rig.consumer.seeks == [(0, 0)]
+    assert isinstance(rig.observer.failures[0], RetriesExhausted)
+    assert rig.consumer.group_offsets == {0: 4, 1: 2}
+    assert_commits_follow_applies(rig.journal)
+    assert rig.warehouse.current() == oracle(produced)
+
+
+def test_a_revocation_does_not_start_writing_the_buffer_past_its_budget(rigs: Rigs) -> None:
+    """Every write takes 0.5 s against a 0.3 s budget: the write in flight uses the budget up,
+    and the buffer is dropped, not written in the callback."""
+    rig = rigs.new(policy=WindowPolicy(max_events=3), revoke_budget_s=0.3)
+    rig.warehouse.delay_s = 0.5
+    rig.produce(updates(0, 1, 2, 3, 4) + updates(1, 11, 12))
+    rig.consumer.play(
+        Assign((0, 1)), deliver(0, limit=3),   # window 1 due: its write starts
+        deliver(0, limit=1),                   # 0@3 buffered
+        Revoke((0, 1)), IDLE, rig.stop(),
+    )
+
+    assert rig.loop.run() == 0
+
+    seconds = [s for k, s in rig.consumer.callback_s if k == "revoked"]
+    assert seconds[0] < 0.3 + 0.4, seconds
+    assert rig.warehouse.attempts == 1
+    assert rig.consumer.commits == []
+
+
+def test_a_revocation_over_budget_rewinds_past_the_window_it_committed(rigs: Rigs) -> None:
+    """The callback commits the write in flight, then the buffer's flush runs over budget: the
+    partition kept is re-read from the first offset dropped, not from the committed window."""
+    rig = rigs.new(policy=WindowPolicy(max_events=3), revoke_budget_s=0.3, until_caught_up=True)
+    gate = threading.Event()
+    rig.warehouse.gate = gate
+    produced = rig.produce(updates(0, 1, 2, 3, 4) + updates(1, 11, 12))
+    rig.consumer.play(
+        Assign((0, 1)), deliver(0, limit=3),     # window 0@0-2 due: its write held at the gate
+        deliver(0, limit=1), deliver(1, limit=1),  # 0@3 and 1@0 buffered meanwhile
+        Call(gate.set), rig.write_ended(),     # done; committed by the callback below
+        Call(lambda: rig.warehouse.failures.extend([LOCKED] * 20)),  # the buffer's flush fails
+        Revoke((1,)),
+        Call(rig.warehouse.failures.clear),
+        Assign((1,)),
+    )
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.commits[0] == {0: 3}
+    assert rig.consumer.seeks == [(0, 3)]
+    assert rig.consumer.group_offsets == {0: 4, 1: 2}
+    assert rig.warehouse.current() == oracle(produced)
+
+
+def test_events_consumed_while_a_window_is_written_keep_their_age(rigs: Rigs) -> None:
+    """Window 1's report clears the age of what it applied only: offset 2, consumed while it
+    was written, is still pending in the lag and freshness metrics."""
+    rig = rigs.new(policy=WindowPolicy(max_events=2))
+    metrics = PrometheusObserver(TOPIC)
+    rig.loop.observer = Observers([rig.observer, metrics])
+    gate = threading.Event()
+    rig.warehouse.gate = gate
+    rig.produce(updates(0, 1, 2, 3))
+    seen: list[dict[int, list[int]]] = []
+
+    def pending() -> None:
+        seen.append({p: [offset for offset, _ in e] for p, e in metrics.pending.items()})
+
+    rig.consumer.play(
+        Assign((0,)), deliver(limit=2),      # window 1 (0-1) due: its write is held
+        deliver(limit=1),                    # offset 2 consumed meanwhile, decoded:
+        Call(lambda: wait_for(rig.loop.decoding.done)), IDLE, Call(pending),
+        Call(gate.set), rig.write_ended(), IDLE, Call(pending),  # window 1 reported
+        rig.stop(),
+    )
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.commits == [{0: 2}, {0: 3}]
+    assert seen == [{0: [0, 2]}, {0: [2]}]
+    assert metrics.pending == {}
 
 
 def test_shutdown_waits_for_the_write_in_flight_then_flushes_the_rest(rigs: Rigs) -> None:

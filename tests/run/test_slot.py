@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from consumer.run.slot import Slot, SlotBusy
+from consumer.run.slot import Slot, SlotBusy, SlotTimeout
 
 
 @pytest.fixture
@@ -68,3 +68,32 @@ def test_discard_waits_for_the_task_and_ignores_its_outcome(slot: Slot[str]) -> 
     assert not slot.busy
     slot.close()
     slot.close()  # closing twice is harmless
+
+
+def test_take_with_a_timeout_leaves_a_running_task_in_the_slot(slot: Slot[str]) -> None:
+    gate = threading.Event()
+    slot.start(lambda: str(gate.wait(5.0)))
+
+    with pytest.raises(SlotTimeout):
+        slot.take(0.05)
+
+    assert slot.busy  # still held: nothing else starts before it ends
+    with pytest.raises(SlotBusy):
+        slot.start(lambda: "second")
+    gate.set()
+    assert slot.take(5.0) == "True"
+    slot.close()
+
+
+def test_a_task_raising_timeout_error_is_its_own_failure_not_a_slot_timeout(
+    slot: Slot[str],
+) -> None:
+    def time_out() -> str:
+        raise TimeoutError("driver timeout")
+
+    slot.start(time_out)
+
+    with pytest.raises(TimeoutError, match="driver timeout"):
+        slot.take(5.0)
+    assert not slot.busy
+    slot.close()
