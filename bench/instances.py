@@ -7,6 +7,7 @@ in its own session so that a timeout can end it and only it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -69,11 +70,12 @@ def duckdb_env(path: Path) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class Ended:
     """One process, ended: exit code, seconds from the group's start to its exit, peak RSS,
-    its log."""
+    CPU seconds (user + system, its own and its children's), its log."""
 
     returncode: int
     wall_s: float
     peak_rss_bytes: int
+    cpu_s: float
     log: str
 
     @property
@@ -101,6 +103,7 @@ class Running:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ended_at: list[float] = [0.0] * len(logs)
         self.status: list[int] = [0] * len(logs)
+        self.cpu_s: list[float] = [0.0] * len(logs)
         self.threads: list[threading.Thread] = []
         for index, log_path in enumerate(self.logs):
             log_path.with_suffix(".rss").unlink(missing_ok=True)
@@ -121,10 +124,11 @@ class Running:
         killer = threading.Timer(timeout_s, _kill_group, (proc.pid,))
         killer.start()
         try:
-            _, status, _usage = os.wait4(proc.pid, 0)
+            _, status, usage = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
         self.ended_at[index] = time.perf_counter()
+        self.cpu_s[index] = usage.ru_utime + usage.ru_stime
         self.status[index] = os.waitstatus_to_exitcode(status)
         proc.returncode = self.status[index]
 
@@ -132,10 +136,12 @@ class Running:
         return self.logs[index].read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM to each process still running (kyc-sync flushes, commits and leaves)."""
+        """SIGTERM to each process still running (``bench.peak_rss`` passes it on; kyc-sync
+        flushes, commits and leaves)."""
         for proc in self.procs:
             if proc.returncode is None:
-                _signal_group(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
 
     def wait(self) -> list[Ended]:
         for thread in self.threads:
@@ -145,16 +151,15 @@ class Running:
             rss = log_path.with_suffix(".rss")
             ended.append(Ended(
                 self.status[index], self.ended_at[index] - self.started,
-                int(rss.read_text()) if rss.exists() else 0, self.log_text(index),
+                int(rss.read_text()) if rss.exists() else 0, self.cpu_s[index],
+                self.log_text(index),
             ))
         return ended
 
 
 def _signal_group(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _kill_group(pid: int) -> None:
