@@ -51,6 +51,7 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from batcher.window import WindowPolicy
+from bench import wire_format
 from bench.load import (
     LoadReport,
     Spec,
@@ -557,6 +558,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{run_e2e.peak_rss_bytes / 2**20:,.0f} MiB, {len(flushes)} flush(es), "
             f"{e2e_bad} mismatching rows")
 
+        wire = wire_format.stage(bootstrap, spec, seeded, work, timeout, e2e_per_s)
+
         history_run: Measured | None = None
         history_flushes: list[dict[str, str]] = []
         history_bad: int | None = None
@@ -661,6 +664,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "topic": topic,
         "work_dir": str(work),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **wire,
     }
     results["targets"] = targets(results)
     return results

@@ -42,7 +42,9 @@ TARGET = 0.9
 
 @contextmanager
 def registry(url: str, work: Path) -> Iterator[str]:
-    """``url`` if given, else a local Apicurio Registry for the stage's duration."""
+    """``url`` if given, else ``SCHEMA_REGISTRY_URL``, else a local Apicurio Registry for the
+    stage's duration."""
+    url = url or os.environ.get("SCHEMA_REGISTRY_URL", "")
     if url:
         yield url.rstrip("/")
         return
@@ -180,10 +182,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Confluent-compatible registry API (default: SCHEMA_REGISTRY_URL, "
                         "else a local Apicurio Registry)")
     common_args(parser, "wire_format")
-    args = parser.parse_args(argv)
-    if not args.registry_url:
-        args.registry_url = os.environ.get("SCHEMA_REGISTRY_URL", "")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,8 +19,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_quick_bench_reports_every_figure_and_syncs_the_table(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", schema_registry_url)  # the wire-format step's
     results_path = tmp_path / "latest.json"
     work = tmp_path / "work"
 
@@ -49,6 +51,10 @@ def test_quick_bench_reports_every_figure_and_syncs_the_table(
         assert results["peer_e2e_per_s"] > 0
     else:
         assert results["peer_e2e_per_s"] is None
+    assert results["e2e_confluent_per_s"] > 0
+    assert results["e2e_confluent_correct"] is True
+    assert results["e2e_confluent_vs_plain"] == (
+        results["e2e_confluent_per_s"] / results["e2e_per_s"])
     assert [t["target"] for t in results["targets"]] == [t[0] for t in bench_run.TARGETS]
 
     # The table after the run equals the oracle, read independently of the harness's check.
