@@ -34,6 +34,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +104,14 @@ class SnowflakeTargets:
         from tests.chaos.targets import SnowflakeTarget
 
         self.spec = spec
-        self.targets = {count: SnowflakeTarget(host, port, f"BENCH_{uuid.uuid4().hex[:10].upper()}",
-                                               log, lock_timeout_s) for count in range(1, 10)}
+        self.new_target = partial(SnowflakeTarget, host, port, log=log,
+                                  lock_timeout_s=lock_timeout_s)
+        self.targets: dict[int, SnowflakeTarget] = {}
         self.expected: dict[int, tuple[str, int]] | None = None
 
     def env(self, count: int) -> dict[str, str]:
-        target = self.targets[count]
+        database = f"BENCH_{uuid.uuid4().hex[:10].upper()}"
+        target = self.targets[count] = self.new_target(database=database)
         target.create_schema()
         return target.env()
 
