@@ -5,8 +5,9 @@
 
 One ``kyc-sync run`` (``window.seconds`` = ``--window-s``, the rest default) syncs a new topic
 into a new DuckDB file. Once it owns its partitions, a producer process writes ``--rate``
-events/s for ``--seconds``, paced every 5 ms (``linger.ms`` 5): first one INSERT per profile
-(``--profiles``), then UPDATEs of random profiles. Every ``--probe-every``-th event is a probe:
+events/s for ``--seconds``, paced every 5 ms (``linger.ms`` 5; every message encoded before
+the clock starts): first one INSERT per profile (``--profiles``), then UPDATEs of random
+profiles. Every ``--probe-every``-th event is a probe:
 the INSERT of a profile of its own (ids from ``PROBE_BASE`` on), whose produce time is noted
 when ``produce()`` returns (wall clock). Meanwhile this process polls the view every
 ``--poll-s`` (opening the file read-only, as any reader does, and closing it) for the probes it
@@ -60,44 +61,48 @@ def produce_paced(
     out: str,
 ) -> None:
     """The producer process: ``rate`` events/s for ``seconds``; writes to ``out`` the probes'
-    produce times and the achieved schedule."""
+    produce times and the achieved schedule.
+
+    Every message is encoded before the clock starts (op_times increase with the event index),
+    so that the paced loop only hands messages to the client and keeps its rate on a busy
+    machine."""
     encode = AuditEncoder(audit_schema()).encode
+    rng = random.Random(7)
+    total = int(rate * seconds)
+    messages: list[tuple[bytes, bytes, int]] = []
+    for i in range(total):
+        probe = i % probe_every == probe_every - 1
+        key = (PROBE_BASE + i // probe_every if probe
+               else i if i < profiles else rng.randrange(profiles))
+        op_time = BASE_US + i
+        value = encode({
+            "kyc_profile_id": key, "goldtier_id": goldtier_id(i), "cid": f"CID-{key:09d}",
+            "party_id": f"PTY-{key:09d}", "created_date": BASE_US, "updated_date": op_time,
+            "op_type": "INSERT" if probe or i < profiles else "UPDATE", "op_time": op_time,
+        })
+        messages.append((value, message_key(key), key if probe else -1))
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "1",
                          "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})
-    rng = random.Random(7)
-    total = int(rate * seconds)
+    produce = producer.produce
     probes: list[tuple[int, float]] = []
     produced = 0
     behind_max = 0
-    last_op_time = 0
     started = time.time()
     while produced < total:
         now = time.time()
         due = min(total, int((now - started) * rate))
         behind_max = max(behind_max, due - produced)
-        while produced < due:
-            i = produced
-            probe = i % probe_every == probe_every - 1
-            key = (PROBE_BASE + i // probe_every if probe
-                   else i if i < profiles else rng.randrange(profiles))
-            op = "INSERT" if probe or i < profiles else "UPDATE"
-            op_time = max(time.time_ns() // 1000, last_op_time + 1)
-            last_op_time = op_time
-            value = encode({
-                "kyc_profile_id": key, "goldtier_id": goldtier_id(i), "cid": f"CID-{key:09d}",
-                "party_id": f"PTY-{key:09d}", "created_date": BASE_US, "updated_date": op_time,
-                "op_type": op, "op_time": op_time,
-            })
+        for value, key_bytes, probe_key in messages[produced:due]:
             while True:
                 try:
-                    producer.produce(topic, value, message_key(key))
+                    produce(topic, value, key_bytes)
                     break
                 except BufferError:
                     producer.poll(0.01)
-            if probe:
-                probes.append((key, time.time()))
-            produced += 1
+            if probe_key >= 0:
+                probes.append((probe_key, time.time()))
+        produced = max(produced, due)
         producer.poll(0)
         time.sleep(max(0.0, TICK_S - (time.time() - now)))
     ended = time.time()
@@ -184,8 +189,8 @@ def measure(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, A
         held = polls = 0
         expected_probes = int(args.rate * args.seconds) // args.probe_every
         if args.poll_s > 0:
-            give_up = time.time() + args.seconds + args.window_s + args.drain_s
-            while time.time() < give_up:
+            give_up: float | None = None  # once the producer is done: the last windows' time
+            while give_up is None or time.time() < give_up:
                 started = time.time()
                 found = poll_probes(db)
                 polls += 1
@@ -195,7 +200,9 @@ def measure(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, A
                     at = time.time()
                     for key in found.difference(seen):
                         seen[key] = at
-                if not producer.is_alive() and len(seen) >= expected_probes:
+                if give_up is None and not producer.is_alive():
+                    give_up = time.time() + args.window_s + args.drain_s
+                if give_up is not None and len(seen) >= expected_probes:
                     break
                 time.sleep(max(0.0, args.poll_s - (time.time() - started)))
         else:
