@@ -177,12 +177,18 @@ def plot(scale: dict[str, Any], path: Path) -> Path:
     rate_ax.set_title("end to end (kyc-sync run, one window)")
     rate_ax.set_ylabel("thousand events/s")
     rate_ax.set_ylim(bottom=0)
-    rss_ax.plot(labels, [r["peak_rss_bytes"] / MIB for r in runs], marker="o", label="peak RSS")
+    profiles = [r["profiles"] / 1e6 for r in runs]
+    rss_ax.plot(profiles, [r["peak_rss_bytes"] / MIB for r in runs], marker="o", label="peak RSS")
+    for x, y, label in zip(profiles, [r["peak_rss_bytes"] / MIB for r in runs], labels,
+                           strict=True):
+        rss_ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -12),
+                        fontsize="small")
     rss_ax.axhline(scale["baseline_peak_rss_bytes"] / MIB, color="grey", linestyle="--",
                    label="baseline (1,000 events)")
     rss_ax.set_title("peak RSS of the process")
     rss_ax.set_ylabel("MiB")
     rss_ax.set_ylim(bottom=0)
+    rss_ax.set_xlim(left=0)
     rss_ax.legend()
     parts = [("ingest peak", "ingest_peak_per_profile"),
              ("  of which librdkafka's queue", "fetch_queue_peak_per_profile"),
@@ -201,8 +207,10 @@ def plot(scale: dict[str, Any], path: Path) -> Path:
         per_ax.legend(fontsize="small")
     per_ax.set_title("bytes per profile")
     per_ax.set_ylabel("bytes")
-    for ax in (rate_ax, rss_ax, per_ax):
+    for ax in (rate_ax, per_ax):
         ax.set_xlabel("events / profiles")
+    rss_ax.set_xlabel("million profiles in the window")
+    for ax in (rate_ax, rss_ax, per_ax):
         ax.grid(alpha=0.3)
     fig.suptitle(f"kyc-sync, {scale['partitions']} partitions, DuckDB file, load average "
                  f"{scale['machine_start']['loadavg']} -> {scale['machine_end']['loadavg']} "
