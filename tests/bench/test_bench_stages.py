@@ -54,6 +54,7 @@ def test_scale_reports_each_size_with_its_memory_and_a_plot(
     assert latest["scale"] == figures
 
 
+@pytest.mark.slow  # a member that finds the group caught up during its join is waited out
 def test_scale_out_on_one_duckdb_file(kafka_bootstrap: str, tmp_path: Path) -> None:
     code = scale_out.main(["--events", "3000", "--profiles", "600", "--instances", "1,2",
                            "--window-events", "1000", *stage_args(kafka_bootstrap, tmp_path)])
@@ -72,6 +73,7 @@ def test_scale_out_on_one_duckdb_file(kafka_bootstrap: str, tmp_path: Path) -> N
     assert sum(one["events_per_instance"]) == 3000
 
 
+@pytest.mark.slow
 def test_scale_out_on_the_snowflake_double(kafka_bootstrap: str, tmp_path: Path) -> None:
     code = scale_out.main(["--warehouse", "snowflake", "--events", "1500", "--profiles", "300",
                            "--instances", "2", "--window-events", "500",
