@@ -76,7 +76,7 @@ bench-latency: env jars
 	$(BIN)/python -m bench.latency $(ARGS)
 
 ## The benchmark's smoke size (20k events), peer included when bench-peer-env was made.
-bench-quick: env jars
+bench-quick: env jars registry
 	$(BIN)/python -m bench.run --quick
 
 ## The peer (Quix Streams) in its own virtualenv: it pins older confluent-kafka and pydantic.
