@@ -5,6 +5,11 @@ one-at-a-time reference in ``tests/oracles`` is its oracle. Batches of events ar
 frames; they are kept as they are until they hold as many rows as the reduced state, then state
 and batches are compacted in one sort: memory follows the number of distinct keys (at most twice
 it between compactions), and each event is sorted a bounded number of times.
+
+Frames decoded from different writer schemas may hold different columns (a field added or removed
+upstream): ``aligned`` lines them up by name before they are reduced, a column a frame lacks being
+null in its rows. A column's values have one type whatever the writer's (``int`` and ``long`` are
+both 64-bit integers until the warehouse stores them), so aligning never converts a value.
 """
 
 from __future__ import annotations
@@ -47,8 +52,18 @@ def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
     return frame[winners]
 
 
+def aligned(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The frames as one, columns lined up by name (null where a frame lacks one); a column
+    with two types is a programming error (``polars`` raises)."""
+    first = frames[0].schema
+    if all(f.schema == first for f in frames[1:]):
+        return pl.concat(frames, how="vertical", rechunk=False)
+    return pl.concat(frames, how="diagonal", rechunk=False)
+
+
 class Reducer:
-    """Not thread-safe; one per consumer. Every added frame must have the same schema."""
+    """Not thread-safe; one per consumer. Added frames hold the key and version columns and
+    any payload columns (``aligned``)."""
 
     def __init__(self, compact_min_rows: int = 200_000) -> None:
         if compact_min_rows <= 0:
@@ -120,7 +135,7 @@ class Reducer:
         frames = ([] if self._state is None else [self._state]) + self._pending
         if not frames:
             return
-        self._state = latest_per_key(pl.concat(frames, how="vertical", rechunk=False))
+        self._state = latest_per_key(aligned(frames))
         self._pending = []
         self._pending_rows = 0
 

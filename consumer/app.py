@@ -14,6 +14,7 @@ from typing import Any
 
 from batcher.ranges import PartitionRange
 from batcher.window import WindowPolicy
+from consumer.decode.contract import Contract
 from consumer.decode.decoder import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from consumer.decode.registry import SchemaRegistry
 from consumer.run.loop import LoopOptions, SyncLoop
@@ -41,16 +42,67 @@ def writer_schema(settings: Settings) -> dict[str, Any]:
     return audit_schema()
 
 
-def build_decoder(settings: Settings) -> Decoder:
+def registry_options(settings: Settings) -> dict[str, Any]:
+    """TLS and bearer-auth properties of the registry client, from ``schema_registry``."""
+    sr = settings.schema_registry
+    options: dict[str, Any] = {
+        "ssl.ca.location": sr.ssl_ca_location,
+        "ssl.certificate.location": sr.ssl_certificate_location,
+        "ssl.key.location": sr.ssl_key_location,
+        "ssl.key.password": sr.ssl_key_password.get_secret_value(),
+    }
+    if sr.bearer_auth:
+        options |= {
+            "bearer.auth.credentials.source": sr.bearer_auth,
+            "bearer.auth.logical.cluster": sr.logical_cluster,
+            "bearer.auth.identity.pool.id": sr.identity_pool_id,
+        }
+    if sr.bearer_auth == "STATIC_TOKEN":
+        options["bearer.auth.token"] = sr.bearer_token.get_secret_value()
+    elif sr.bearer_auth == "OAUTHBEARER":
+        options |= {
+            "bearer.auth.client.id": sr.oauth_client_id,
+            "bearer.auth.client.secret": sr.oauth_client_secret.get_secret_value(),
+            "bearer.auth.scope": sr.oauth_scope,
+            "bearer.auth.issuer.endpoint.url": sr.oauth_issuer_url,
+        }
+    return options
+
+
+def build_registry(settings: Settings) -> SchemaRegistry:
+    """The Schema Registry client of ``decoding.format=confluent``; ``UsageError`` when its
+    settings do not make a client."""
     decoding = settings.decoding
-    if decoding.format == "confluent":
-        registry = SchemaRegistry(
+    try:
+        return SchemaRegistry(
             decoding.schema_registry_url,
             decoding.schema_registry_user or None,
             decoding.schema_registry_password.get_secret_value() or None,
+            settings.schema_registry.timeout_s,
+            registry_options(settings),
         )
-        return ConfluentAvroDecoder(registry.schema)
-    return PlainAvroDecoder(writer_schema(settings))
+    except ValueError as err:
+        raise UsageError(f"invalid settings: {err}") from None
+
+
+def build_contract(settings: Settings) -> Contract:
+    """The column contract: evolution policy and column policy (the table's columns are read
+    when the run loop opens the warehouse)."""
+    columns = settings.columns
+    return Contract(
+        settings.decoding.schema_evolution, columns.policy(),
+        columns.hash_key.get_secret_value().encode(),
+    )
+
+
+def build_decoder(settings: Settings, contract: Contract | None = None) -> Decoder:
+    decoding = settings.decoding
+    contract = contract or build_contract(settings)
+    if decoding.format == "confluent":
+        return ConfluentAvroDecoder(build_registry(settings), contract)
+    return PlainAvroDecoder(
+        writer_schema(settings), contract, schema_file=decoding.schema_file is not None
+    )
 
 
 def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableNames:
@@ -59,6 +111,7 @@ def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableN
         state=QualifiedName.of(*prefix, wh.state_table, upper=upper),
         current=QualifiedName.of(*prefix, wh.table, upper=upper),
         ledger=QualifiedName.of(*prefix, wh.ledger_table, upper=upper),
+        columns=QualifiedName.of(*prefix, wh.columns_table, upper=upper),
     )
 
 
@@ -72,7 +125,7 @@ def build_warehouse(settings: Settings) -> Warehouse:
         schema = settings.duckdb.schema_name
         return DuckDBWarehouse(
             settings.duckdb.path, table_names(settings, False, schema), schema,
-            fault_plan(settings),
+            fault_plan(settings), settings.columns.policy(),
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
     from warehouse.snowflake_writer import SnowflakeWarehouse
@@ -81,7 +134,7 @@ def build_warehouse(settings: Settings) -> Warehouse:
     return SnowflakeWarehouse(
         settings.snowflake,
         table_names(settings, True, sf.database, sf.schema_name),
-        fault_plan(settings),
+        fault_plan(settings), settings.columns.policy(),
     )
 
 

@@ -17,10 +17,23 @@ from typing import Any
 import duckdb
 
 from batcher.ranges import PartitionRange
+from schemas.evolution import ColumnPolicy, TableState
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident
+from warehouse.schema_changes import (
+    alter_statements,
+    change_rows,
+    has_rows_sql,
+    latest_types,
+    pending,
+    physical_columns_sql,
+    policy_rows,
+    record_sql,
+    recorded_columns_sql,
+    table_state,
+)
 from warehouse.sql import (
     CLASSIFY_FIELDS,
     classify_sql,
@@ -31,13 +44,15 @@ from warehouse.sql import (
 from warehouse.staging import assert_unique_keys
 from warehouse.swap import (
     Statement,
+    add_missing,
     discard_statements,
     exchange_statements,
     finish_statements,
     level_statements,
+    outside_sql,
     rebuild_names,
 )
-from warehouse.tables import TableNames, ddl
+from warehouse.tables import TableNames, create_view_sql, ddl, state_columns, table_ddl
 
 STAGED = "kyc_sync_staged"
 APPLY_SLICE_ROWS = 250_000
@@ -86,12 +101,14 @@ class DuckDBWarehouse:
     """Applies batches to a DuckDB file (or ``:memory:``, kept open, for tests)."""
 
     def __init__(
-        self, path: str, names: TableNames, schema: str = "main", faults: FaultPlan | None = None
+        self, path: str, names: TableNames, schema: str = "main", faults: FaultPlan | None = None,
+        policy: ColumnPolicy | None = None,
     ) -> None:
         self.path = path
         self.names = names
         self.schema = Ident(schema)
         self.faults = faults or FaultPlan()
+        self.policy = policy or ColumnPolicy()
         self._memory: duckdb.DuckDBPyConnection | None = None
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -107,21 +124,78 @@ class DuckDBWarehouse:
 
     @translated()
     def open(self) -> None:
-        con = self._connect()
-        try:
-            if self.schema.name != "main":
+        """Create what is missing (a new state table with the column policy's columns), record
+        the column policy with a new table, and re-create the view from the columns the state
+        table has."""
+        if self.schema.name != "main":
+            con = self._connect()
+            try:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema.sql()}")
-            for statement in ddl(self.names, "duckdb"):
+            finally:
+                self._release(con)
+        with self._transaction() as con:
+            for statement in table_ddl(self.names, "duckdb", self.policy.initial_schema()):
                 con.execute(statement)
-        finally:
-            self._release(con)
+            state = self._state(con)
+            if self.names.columns is not None and state.policy is None and (
+                not state.has_rows or self.policy == ColumnPolicy()
+            ):
+                con.executemany(
+                    record_sql(self.names.columns, "duckdb"), policy_rows(self.policy, utcnow())
+                )
+            con.execute(create_view_sql(self.names, "duckdb", state.schema))
+
+    @translated()
+    def table_state(self) -> TableState:
+        """The state table's columns, recorded column policy and whether it holds rows."""
+        with self._transaction() as con:
+            return self._state(con)
+
+    def _state(
+        self, con: duckdb.DuckDBPyConnection, names: TableNames | None = None
+    ) -> TableState:
+        names = names or self.names
+        sql, params = physical_columns_sql(names.state, "duckdb")
+        physical = con.execute(sql, params).fetchall()
+        recorded = (
+            con.execute(recorded_columns_sql(names.columns, "duckdb")).fetchall()
+            if names.columns is not None else []
+        )
+        rows = con.execute(has_rows_sql(names.state)).fetchall()
+        return table_state(physical, recorded, bool(rows and rows[0][0]), upper=False)
+
+    def _evolve(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> TableState:
+        """Make the batch's column changes not made yet (in the batch's transaction), record
+        them; the state table's columns after them."""
+        state = self._state(con)
+        if not batch.schema.changes:
+            return state
+        if self.names.columns is not None:
+            recorded = con.execute(recorded_columns_sql(self.names.columns, "duckdb")).fetchall()
+            known = latest_types(recorded)
+        else:
+            known = {c.name.lower(): c.describe() for c in state.schema.columns}
+        changes = pending(batch.schema.changes, known)
+        if not changes:
+            return state
+        now = utcnow()
+        for statement in alter_statements(self.names.state, changes, state.schema, "duckdb"):
+            con.execute(statement)
+        if self.names.columns is not None:
+            con.executemany(
+                record_sql(self.names.columns, "duckdb"),
+                change_rows(changes, batch.batch_id, now),
+            )
+        state = self._state(con)
+        con.execute(create_view_sql(self.names, "duckdb", state.schema))
+        return state
 
     @translated()
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
         started = time.perf_counter()
         with self._transaction() as con:
-            result = self._write(con, batch)
+            result = self._write(con, batch, self._evolve(con, batch))
             self.faults("after_merge")
             write_ms = int((time.perf_counter() - started) * 1000)
             con.execute(
@@ -130,7 +204,9 @@ class DuckDBWarehouse:
             )
         return replace(result, write_s=time.perf_counter() - started)
 
-    def _write(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> ApplyResult:
+    def _write(
+        self, con: duckdb.DuckDBPyConnection, batch: Batch, state: TableState
+    ) -> ApplyResult:
         """The guarded upsert, slice by slice; what it did (``write_s`` is set by the caller).
 
         DELETE of the superseded rows + INSERT of the staged rows whose key is then absent,
@@ -138,7 +214,10 @@ class DuckDBWarehouse:
         when it updates rows inserted after an earlier update, and an UPDATE keeps every updated
         column's old and new values in memory until the commit (about 500 MiB for 1M rows). The
         staged rows hold one row per key, so slices are independent; each is classified, then
-        written."""
+        written. Every column of the state table is written: one the staged rows lack gets
+        NULL."""
+        columns = state_columns(state.schema)
+        present = set(batch.rows.column_names)
         classified: tuple[Any, ...] = (0, 0, 0, 0, None, None)
         for start in range(0, max(batch.rows.num_rows, 1), APPLY_SLICE_ROWS):
             con.register(STAGED, batch.rows.slice(start, APPLY_SLICE_ROWS))
@@ -147,7 +226,7 @@ class DuckDBWarehouse:
             assert len(row) == len(CLASSIFY_FIELDS)
             classified = add_classified(classified, row)
             con.execute(delete_superseded_sql(self.names.state, STAGED, "duckdb"))
-            con.execute(insert_new_sql(self.names.state, STAGED, "duckdb"))
+            con.execute(insert_new_sql(self.names.state, STAGED, "duckdb", columns, present))
             con.unregister(STAGED)
         inserted, updated, deleted, stale, min_t, max_t = classified
         return ApplyResult(
@@ -167,27 +246,72 @@ class DuckDBWarehouse:
             self._release(con)
 
     def prepare(self) -> None:
-        self._statements([(sql, ()) for sql in ddl(rebuild_names(self.names), "duckdb")])
+        """The rebuild objects, created if missing, with the column policy's columns."""
+        self._statements([
+            (sql, ()) for sql in
+            ddl(rebuild_names(self.names), "duckdb", self.policy.initial_schema())
+        ])
 
     def discard(self) -> None:
         self._statements([(sql, ()) for sql in discard_statements(self.names)])
 
+    @translated()
     def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
-        self._statements(level_statements(self.names, built, "duckdb", into_live=into_live))
+        with self._transaction() as con:
+            self._level(con, built, into_live)
 
+    def _level(
+        self, con: duckdb.DuckDBPyConnection, built: Sequence[PartitionRange], into_live: bool
+    ) -> None:
+        """Merge the rows outside ``built`` of one copy into the other; the target first gains
+        the columns of the source it lacks (recorded in its column metadata)."""
+        rebuild = rebuild_names(self.names)
+        source_names, target_names = (rebuild, self.names) if into_live else (self.names, rebuild)
+        source = self._state(con, source_names).schema
+        target = self._state(con, target_names).schema
+        missing = add_missing(source, target)
+        if missing:
+            for sql in alter_statements(target_names.state, missing, target, "duckdb"):
+                con.execute(sql)
+            if target_names.columns is not None:
+                con.executemany(record_sql(target_names.columns, "duckdb"),
+                                change_rows(missing, "", utcnow()))
+            target = self._state(con, target_names).schema
+        for sql, params in level_statements(
+            self.names, built, "duckdb", into_live=into_live, source=source, target=target
+        ):
+            con.execute(sql, list(params))
+
+    @translated()
+    def outside_rows(self, built: Sequence[PartitionRange]) -> int:
+        """Live rows whose version lies outside ``built`` (what leveling would copy)."""
+        with self._transaction() as con:
+            relation, params = outside_sql(
+                self.names.state, state_columns(self._state(con).schema), built, "duckdb"
+            )
+            rows = con.execute(f"SELECT COUNT(*) FROM {relation} AS o", list(params)).fetchall()
+        return int(rows[0][0])
+
+    @translated()
     def swap_in(self, built: Sequence[PartitionRange]) -> None:
         """One transaction, which no live writer can interleave with (DuckDB lets one process
         write the file at a time): level the rebuild, exchange the names, re-create the view,
         level the live name from the table swapped out. Readers see the old table or the new
         one, never a mix."""
-        self._statements([
-            *level_statements(self.names, built, "duckdb", into_live=False),
-            *((sql, ()) for sql in exchange_statements(self.names, "duckdb")),
-            *level_statements(self.names, built, "duckdb", into_live=True),
-        ])
+        with self._transaction() as con:
+            self._level(con, built, into_live=False)
+            schema = self._state(con, rebuild_names(self.names)).schema
+            for sql in exchange_statements(self.names, "duckdb", schema):
+                con.execute(sql)
+            self._level(con, built, into_live=True)
+            con.execute(create_view_sql(self.names, "duckdb", self._state(con).schema))
 
+    @translated()
     def finish(self) -> None:
-        self._statements([(sql, ()) for sql in finish_statements(self.names, "duckdb")])
+        with self._transaction() as con:
+            for sql in finish_statements(self.names, "duckdb"):
+                con.execute(sql)
+            con.execute(create_view_sql(self.names, "duckdb", self._state(con).schema))
 
     @translated()
     def _statements(self, statements: Sequence[Statement]) -> None:

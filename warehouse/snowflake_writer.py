@@ -37,7 +37,15 @@ state table in between, the flush is rolled back and retried, so the ledger stay
 
 Timestamps travel in the Parquet file as integers (microseconds since the epoch, UTC) and are
 converted with ``TO_TIMESTAMP_NTZ(<n>, 6)``: exact, and independent of how Parquet's logical
-timestamp types are read.
+timestamp types are read. Dates travel as days, times as microseconds, binary values as hex,
+JSON as text (``PARSE_JSON`` into VARIANT), decimals as their text.
+
+Column changes (a batch whose ``TableSchema`` adds or widens columns): DDL commits implicitly, so
+the ``ALTER TABLE`` statements run before the batch's transaction, each harmless to repeat (two
+instances may race to add the same column), and the view is re-created so that it shows the new
+column; the metadata rows are written in the batch's transaction. The MERGE writes every column
+the state table has, NULL for one the batch lacks; if the table's columns change while the batch
+is written (another instance added one), the transaction is rolled back and retried.
 """
 
 from __future__ import annotations
@@ -58,24 +66,48 @@ from snowflake.connector import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
 from batcher.ranges import PartitionRange
-from schemas.columns import Column
+from schemas.columns import BASE_SCHEMA, Column, ColumnChange, TableSchema
+from schemas.evolution import ColumnPolicy, TableState
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import Ident, QualifiedName
+from warehouse.schema_changes import (
+    alter_statements,
+    change_rows,
+    has_rows_sql,
+    latest_types,
+    pending,
+    physical_columns_sql,
+    policy_rows,
+    record_sql,
+    recorded_columns_sql,
+    table_state,
+)
 from warehouse.snowflake_errors import translated
 from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
 from warehouse.staging import assert_unique_keys
 from warehouse.swap import (
     Statement,
+    add_missing,
     discard_statements,
     exchange_statements,
     finish_statements,
     level_statements,
+    outside_sql,
     rebuild_names,
 )
-from warehouse.tables import STATE_COLUMNS, TableNames, col, column_list, ddl, sql_type
+from warehouse.tables import (
+    TableNames,
+    col,
+    column_list,
+    create_view_sql,
+    ddl,
+    sql_type,
+    state_columns,
+    table_ddl,
+)
 
 log = logging.getLogger("kyc_sync.snowflake")
 
@@ -99,10 +131,10 @@ def create_stage_sql() -> str:
     return f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE.sql()} FILE_FORMAT = (TYPE = PARQUET)"
 
 
-def create_staged_sql() -> str:
+def create_staged_sql(schema: TableSchema = BASE_SCHEMA) -> str:
     return (
         f"CREATE OR REPLACE TEMPORARY TABLE {STAGED.sql()} (\n"
-        f"{column_list(STATE_COLUMNS, 'snowflake')}\n)"
+        f"{column_list(state_columns(schema), 'snowflake')}\n)"
     )
 
 
@@ -110,18 +142,29 @@ def put_sql() -> str:
     return f"PUT file://{STAGED_FILE} @{STAGE.sql()} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
 
 
+_STAGED_VALUES: dict[str, str] = {
+    "timestamp": "TO_TIMESTAMP_NTZ({ref}::NUMBER(19,0), 6)",
+    "date": "DATEADD(DAY, {ref}::NUMBER(10,0), TO_DATE('1970-01-01'))",
+    "time": "TO_TIME(TO_TIMESTAMP_NTZ({ref}::NUMBER(19,0), 6))",
+    "binary": "TO_BINARY({ref}::VARCHAR, 'HEX')",
+    "json": "PARSE_JSON({ref}::VARCHAR)",
+    "decimal": "{ref}::VARCHAR::{type}",
+}
+"""How a staged column is read from the Parquet file (default: a cast to its type)."""
+
+
 def _staged_value(column: Column) -> str:
     ref = f'$1:"{column.name.upper()}"'
-    if column.type == "timestamp":
-        return f"TO_TIMESTAMP_NTZ({ref}::NUMBER(19,0), 6)"
-    return f"{ref}::{sql_type(column, 'snowflake')}"
+    template = _STAGED_VALUES.get(column.type, "{ref}::{type}")
+    return template.format(ref=ref, type=sql_type(column, "snowflake"))
 
 
-def copy_sql() -> str:
+def copy_sql(schema: TableSchema = BASE_SCHEMA) -> str:
     """Load the uploaded file into the staged table, typed column by column. ``NULL_IF = ()``:
     a text value is never turned into NULL (the default would turn ``\\N`` into NULL)."""
-    cols = ", ".join(col(c.name, "snowflake") for c in STATE_COLUMNS)
-    values = ",\n  ".join(_staged_value(c) for c in STATE_COLUMNS)
+    columns = state_columns(schema)
+    cols = ", ".join(col(c.name, "snowflake") for c in columns)
+    values = ",\n  ".join(_staged_value(c) for c in columns)
     return (
         f"COPY INTO {STAGED.sql()} ({cols})\n"
         f"FROM (SELECT\n  {values}\nFROM @{STAGE.sql()}/{STAGED_FILE})\n"
@@ -138,17 +181,32 @@ def recorded_sql(ledger: QualifiedName) -> str:
     return f"SELECT {cols} FROM {ledger.sql()} WHERE {col('batch_id', 'snowflake')} = ?"
 
 
-def parquet_payload(rows: pa.Table) -> bytes:
-    """The batch as Parquet: upper-case column names, timestamps as epoch microseconds."""
-    expected = [c.name for c in STATE_COLUMNS]
+def _parquet_array(column: Any) -> Any:
+    """One staged column as the Parquet file carries it (see the module doc)."""
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        return column.cast(pa.int64())
+    if pa.types.is_date32(kind):
+        return column.cast(pa.int32())
+    if pa.types.is_time64(kind):
+        return column.cast(pa.int64())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.array(
+            [None if v is None else v.hex() for v in column.to_pylist()], type=pa.string()
+        )
+    if pa.types.is_decimal(kind):
+        return column.cast(pa.string())
+    return column
+
+
+def parquet_payload(rows: pa.Table, schema: TableSchema = BASE_SCHEMA) -> bytes:
+    """The batch as Parquet: upper-case column names, values as the module doc says."""
+    expected = [c.name for c in state_columns(schema)]
     if rows.column_names != expected:
         raise TerminalWarehouseError(
             f"staged batch columns {rows.column_names} are not the state columns {expected}"
         )
-    arrays = [
-        column.cast(pa.int64()) if pa.types.is_timestamp(column.type) else column
-        for column in rows.columns
-    ]
+    arrays = [_parquet_array(column) for column in rows.columns]
     table = pa.Table.from_arrays(arrays, names=[name.upper() for name in expected])
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
@@ -163,10 +221,13 @@ class SnowflakeWarehouse:
     """Applies batches to Snowflake (see the module doc for the statements of one flush)."""
 
     def __init__(
-        self, config: SnowflakeSettings, names: TableNames, faults: FaultPlan | None = None
+        self, config: SnowflakeSettings, names: TableNames, faults: FaultPlan | None = None,
+        policy: ColumnPolicy | None = None,
     ) -> None:
         self.config = config
         self.names = names
+        self.policy = policy or ColumnPolicy()
+        self._column_types: dict[str, str] | None = None  # latest recorded type per column
         self.database = Ident(config.database, upper=True)
         self.schema = Ident(config.schema_name, upper=True)
         self.faults = faults or FaultPlan()
@@ -223,12 +284,69 @@ class SnowflakeWarehouse:
     # -- the Warehouse protocol --------------------------------------------------------------
 
     def open(self) -> None:
-        self._statements(ddl(self.names, "snowflake"))
+        """Create what is missing (a new state table with the column policy's columns), record
+        the column policy with a new table, re-create the view from the state table's columns."""
+        self._statements(table_ddl(self.names, "snowflake", self.policy.initial_schema()))
+        state = self.table_state()
+        with self._work() as conn:
+            with conn.cursor() as cur:
+                if self.names.columns is not None and state.policy is None and (
+                    not state.has_rows or self.policy == ColumnPolicy()
+                ):
+                    cur.executemany(
+                        record_sql(self.names.columns, "snowflake"),
+                        policy_rows(self.policy, utcnow()),
+                    )
+            conn.commit()
+        self._statements([create_view_sql(self.names, "snowflake", state.schema)])
+
+    def table_state(self) -> TableState:
+        """The state table's columns, recorded column policy and whether it holds rows."""
+        with self._work() as conn, conn.cursor() as cur:
+            return self._state(cur)
+
+    def _state(self, cur: SnowflakeCursor, names: TableNames | None = None) -> TableState:
+        live = names is None
+        names = names or self.names
+        sql, params = physical_columns_sql(names.state, "snowflake")
+        cur.execute(sql, params)
+        physical = cur.fetchall()
+        recorded: list[Any] = []
+        if names.columns is not None:
+            cur.execute(recorded_columns_sql(names.columns, "snowflake"))
+            recorded = cur.fetchall()
+            if live:
+                self._column_types = latest_types(recorded)
+        elif live:
+            self._column_types = {}
+        cur.execute(has_rows_sql(names.state))
+        row = cur.fetchone()
+        return table_state(physical, recorded, bool(row and row[0]), upper=True)
+
+    def _columns_ddl(self, batch: Batch) -> list[ColumnChange]:
+        """Make the batch's column changes not recorded yet, before its transaction (DDL
+        commits on its own; every statement is harmless to repeat); the changes to record."""
+        if not batch.schema.changes:
+            return []
+        if self._column_types is None or pending(batch.schema.changes, self._column_types):
+            with self._work() as conn, conn.cursor() as cur:
+                state = self._state(cur)
+            changes = pending(batch.schema.changes, self._column_types or {})
+            if changes:
+                self._statements(
+                    alter_statements(self.names.state, changes, state.schema, "snowflake")
+                )
+                with self._work() as conn, conn.cursor() as cur:
+                    state = self._state(cur)
+                self._statements([create_view_sql(self.names, "snowflake", state.schema)])
+            return changes if self.names.columns is not None else []
+        return []
 
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
         started = time.perf_counter()
-        payload = parquet_payload(batch.rows)
+        payload = parquet_payload(batch.rows, batch.schema)
+        changes = self._columns_ddl(batch)
         committing = False
         try:
             with self._work() as conn:
@@ -237,9 +355,13 @@ class SnowflakeWarehouse:
                     return replace(done, write_s=time.perf_counter() - started)
                 self._uncertain = None
                 with conn.cursor() as cur:
-                    result = self._write(cur, batch, payload, started)
+                    result = self._write(cur, batch, payload, started, changes)
                 committing = True
                 conn.commit()
+                if changes and self._column_types is not None:
+                    self._column_types.update(
+                        (c.column.name.lower(), c.column.describe()) for c in changes
+                    )
         except BaseException:
             if committing:
                 # The COMMIT's reply was lost: the transaction may or may not have committed.
@@ -249,13 +371,16 @@ class SnowflakeWarehouse:
         return replace(result, write_s=time.perf_counter() - started)
 
     def _write(
-        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, started: float
+        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, started: float,
+        changes: Sequence[ColumnChange] = (),
     ) -> ApplyResult:
-        """Statements 1-6 of the module doc; the caller commits."""
+        """Statements 1-6 of the module doc, the metadata rows of ``changes``; the caller
+        commits."""
         state, staged = self.names.state, STAGED.sql()
-        cur.execute(create_staged_sql())
+        columns = self._physical(cur)
+        cur.execute(create_staged_sql(batch.schema))
         cur.execute(put_sql(), file_stream=io.BytesIO(payload))
-        cur.execute(copy_sql())
+        cur.execute(copy_sql(batch.schema))
         loaded = _rows_loaded(cur.description, cur.fetchall())
         if loaded != batch.rows.num_rows:
             raise TerminalWarehouseError(
@@ -263,7 +388,8 @@ class SnowflakeWarehouse:
             )
         cur.execute(classify_sql(state, staged, "snowflake"))
         classified = _result(cur.fetchone())
-        cur.execute(merge_sql(state, staged, "snowflake"))
+        present = set(batch.rows.column_names)
+        cur.execute(merge_sql(state, staged, "snowflake", columns, present))
         merged = cur.fetchone()
         merged_rows = sum(int(v) for v in merged) if merged is not None else 0
         if merged_rows != classified.applied:
@@ -277,7 +403,25 @@ class SnowflakeWarehouse:
             ledger_insert_sql(self.names.ledger, "snowflake"),
             ledger_row(batch, classified, utcnow(), write_ms),
         )
+        if changes and self.names.columns is not None:
+            now = utcnow()
+            cur.executemany(
+                record_sql(self.names.columns, "snowflake"),
+                change_rows(changes, batch.batch_id, now),
+            )
+        if self._physical(cur) != columns:
+            raise TransientWarehouseError(
+                "the state table's columns changed while the batch was written (another "
+                "instance added one); retrying"
+            )
         return classified
+
+    def _physical(self, cur: SnowflakeCursor) -> tuple[Column, ...]:
+        """The state table's columns now (only their names matter to the MERGE)."""
+        sql, params = physical_columns_sql(self.names.state, "snowflake")
+        cur.execute(sql, params)
+        state = table_state(cur.fetchall(), [], False, upper=True)
+        return state_columns(state.schema)
 
     def _recorded(self, conn: SnowflakeConnection, batch: Batch) -> ApplyResult | None:
         """What the ledger recorded for ``batch``, if an earlier attempt committed it."""
@@ -306,18 +450,54 @@ class SnowflakeWarehouse:
             return [tuple(r) for r in cur.fetchall()]
 
     def prepare(self) -> None:
-        self._statements(ddl(rebuild_names(self.names), "snowflake"))
+        """The rebuild objects, created if missing, with the column policy's columns."""
+        self._statements(
+            ddl(rebuild_names(self.names), "snowflake", self.policy.initial_schema())
+        )
 
     def discard(self) -> None:
         self._statements(discard_statements(self.names))
 
     def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
-        self._run(level_statements(self.names, built, "snowflake", into_live=into_live))
+        """Merge the rows outside ``built`` of one copy into the other; the target first gains
+        the columns of the source it lacks (DDL: before the merge's transaction)."""
+        rebuild = rebuild_names(self.names)
+        source_names, target_names = (rebuild, self.names) if into_live else (self.names, rebuild)
+        with self._work() as conn, conn.cursor() as cur:
+            source = self._state(cur, source_names).schema
+            target = self._state(cur, target_names).schema
+        missing = add_missing(source, target)
+        if missing:
+            self._statements(alter_statements(target_names.state, missing, target, "snowflake"))
+            if target_names.columns is not None:
+                with self._work() as conn:
+                    with conn.cursor() as cur:
+                        cur.executemany(record_sql(target_names.columns, "snowflake"),
+                                        change_rows(missing, "", utcnow()))
+                    conn.commit()
+            with self._work() as conn, conn.cursor() as cur:
+                target = self._state(cur, target_names).schema
+            if into_live:
+                self._statements([create_view_sql(self.names, "snowflake", target)])
+        self._run(level_statements(
+            self.names, built, "snowflake", into_live=into_live, source=source, target=target
+        ))
+
+    def outside_rows(self, built: Sequence[PartitionRange]) -> int:
+        """Live rows whose version lies outside ``built`` (what leveling would copy)."""
+        with self._work() as conn, conn.cursor() as cur:
+            relation, params = outside_sql(
+                self.names.state, state_columns(self._state(cur).schema), built, "snowflake"
+            )
+            cur.execute(f"SELECT COUNT(*) FROM {relation} AS o", list(params) if params else None)
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
 
     def swap_in(self, built: Sequence[PartitionRange]) -> None:
-        """``ALTER TABLE ... SWAP WITH`` per table, atomic on its own; the view keeps referring
-        to the live name. Not repeatable: once a SWAP was sent, a lost reply is terminal (a
-        second SWAP would swap back), with the table to look at named."""
+        """``ALTER TABLE ... SWAP WITH`` per table, atomic on its own; then the view is
+        re-created from the columns the table now has (``COPY GRANTS``). Not repeatable: once a
+        SWAP was sent, a lost reply is terminal (a second SWAP would swap back), with the table
+        to look at named."""
         with self._work() as conn, conn.cursor() as cur:
             for statement in exchange_statements(self.names, "snowflake"):
                 try:
@@ -328,9 +508,15 @@ class SnowflakeWarehouse:
                         "compare the two tables' row counts before running the refresh again"
                     ) from err
             conn.commit()
+        with self._work() as conn, conn.cursor() as cur:
+            schema = self._state(cur).schema
+        self._statements([create_view_sql(self.names, "snowflake", schema)])
 
     def finish(self) -> None:
         self._statements(finish_statements(self.names, "snowflake"))
+        with self._work() as conn, conn.cursor() as cur:
+            schema = self._state(cur).schema
+        self._statements([create_view_sql(self.names, "snowflake", schema)])
 
     def _statements(self, statements: list[str]) -> None:
         self._run([(sql, ()) for sql in statements])

@@ -19,6 +19,7 @@ from prometheus_client import write_to_textfile
 from batcher.ranges import PartitionRange
 from consumer.app import (
     build_loop,
+    build_registry,
     open_inspector,
     table_names,
     writer_schema,
@@ -71,7 +72,8 @@ def sample(settings: Settings, args: argparse.Namespace) -> int:
     if args.create_topic:
         ensure_topic(settings.kafka, settings.kafka.topic, partitions)
     try:
-        encoder = sample_encoder(settings, writer_schema(settings))
+        registry = build_registry(settings) if settings.decoding.format == "confluent" else None
+        encoder = sample_encoder(settings, writer_schema(settings), registry)
     except OSError as err:
         print(f"kyc-sync: registering the schema failed: {err}", file=sys.stderr)
         return 1
@@ -305,3 +307,27 @@ def verify(settings: Settings, args: argparse.Namespace) -> int:
                 kafka_settings.topic, kafka_settings.group_id, result, time.time()))
     _emit(args.json, result.to_json(), result.render())
     return 0 if result.ok else 1
+
+
+# -- the dead-letter topic: inspect, redrive (docs/operations.md) -----------------------------
+
+
+def dlq_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.ops import dlq
+
+    summary = dlq.inspect(settings)
+    _emit(args.json, summary.to_json(), summary.render())
+    return 0
+
+
+def dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0: planned or applied (still-invalid messages are not a failure); 1: failed."""
+    from consumer.app import build_decoder, build_warehouse
+    from consumer.ops import dlq
+
+    plan = dlq.redrive(
+        settings, build_decoder(settings), build_warehouse(settings), args.error_class,
+        args.from_start, args.execute,
+    )
+    _emit(args.json, plan.to_json(args.execute), plan.render(args.execute))
+    return 0

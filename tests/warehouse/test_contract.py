@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from batcher.ranges import PartitionRange
 from schemas.columns import KEY, OP_TYPES, Column
+from schemas.evolution import TableState
 from tests.oracles.reducer import ReferenceReducer, Version, Winner
 from tests.oracles.staging import Row, build_staged
 from warehouse import duckdb_writer
@@ -47,7 +48,7 @@ EPOCH = datetime(1970, 1, 1)
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
 SYNCED_AT_US = T0 + 10**12
 STARTED_AT = datetime(2026, 3, 1, 12, 0, 0, 123456)
-TABLES = ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger")
+TABLES = ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger", "kyc_sync_columns")
 
 
 def ts(micros: int | None) -> datetime | None:
@@ -125,6 +126,7 @@ class ContractWriter(Protocol):
     names: TableNames
 
     def open(self) -> None: ...
+    def table_state(self) -> TableState: ...
     def apply(self, batch: Batch) -> ApplyResult: ...
     def close(self) -> None: ...
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
@@ -234,6 +236,11 @@ WRITERS = ("duckdb", "snowflake")
 
 @pytest.fixture(params=WRITERS)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    yield from open_harness(request, tmp_path)
+
+
+def open_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """The writer named by ``request.param``, opened; closed when the generator ends."""
     if request.param == "duckdb":
         h = duckdb_harness(tmp_path / "contract.duckdb")
     else:

@@ -34,6 +34,9 @@ from warehouse.tables import Dialect, TableNames
 
 T0 = 1_700_000_000_000_000
 
+LIVE_OBJECTS = {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+"""The live objects kyc-sync creates (the rebuild's are gone once a refresh ends)."""
+
 
 def names(*prefix: str, upper: bool = False) -> TableNames:
     return TableNames(
@@ -156,7 +159,7 @@ def test_duckdb_swap_replaces_the_table_in_one_transaction(tmp_path: Path) -> No
     live.finish()
 
     assert live_rows(db) == {1: "new-1", 3: "new-3"}
-    assert tables(db) == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert tables(db) == LIVE_OBJECTS
     ledger = live.fetch("SELECT consumer_group FROM kyc_sync_ledger ORDER BY committed_at")
     assert [g for (g,) in ledger] == ["g", "g.rb", "g.rb"]
     # The swapped-in table is the live one from now on: the writer keeps applying to it.
@@ -191,4 +194,4 @@ def test_duckdb_discard_drops_leftovers_and_is_idempotent(tmp_path: Path) -> Non
     live.discard()
     live.discard()
 
-    assert tables(db) == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert tables(db) == LIVE_OBJECTS
