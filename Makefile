@@ -65,8 +65,9 @@ $(PEER_STAMP): bench/peer-requirements.txt
 	touch $(PEER_STAMP)
 
 ## The chaos test alone (tests/chaos): 200k events, 3 consumers in one group SIGKILLed >= 20 times,
-## a broker restart, injected warehouse faults; its own broker in .local/chaos; ends with one line
-## `chaos: warehouse=duckdb events=... lost=0 stale=0 diff=0`, exit status non-zero unless clean.
+## a broker restart, injected warehouse faults, profile history on; its own broker in .local/chaos;
+## ends with one line `chaos: warehouse=duckdb events=... lost=0 stale=0 diff=0 history_diff=0`,
+## exit status non-zero unless clean.
 chaos: env jars
 	$(BIN)/python -m tests.chaos --dir .local/chaos
 

@@ -10,6 +10,16 @@ Frames decoded from different writer schemas may hold different columns (a field
 upstream): ``aligned`` lines them up by name before they are reduced, a column a frame lacks being
 null in its rows. A column's values have one type whatever the writer's (``int`` and ``long`` are
 both 64-bit integers until the warehouse stores them), so aligning never converts a value.
+
+With ``keep_versions`` (profile history on) the reducer keeps every distinct (key, version)
+instead of the latest per key: history needs each version the window saw, not only the winner.
+A compaction then only drops redeliveries (the same key and version, i.e. the same Kafka
+position): the pending rows are made distinct and those the state already holds are removed
+(lookups that hash the pending side, on the position packed into one integer), and the rest is
+appended to the state without copying it. So memory follows the distinct
+versions of the window, plus at most a quarter of them pending; the winners are picked from the
+versions when the window drains. Versions of different writer schemas are aligned the same
+way: a version carries null in a column its writer schema lacked.
 """
 
 from __future__ import annotations
@@ -26,7 +36,8 @@ from schemas.columns import KEY, VERSION
 
 @dataclass(frozen=True, slots=True)
 class Reduced:
-    """What a window reduces to: one row per key (its latest event) and the offsets covered."""
+    """What a window reduces to: one row per key (its latest event) and the offsets covered;
+    with ``keep_versions``, also every distinct version of each key."""
 
     rows: pl.DataFrame | None
     """None when no event of the window yielded a row (all were dead-lettered)."""
@@ -34,6 +45,9 @@ class Reduced:
     events: int
     invalid: int
     payload_bytes: int
+    versions: pl.DataFrame | None = None
+    """Every distinct (key, version) of the window, ``rows`` among them; None unless the reducer
+    keeps versions (or when ``rows`` is None)."""
 
 
 
@@ -61,14 +75,85 @@ def aligned(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal", rechunk=False)
 
 
+def distinct_versions(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per (key, version): a redelivered event is kept once (either copy; both carry the
+    same message). As in ``latest_per_key``, only the key and version columns are hashed and the
+    other columns gathered once."""
+    kept = (
+        frame.select(KEY, *VERSION)
+        .with_row_index("_row")
+        .unique(subset=[KEY, *VERSION], keep="any")
+        .get_column("_row")
+        .sort()
+    )
+    return frame if kept.len() == frame.height else frame[kept]
+
+
+POSITION_BITS = 48
+"""A Kafka position (partition, offset) packs into one int64 as ``partition << 48 | offset``
+while offsets stay below 2**48 and partitions below 2**15 (always, in practice); otherwise the
+reducer compares (key, version) columns instead, exact too, with more memory."""
+
+
+def packable(rows: pl.DataFrame) -> bool:
+    """Every position of ``rows`` packs into one int64 (``POSITION_BITS``)."""
+    if rows.height == 0:
+        return True
+    bounds = rows.select(
+        pl.col("src_offset").min().alias("o0"), pl.col("src_offset").max().alias("o1"),
+        pl.col("src_partition").min().alias("p0"), pl.col("src_partition").max().alias("p1"),
+    ).row(0)
+    o0, o1, p0, p1 = (int(v) for v in bounds)
+    return o0 >= 0 and o1 < 2**POSITION_BITS and p0 >= 0 and p1 < 2**(63 - POSITION_BITS)
+
+
+def positions(rows: pl.DataFrame) -> pl.Series:
+    """Each row's Kafka position as one int64 (only for ``packable`` rows). A position names one
+    message, so it names one version: the same position is the same event redelivered."""
+    return rows.select(
+        pl.col("src_partition").cast(pl.Int64) * 2**POSITION_BITS + pl.col("src_offset")
+    ).to_series()
+
+
+def _append_new_versions(
+    state: pl.DataFrame | None, pending: list[pl.DataFrame], packed: bool
+) -> pl.DataFrame:
+    """``state`` (distinct versions) with the versions of ``pending`` it lacks appended, without
+    copying ``state``. The lookups hash the pending side only and scan the state side."""
+    new = aligned(pending)
+    if not packed:
+        new = distinct_versions(new)
+        if state is not None:
+            ids = [KEY, *VERSION]
+            known = state.select(ids).join(new.select(ids), on=ids, how="semi")
+            if known.height:
+                new = new.join(known, on=ids, how="anti")
+    else:
+        mine = positions(new)
+        keep = mine.is_first_distinct()
+        if state is not None:
+            held = positions(state)
+            seen = held.filter(held.is_in(mine.implode()))
+            if seen.len():
+                keep &= ~mine.is_in(seen.implode())
+        if not keep.all():
+            new = new.filter(keep)
+    return new if state is None else aligned([state, new])
+
+
 class Reducer:
     """Not thread-safe; one per consumer. Added frames hold the key and version columns and
-    any payload columns (``aligned``)."""
+    any payload columns (``aligned``).
 
-    def __init__(self, compact_min_rows: int = 200_000) -> None:
+    ``keep_versions``: keep every distinct version of each key (for the history table), not only
+    the latest."""
+
+    def __init__(self, compact_min_rows: int = 200_000, keep_versions: bool = False) -> None:
         if compact_min_rows <= 0:
             raise ValueError("compact_min_rows must be > 0")
         self.compact_min_rows = compact_min_rows
+        self.keep_versions = keep_versions
+        self._packed = True  # every position seen so far packs into one int64
         self._state: pl.DataFrame | None = None
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = 0
@@ -94,7 +179,8 @@ class Reducer:
 
     @property
     def keys_at_most(self) -> int:
-        """Distinct keys buffered, counted exactly at the last compaction plus rows added since."""
+        """Distinct keys buffered (distinct versions with ``keep_versions``), counted exactly at
+        the last compaction plus rows added since."""
         return (0 if self._state is None else self._state.height) + self._pending_rows
 
     def track(self, partitions: Sequence[int], offsets: Sequence[int], size: int = 0) -> None:
@@ -127,15 +213,22 @@ class Reducer:
             return
         self._pending.append(rows)
         self._pending_rows += rows.height
+        if self.keep_versions and self._packed:
+            self._packed = packable(rows)
         state_rows = 0 if self._state is None else self._state.height
+        if self.keep_versions:
+            state_rows //= 4  # each compaction reads the state once: amortized, not per batch
         if self._pending_rows >= max(self.compact_min_rows, state_rows):
             self._compact()
 
     def _compact(self) -> None:
-        frames = ([] if self._state is None else [self._state]) + self._pending
-        if not frames:
+        if not self._pending:
             return
-        self._state = latest_per_key(aligned(frames))
+        if self.keep_versions:
+            self._state = _append_new_versions(self._state, self._pending, self._packed)
+        else:
+            frames = ([] if self._state is None else [self._state]) + self._pending
+            self._state = latest_per_key(aligned(frames))
         self._pending = []
         self._pending_rows = 0
 
@@ -149,14 +242,18 @@ class Reducer:
     def drain(self) -> Reduced:
         """Hand over the window's content and start empty."""
         self._compact()
+        rows, versions = self._state, None
+        if self.keep_versions and rows is not None:
+            rows, versions = latest_per_key(rows), rows
         reduced = Reduced(
-            rows=self._state, ranges=self.ranges(), events=self._events, invalid=self._invalid,
-            payload_bytes=self._bytes,
+            rows=rows, ranges=self.ranges(), events=self._events, invalid=self._invalid,
+            payload_bytes=self._bytes, versions=versions,
         )
         self.clear()
         return reduced
 
     def clear(self) -> None:
+        self._packed = True
         self._state = None
         self._pending = []
         self._pending_rows = 0

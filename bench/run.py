@@ -14,12 +14,16 @@ Steps, all on the same topic (loaded once, so warm in the page cache) and the sa
 4. end to end: ``kyc-sync run --until-caught-up`` with one window covering the topic, into a
    DuckDB file whose state table already holds ``profiles`` rows; process wall time, flush
    included; its peak RSS from ``wait4`` (exact ``ru_maxrss`` of the process);
-5. MERGE vs CTAS: the staged Arrow table of step 3 (the reduced winners) written into fresh
+5. end to end with profile history on (``--history on``, the default; ``off`` skips it): step 4
+   again into another copy of the seeded file with ``history.enabled``, so that events/s and
+   peak RSS compare both ways; the history table is checked (one row per seeded profile and
+   per event, and ``kyc-sync check``'s three history invariants hold);
+6. MERGE vs CTAS: the staged Arrow table of step 3 (the reduced winners) written into fresh
    copies of the seeded file by the guarded MERGE, by the DuckDB writer's DELETE + INSERT, and by
    ``CREATE TABLE AS``;
-6. the peer (``bench.peer_quix``, Quix Streams) on the same topic into another copy.
+7. the peer (``bench.peer_quix``, Quix Streams) on the same topic into another copy.
 
-Both end-to-end runs are checked against the oracle (``bench.load.expected_current``).
+Every end-to-end run is checked against the oracle (``bench.load.expected_current``).
 Writes ``bench/results/latest.json`` (or ``--results``) and prints a table of figures and ratios.
 """
 
@@ -49,14 +53,24 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from batcher.window import WindowPolicy
 from bench.evolved import decode_rates
-from bench.load import LoadReport, Spec, expected_table, load, mismatches, seed_warehouse
+from bench.load import (
+    LoadReport,
+    Spec,
+    expected_table,
+    load,
+    mismatches,
+    seed_warehouse,
+    table_names,
+)
 from consumer.decode.decoder import PlainAvroDecoder
 from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
 from schemas.columns import BASE_SCHEMA
 from schemas.evolution import TableState
 from tools.localkafka import REPO_ROOT, LocalKafka
+from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch
+from warehouse.identifiers import QualifiedName
 from warehouse.sql import delete_superseded_sql, insert_new_sql, merge_sql
 from warehouse.tables import STATE_COLUMNS
 
@@ -78,7 +92,8 @@ EVOLVED_REPEAT = 3
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "peak_rss_bytes", "merge_s", "ctas_s",
-    "peer_e2e_per_s", "events", "profiles", "decode_8_fields_per_s", "decode_16_fields_per_s",
+    "peer_e2e_per_s", "events", "profiles", "e2e_history_per_s", "peak_rss_history_bytes",
+    "decode_8_fields_per_s", "decode_16_fields_per_s",
 )
 
 # Targets of the issue, as (label, key of the measured ratio, comparison, bound).
@@ -338,9 +353,10 @@ def kv(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split() if "=" in part)
 
 
-def e2e(bootstrap: str, topic: str, db: Path, spec: Spec, log: Path, timeout_s: float
-        ) -> tuple[Measured, list[dict[str, str]]]:
+def e2e(bootstrap: str, topic: str, db: Path, spec: Spec, log: Path, timeout_s: float,
+        history: bool = False) -> tuple[Measured, list[dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KYC_SYNC_")}
+    env["KYC_SYNC_HISTORY__ENABLED"] = "true" if history else "false"
     env.update(
         KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
         KYC_SYNC_KAFKA__TOPIC=topic,
@@ -358,6 +374,26 @@ def e2e(bootstrap: str, topic: str, db: Path, spec: Spec, log: Path, timeout_s: 
     )
     flushes = [kv(m.group(0)) for m in FLUSH_LINE.finditer(measured.log)]
     return measured, flushes
+
+
+HISTORY_TABLE = QualifiedName.of("main", "kyc_profile_history")
+
+
+def history_findings(db: Path) -> tuple[int, int]:
+    """The history table of an end-to-end run: (rows, findings of the three history checks)."""
+    state = table_names().state
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        count = con.execute(f"SELECT count(*) FROM {HISTORY_TABLE.sql()}").fetchone()
+        found = sum(len(con.execute(sql).fetchall()) for sql in (
+            history_sql.intervals_sql(HISTORY_TABLE, "duckdb"),
+            history_sql.current_rows_sql(HISTORY_TABLE, state, "duckdb"),
+            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb"),
+        ))
+    finally:
+        con.close()
+    assert count is not None
+    return int(count[0]), found
 
 
 def peer(python: Path, bootstrap: str, topic: str, db: Path, spec: Spec, log: Path,
@@ -413,7 +449,11 @@ def render(results: dict[str, Any]) -> str:
         ("end to end (kyc-sync run)", fmt_rate(r["e2e_per_s"]), fmt_ratio(r["e2e_vs_b0"])),
         (f"peer end to end ({r['peer']})", fmt_rate(r["peer_e2e_per_s"]),
          fmt_ratio(ratio(r["peer_e2e_per_s"], b0))),
+        ("end to end, history on", fmt_rate(r["e2e_history_per_s"]),
+         fmt_ratio(ratio(r["e2e_history_per_s"], b0))),
         ("peak RSS, end to end", f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB", ""),
+        ("peak RSS, end to end, history on", "n/a" if r["peak_rss_history_bytes"] is None
+         else f"{r['peak_rss_history_bytes'] / 2**20:,.0f} MiB", ""),
         ("peak RSS, peer", "n/a" if r["peer_peak_rss_bytes"] is None
          else f"{r['peer_peak_rss_bytes'] / 2**20:,.0f} MiB", ""),
         (f"MERGE {r['keys']:,} rows into {r['seeded_rows']:,} (file)", f"{r['merge_s']:.2f} s",
@@ -422,6 +462,7 @@ def render(results: dict[str, Any]) -> str:
         ("CTAS of the same Arrow table (file)", f"{r['ctas_s']:.2f} s", ""),
         ("e2e flush: write (classify+upsert+ledger)", f"{r['e2e_write_s']:.2f} s", ""),
         ("e2e flush: total (stage+write+commit)", f"{r['e2e_flush_s']:.2f} s", ""),
+        ("e2e flush, history on: write", f"{r['e2e_history_write_s']:.2f} s", ""),
         ("load (produce the topic)", fmt_rate(r["load_per_s"]), ""),
     ]
     width = max(len(a) for a, _, _ in rows)
@@ -436,7 +477,9 @@ def render(results: dict[str, Any]) -> str:
     lines.append(f"MERGE / CTAS = {fmt_ratio(r['merge_vs_ctas'])}; "
                  f"DELETE+INSERT / CTAS = {fmt_ratio(r['upsert_vs_ctas'])}; "
                  f"e2e / peer = {fmt_ratio(r['e2e_vs_peer'])}; "
-                 f"correct: e2e={r['e2e_correct']} peer={r['peer_correct']}")
+                 f"history on / off = {fmt_ratio(r['e2e_history_vs_off'])}; "
+                 f"correct: e2e={r['e2e_correct']} history={r['e2e_history_correct']} "
+                 f"peer={r['peer_correct']}")
     lines.append(f"load average {r['loadavg_start']} -> {r['loadavg_end']} on {r['cpus']} cpus")
     lines.append("")
     if r["quick"]:
@@ -537,6 +580,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{run_e2e.peak_rss_bytes / 2**20:,.0f} MiB, {len(flushes)} flush(es), "
             f"{e2e_bad} mismatching rows")
 
+        history_run: Measured | None = None
+        history_flushes: list[dict[str, str]] = []
+        history_bad: int | None = None
+        history_rows = history_problems = 0
+        if args.history == "on":
+            say("end to end with history on: kyc-sync run --until-caught-up")
+            history_db = work / "e2e-history.duckdb"
+            shutil.copyfile(seeded, history_db)
+            history_run, history_flushes = e2e(bootstrap, topic, history_db, spec,
+                                               work / "e2e-history.log", timeout, history=True)
+            if history_run.returncode != 0:
+                raise RuntimeError(f"kyc-sync (history on) exited {history_run.returncode}:\n"
+                                   f"{history_run.log[-4000:]}")
+            history_bad = mismatches(history_db, expected)
+            history_rows, history_problems = history_findings(history_db)
+            say(f"  {spec.events / history_run.wall_s:,.0f} events/s in "
+                f"{history_run.wall_s:.1f}s, peak RSS {history_run.peak_rss_bytes / 2**20:,.0f} "
+                f"MiB, {history_rows:,} history rows, {history_problems} history findings, "
+                f"{history_bad} mismatching rows")
+
         say("MERGE vs CTAS of the staged winners")
         writes = merge_vs_ctas(seeded, work, ingested.staged)
         say(f"  MERGE {writes.merge_s:.2f}s, DELETE+INSERT {writes.upsert_s:.2f}s, "
@@ -588,6 +651,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "e2e_mismatches": e2e_bad,
         "e2e_correct": e2e_bad == 0,
         "peak_rss_bytes": run_e2e.peak_rss_bytes,
+        "history": args.history,
+        "e2e_history_per_s": None if history_run is None else spec.events / history_run.wall_s,
+        "e2e_history_wall_s": None if history_run is None else history_run.wall_s,
+        "e2e_history_flush_s": sum(float(f.get("total_s", 0)) for f in history_flushes),
+        "e2e_history_write_s": sum(float(f.get("write_s", 0)) for f in history_flushes),
+        "peak_rss_history_bytes": None if history_run is None else history_run.peak_rss_bytes,
+        "e2e_history_rows": history_rows if history_run is not None else None,
+        "e2e_history_rows_expected": seeded_rows + spec.events,
+        "e2e_history_correct": None if history_run is None else (
+            history_bad == 0 and history_problems == 0
+            and history_rows == seeded_rows + spec.events),
         "merge_s": writes.merge_s,
         "upsert_s": writes.upsert_s,
         "ctas_s": writes.ctas_s,
@@ -598,6 +672,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_mismatches": peer_bad,
         "peer_correct": None if peer_bad is None else peer_bad == 0,
         "e2e_vs_b0": ratio(e2e_per_s, b0),
+        "e2e_history_vs_off": None if history_run is None
+        else ratio(spec.events / history_run.wall_s, e2e_per_s),
         "decode_reduce_vs_b0": ratio(decode_reduce_per_s, b0),
         "peak_rss_gb": run_e2e.peak_rss_bytes / 1e9,
         "merge_vs_ctas": ratio(writes.merge_s, writes.ctas_s),
@@ -632,6 +708,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer", choices=["auto", "quix", "none"], default="auto",
                         help="auto: the Quix Streams peer when `make bench-peer-env` was run")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
+    parser.add_argument("--history", choices=["on", "off"], default="on",
+                        help="also run end to end with profile history on (default), or skip it")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--load-workers", type=int, default=2)

@@ -106,12 +106,13 @@ def build_decoder(settings: Settings, contract: Contract | None = None) -> Decod
 
 
 def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableNames:
-    wh = settings.warehouse
+    wh, history = settings.warehouse, settings.history
     return TableNames(
         state=QualifiedName.of(*prefix, wh.state_table, upper=upper),
         current=QualifiedName.of(*prefix, wh.table, upper=upper),
         ledger=QualifiedName.of(*prefix, wh.ledger_table, upper=upper),
         columns=QualifiedName.of(*prefix, wh.columns_table, upper=upper),
+        history=QualifiedName.of(*prefix, history.table, upper=upper) if history.enabled else None,
     )
 
 
@@ -162,6 +163,7 @@ def build_loop(
         revoke_budget_s=settings.run.revoke_budget_s,
         shutdown_timeout_s=settings.run.shutdown_timeout_s,
         bounds=bounds,
+        history=settings.history.enabled,
     )
     if dead_letters is None and settings.decoding.on_invalid == "dlq":
         dead_letters = DeadLetters(new_producer(kafka), kafka.dead_letter_topic)

@@ -17,7 +17,12 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from consumer.ops.arguments import parse_count, parse_datetime_ms, parse_partitions
+from consumer.ops.arguments import (
+    parse_count,
+    parse_datetime_ms,
+    parse_instant,
+    parse_partitions,
+)
 from consumer.ops.durations import parse_duration
 from consumer.settings import Settings, load_settings
 from consumer.telemetry.logs import setup_logging
@@ -71,7 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--create-topic", action="store_true", help="create the topic first")
     sample.add_argument("--seed", type=int, default=None, help="shuffle seed")
 
-    command("show", commands.show, "print kyc_profile_current (DuckDB)")
+    show = command("show", commands.show, "print kyc_profile_current, or with --as-of the "
+                   "profiles live at an instant from the history table (DuckDB)")
+    show.add_argument("--as-of", metavar="ISO8601", type=_arg_type(parse_instant, "time"),
+                      help="the profiles live at this instant (UTC unless an offset is given); "
+                      "needs history.enabled")
+    show.add_argument("--id", metavar="N", type=_arg_type(parse_count, "id"),
+                      help="only this kyc_profile_id")
     _operations(command)
     _dead_letters(sub, common)
     command("settings", _print_settings, "print the effective settings, secrets redacted")
@@ -124,7 +135,8 @@ def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser])
     lag.add_argument("--serve", action="store_true", help="run as the lag exporter: serve "
                      "these figures as Prometheus metrics until stopped (exporter.interval_s)")
 
-    check = command("check", commands.check, "freshness, unique kyc_profile_id, no null keys")
+    check = command("check", commands.check, "freshness, unique kyc_profile_id, no null keys; "
+                    "with history on, the history table's invariants")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--max-age", metavar="DURATION", type=duration,
                        help="override checks.freshness_max_age_s, e.g. 15m")

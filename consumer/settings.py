@@ -264,6 +264,23 @@ class DuckDBSettings(Section):
         return validate_identifier(value)
 
 
+class HistorySettings(Section):
+    """The profile history table: every distinct version of each profile, with its interval."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Keep the history table: one row per distinct version of each profile, "
+        "valid_from/valid_to, written in the same transaction as the state table (README, "
+        "'Profile history', for the default).",
+    )
+    table: str = Field(default="kyc_profile_history", description="The history table.")
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return validate_identifier(value)
+
+
 class RunSettings(Section):
     """Time budgets of the run loop."""
 
@@ -361,6 +378,7 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
     duckdb: DuckDBSettings = DuckDBSettings()
+    history: HistorySettings = HistorySettings()
     snowflake: SnowflakeSettings = SnowflakeSettings()
     run: RunSettings = RunSettings()
     faults: FaultSettings = FaultSettings()

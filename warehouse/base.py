@@ -19,7 +19,9 @@ from warehouse.tables import TableNames
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One reduced window, ready to write. ``rows`` has one row per key (the state columns of
-    ``schema``, whose ``changes`` the writer makes before or with the MERGE)."""
+    ``schema``, whose ``changes`` the writer makes before or with the MERGE); ``history``, with
+    history on, one row per distinct (key, version) of the window (the same columns; the winners
+    among them)."""
 
     batch_id: str
     topic: str
@@ -31,6 +33,7 @@ class Batch:
     started_at: datetime
     decode_ms: int = 0
     schema: TableSchema = BASE_SCHEMA
+    history: pa.Table | None = None
 
     def offsets_json(self) -> str:
         return json.dumps(

@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from batcher.ranges import PartitionRange
+from schemas.columns import TableSchema
 from schemas.evolution import ColumnPolicy, TableState
+from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultPlan
@@ -25,6 +28,7 @@ from warehouse.identifiers import Ident
 from warehouse.schema_changes import (
     alter_statements,
     change_rows,
+    follow_changes,
     has_rows_sql,
     latest_types,
     pending,
@@ -41,7 +45,7 @@ from warehouse.sql import (
     insert_new_sql,
     ledger_insert_sql,
 )
-from warehouse.staging import assert_unique_keys
+from warehouse.staging import assert_unique_keys, history_of
 from warehouse.swap import (
     Statement,
     add_missing,
@@ -55,8 +59,12 @@ from warehouse.swap import (
 from warehouse.tables import TableNames, create_view_sql, ddl, state_columns, table_ddl
 
 STAGED = "kyc_sync_staged"
+STAGED_HISTORY = "kyc_sync_staged_history"
 APPLY_SLICE_ROWS = 250_000
 """Staged rows written per statement group; bounds the memory of the hash joins of a flush."""
+HISTORY_SLICE_ROWS = 1_000_000
+"""Staged versions added to history per statement pair: each pair reads the history rows of its
+keys once, so fewer, larger slices; any slicing gives the same table."""
 
 
 @contextmanager
@@ -126,7 +134,8 @@ class DuckDBWarehouse:
     def open(self) -> None:
         """Create what is missing (a new state table with the column policy's columns), record
         the column policy with a new table, and re-create the view from the columns the state
-        table has."""
+        table has; with history on, bring the history table to the state table's columns and
+        seed it from the state table (``history_sql.seed_statements``)."""
         if self.schema.name != "main":
             con = self._connect()
             try:
@@ -144,6 +153,14 @@ class DuckDBWarehouse:
                     record_sql(self.names.columns, "duckdb"), policy_rows(self.policy, utcnow())
                 )
             con.execute(create_view_sql(self.names, "duckdb", state.schema))
+            if self.names.history is not None:
+                # A history table created now, or turned on for an existing state table, gets
+                # the state table's columns, then the state's versions it lacks.
+                self._follow(con, self.names, state.schema)
+                for statement in history_sql.seed_statements(
+                        self.names.history, self.names.state, "duckdb",
+                        state_columns(state.schema)):
+                    con.execute(statement)
 
     @translated()
     def table_state(self) -> TableState:
@@ -157,16 +174,36 @@ class DuckDBWarehouse:
         names = names or self.names
         sql, params = physical_columns_sql(names.state, "duckdb")
         physical = con.execute(sql, params).fetchall()
-        recorded = (
-            con.execute(recorded_columns_sql(names.columns, "duckdb")).fetchall()
-            if names.columns is not None else []
-        )
         rows = con.execute(has_rows_sql(names.state)).fetchall()
-        return table_state(physical, recorded, bool(rows and rows[0][0]), upper=False)
+        return table_state(
+            physical, self._recorded_columns(con, names), bool(rows and rows[0][0]), upper=False
+        )
+
+    @staticmethod
+    def _recorded_columns(
+        con: duckdb.DuckDBPyConnection, names: TableNames
+    ) -> list[tuple[Any, ...]]:
+        if names.columns is None:
+            return []
+        return con.execute(recorded_columns_sql(names.columns, "duckdb")).fetchall()
+
+    def _follow(
+        self, con: duckdb.DuckDBPyConnection, names: TableNames, state: TableSchema
+    ) -> None:
+        """The history table of ``names`` (if any) gains the columns of its state table
+        (``state``) it lacks or has narrower, in the transaction of ``con``."""
+        if names.history is None:
+            return
+        sql, params = physical_columns_sql(names.history, "duckdb")
+        physical = con.execute(sql, params).fetchall()
+        have = table_state(physical, self._recorded_columns(con, names), False, upper=False).schema
+        for statement in alter_statements(
+                names.history, follow_changes(have, state), have, "duckdb"):
+            con.execute(statement)
 
     def _evolve(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> TableState:
         """Make the batch's column changes not made yet (in the batch's transaction), record
-        them; the state table's columns after them."""
+        them, bring the history table level with them; the state table's columns after them."""
         state = self._state(con)
         if not batch.schema.changes:
             return state
@@ -176,26 +213,31 @@ class DuckDBWarehouse:
         else:
             known = {c.name.lower(): c.describe() for c in state.schema.columns}
         changes = pending(batch.schema.changes, known)
-        if not changes:
-            return state
-        now = utcnow()
-        for statement in alter_statements(self.names.state, changes, state.schema, "duckdb"):
-            con.execute(statement)
-        if self.names.columns is not None:
-            con.executemany(
-                record_sql(self.names.columns, "duckdb"),
-                change_rows(changes, batch.batch_id, now),
-            )
-        state = self._state(con)
-        con.execute(create_view_sql(self.names, "duckdb", state.schema))
+        if changes:
+            now = utcnow()
+            for statement in alter_statements(self.names.state, changes, state.schema, "duckdb"):
+                con.execute(statement)
+            if self.names.columns is not None:
+                con.executemany(
+                    record_sql(self.names.columns, "duckdb"),
+                    change_rows(changes, batch.batch_id, now),
+                )
+            state = self._state(con)
+            con.execute(create_view_sql(self.names, "duckdb", state.schema))
+        # Also when another instance made the changes (with history off, say).
+        self._follow(con, self.names, state.schema)
         return state
 
     @translated()
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
+        versions = history_of(batch, self.names)
         started = time.perf_counter()
         with self._transaction() as con:
-            result = self._write(con, batch, self._evolve(con, batch))
+            state = self._evolve(con, batch)
+            result = self._write(con, batch, state)
+            if versions is not None:
+                self._write_history(con, versions, batch.schema)
             self.faults("after_merge")
             write_ms = int((time.perf_counter() - started) * 1000)
             con.execute(
@@ -234,6 +276,23 @@ class DuckDBWarehouse:
             skipped_stale=int(stale), min_op_time=min_t, max_op_time=max_t, write_s=0.0,
         )
 
+    def _write_history(
+        self, con: duckdb.DuckDBPyConnection, versions: pa.Table, schema: TableSchema
+    ) -> None:
+        """New versions into the history table, then the intervals of their keys; by slices
+        (a key split over two slices is recomputed twice, from the whole table: still right).
+        The staged columns (``schema``'s) are written; a column of the table the batch's schema
+        lacks is NULL in the new rows."""
+        assert self.names.history is not None
+        statements = history_sql.flush_statements(
+            self.names.history, STAGED_HISTORY, "duckdb", state_columns(schema)
+        )
+        for start in range(0, versions.num_rows, HISTORY_SLICE_ROWS):
+            con.register(STAGED_HISTORY, versions.slice(start, HISTORY_SLICE_ROWS))
+            for statement in statements:
+                con.execute(statement)
+            con.unregister(STAGED_HISTORY)
+
     # -- operations: read-only queries and the full-refresh swap ------------------------------
 
     @translated()
@@ -264,7 +323,8 @@ class DuckDBWarehouse:
         self, con: duckdb.DuckDBPyConnection, built: Sequence[PartitionRange], into_live: bool
     ) -> None:
         """Merge the rows outside ``built`` of one copy into the other; the target first gains
-        the columns of the source it lacks (recorded in its column metadata)."""
+        the columns of the source it lacks (recorded in its column metadata), and each copy's
+        history table (with history on) the columns of its state table."""
         rebuild = rebuild_names(self.names)
         source_names, target_names = (rebuild, self.names) if into_live else (self.names, rebuild)
         source = self._state(con, source_names).schema
@@ -277,6 +337,8 @@ class DuckDBWarehouse:
                 con.executemany(record_sql(target_names.columns, "duckdb"),
                                 change_rows(missing, "", utcnow()))
             target = self._state(con, target_names).schema
+        self._follow(con, source_names, source)
+        self._follow(con, target_names, target)
         for sql, params in level_statements(
             self.names, built, "duckdb", into_live=into_live, source=source, target=target
         ):

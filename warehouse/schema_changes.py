@@ -8,6 +8,11 @@ packaged schema's, else read back from its SQL type), and the column policy reco
 table. ``pending`` picks the changes of a batch's ``TableSchema`` that are not recorded yet, and
 ``alter_statements`` renders them; both are safe to repeat, so two instances racing to make the
 same change both succeed.
+
+A table that follows the state table's columns (the history table) is brought to them with
+``follow_changes``: every column of the state table it lacks is added, every narrower one
+widened. Writers run it with each batch that carries column changes, when they open, and on both
+copies of a full refresh, so that the history table can never lack a column its state table has.
 """
 
 from __future__ import annotations
@@ -221,3 +226,17 @@ def alter_statements(
         elif compare(column, current) == "widen":  # never narrower: another instance widened it
             statements += widen_column_sql(table, current, column, dialect)
     return statements
+
+
+def follow_changes(table: TableSchema, state: TableSchema) -> list[ColumnChange]:
+    """What a table that follows the state table's columns (``table``: its business columns
+    now) lacks of the state table's (``state``): each column it does not have, or has of a
+    narrower type, as the change that brings it level (``alter_statements`` renders them)."""
+    changes: list[ColumnChange] = []
+    for column in state.columns:
+        have = table.column(column.name)
+        if have is None:
+            changes.append(ColumnChange(column, "add", "the state table"))
+        elif compare(column, have) == "widen":
+            changes.append(ColumnChange(column, "widen", "the state table"))
+    return changes

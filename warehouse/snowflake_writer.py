@@ -15,6 +15,11 @@ stage. Per flush (``apply``) it issues, in order:
 6. ``INSERT INTO`` the ledger, values bound (``sql.ledger_insert_sql``);
 7. ``COMMIT``.
 
+With history on, the window's distinct versions travel the same way into a second temporary
+table (``"KYC_SYNC_STAGED_HISTORY"``, created before the first COPY: DDL would commit the open
+transaction) and, right after the MERGE, are added to the history table with their intervals
+(``history_sql.flush_statements``).
+
 Any error rolls the transaction back, closes the session (the next flush opens a fresh one) and
 is raised as ``TransientWarehouseError`` or ``TerminalWarehouseError`` (``snowflake_errors``).
 When the reply to the COMMIT itself is lost, the transaction may have committed: the retry of
@@ -45,7 +50,10 @@ the ``ALTER TABLE`` statements run before the batch's transaction, each harmless
 instances may race to add the same column), and the view is re-created so that it shows the new
 column; the metadata rows are written in the batch's transaction. The MERGE writes every column
 the state table has, NULL for one the batch lacks; if the table's columns change while the batch
-is written (another instance added one), the transaction is rolled back and retried.
+is written (another instance added one), the transaction is rolled back and retried. With history
+on, the history table gets the same columns right after the state table, also before the
+transaction (``schema_changes.follow_changes``: whatever the state table has that history lacks,
+so an instance killed between the two ALTERs, or one with history off, leaves nothing behind).
 """
 
 from __future__ import annotations
@@ -67,7 +75,8 @@ from snowflake.connector.cursor import SnowflakeCursor
 
 from batcher.ranges import PartitionRange
 from schemas.columns import BASE_SCHEMA, Column, ColumnChange, TableSchema
-from schemas.evolution import ColumnPolicy, TableState
+from schemas.evolution import ColumnPolicy, TableState, compare
+from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 from warehouse.faults import FaultPlan
@@ -75,6 +84,7 @@ from warehouse.identifiers import Ident, QualifiedName
 from warehouse.schema_changes import (
     alter_statements,
     change_rows,
+    follow_changes,
     has_rows_sql,
     latest_types,
     pending,
@@ -87,7 +97,7 @@ from warehouse.schema_changes import (
 from warehouse.snowflake_errors import translated
 from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.sql import CLASSIFY_FIELDS, classify_sql, ledger_insert_sql, merge_sql
-from warehouse.staging import assert_unique_keys
+from warehouse.staging import assert_unique_keys, history_of
 from warehouse.swap import (
     Statement,
     add_missing,
@@ -117,6 +127,9 @@ session's current schema)."""
 STAGE = Ident("kyc_sync_stage", upper=True)
 """The session's temporary stage the batch file is uploaded to."""
 STAGED_FILE = "batch.parquet"
+STAGED_HISTORY = Ident("kyc_sync_staged_history", upper=True)
+"""The session's temporary table holding the window's versions, with history on."""
+HISTORY_FILE = "history.parquet"
 
 
 # -- SQL of the session and the staging steps (the MERGE, classification and ledger SQL are
@@ -131,15 +144,15 @@ def create_stage_sql() -> str:
     return f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE.sql()} FILE_FORMAT = (TYPE = PARQUET)"
 
 
-def create_staged_sql(schema: TableSchema = BASE_SCHEMA) -> str:
+def create_staged_sql(schema: TableSchema = BASE_SCHEMA, table: Ident = STAGED) -> str:
     return (
-        f"CREATE OR REPLACE TEMPORARY TABLE {STAGED.sql()} (\n"
+        f"CREATE OR REPLACE TEMPORARY TABLE {table.sql()} (\n"
         f"{column_list(state_columns(schema), 'snowflake')}\n)"
     )
 
 
-def put_sql() -> str:
-    return f"PUT file://{STAGED_FILE} @{STAGE.sql()} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
+def put_sql(file: str = STAGED_FILE) -> str:
+    return f"PUT file://{file} @{STAGE.sql()} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
 
 
 _STAGED_VALUES: dict[str, str] = {
@@ -159,15 +172,17 @@ def _staged_value(column: Column) -> str:
     return template.format(ref=ref, type=sql_type(column, "snowflake"))
 
 
-def copy_sql(schema: TableSchema = BASE_SCHEMA) -> str:
+def copy_sql(
+    schema: TableSchema = BASE_SCHEMA, table: Ident = STAGED, file: str = STAGED_FILE
+) -> str:
     """Load the uploaded file into the staged table, typed column by column. ``NULL_IF = ()``:
     a text value is never turned into NULL (the default would turn ``\\N`` into NULL)."""
     columns = state_columns(schema)
     cols = ", ".join(col(c.name, "snowflake") for c in columns)
     values = ",\n  ".join(_staged_value(c) for c in columns)
     return (
-        f"COPY INTO {STAGED.sql()} ({cols})\n"
-        f"FROM (SELECT\n  {values}\nFROM @{STAGE.sql()}/{STAGED_FILE})\n"
+        f"COPY INTO {table.sql()} ({cols})\n"
+        f"FROM (SELECT\n  {values}\nFROM @{STAGE.sql()}/{file})\n"
         "FILE_FORMAT = (TYPE = PARQUET NULL_IF = ())\n"
         "ON_ERROR = ABORT_STATEMENT\n"
         "FORCE = TRUE\n"
@@ -228,6 +243,7 @@ class SnowflakeWarehouse:
         self.names = names
         self.policy = policy or ColumnPolicy()
         self._column_types: dict[str, str] | None = None  # latest recorded type per column
+        self._history_types: dict[str, Column] | None = None  # the live history's columns
         self.database = Ident(config.database, upper=True)
         self.schema = Ident(config.schema_name, upper=True)
         self.faults = faults or FaultPlan()
@@ -285,7 +301,9 @@ class SnowflakeWarehouse:
 
     def open(self) -> None:
         """Create what is missing (a new state table with the column policy's columns), record
-        the column policy with a new table, re-create the view from the state table's columns."""
+        the column policy with a new table, re-create the view from the state table's columns;
+        with history on, bring the history table to the state table's columns and seed it from
+        the state table (``history_sql.seed_statements``)."""
         self._statements(table_ddl(self.names, "snowflake", self.policy.initial_schema()))
         state = self.table_state()
         with self._work() as conn:
@@ -299,6 +317,12 @@ class SnowflakeWarehouse:
                     )
             conn.commit()
         self._statements([create_view_sql(self.names, "snowflake", state.schema)])
+        if self.names.history is not None:
+            # A history table created now, or turned on for an existing state table, gets the
+            # state table's columns (DDL), then the state's versions it lacks (one transaction).
+            self._follow(self.names, state.schema)
+            self._statements(history_sql.seed_statements(
+                self.names.history, self.names.state, "snowflake", state_columns(state.schema)))
 
     def table_state(self) -> TableState:
         """The state table's columns, recorded column policy and whether it holds rows."""
@@ -323,12 +347,56 @@ class SnowflakeWarehouse:
         row = cur.fetchone()
         return table_state(physical, recorded, bool(row and row[0]), upper=True)
 
+    def _follow(self, names: TableNames, state: TableSchema) -> None:
+        """The history table of ``names`` (if any) gains the columns of its state table
+        (``state``) it lacks or has narrower: DDL, each statement harmless to repeat. The live
+        history's columns are remembered (``_history_has``)."""
+        if names.history is None:
+            return
+        have = self._history_schema(names)
+        statements = alter_statements(
+            names.history, follow_changes(have, state), have, "snowflake"
+        )
+        if statements:
+            self._statements(statements)
+            have = self._history_schema(names)
+        if names == self.names:
+            self._history_types = {c.name.lower(): c for c in have.columns}
+
+    def _history_schema(self, names: TableNames) -> TableSchema:
+        """The business columns of the history table of ``names``."""
+        assert names.history is not None
+        with self._work() as conn, conn.cursor() as cur:
+            sql, params = physical_columns_sql(names.history, "snowflake")
+            cur.execute(sql, params)
+            physical = cur.fetchall()
+            recorded: list[Any] = []
+            if names.columns is not None:
+                cur.execute(recorded_columns_sql(names.columns, "snowflake"))
+                recorded = cur.fetchall()
+        return table_state(physical, recorded, False, upper=True).schema
+
+    def _history_has(self, schema: TableSchema) -> bool:
+        """The live history table is known to hold every column of ``schema``, wide enough."""
+        known = self._history_types
+        if known is None:
+            return False
+        for column in schema.columns:
+            have = known.get(column.name.lower())
+            if have is None or compare(column, have) == "widen":
+                return False
+        return True
+
     def _columns_ddl(self, batch: Batch) -> list[ColumnChange]:
         """Make the batch's column changes not recorded yet, before its transaction (DDL
-        commits on its own; every statement is harmless to repeat); the changes to record."""
+        commits on its own; every statement is harmless to repeat), on the state table and,
+        with history on, on the history table (also when another instance made them on the
+        state table only); the changes to record."""
         if not batch.schema.changes:
             return []
-        if self._column_types is None or pending(batch.schema.changes, self._column_types):
+        history_behind = self.names.history is not None and not self._history_has(batch.schema)
+        if (self._column_types is None or history_behind
+                or pending(batch.schema.changes, self._column_types)):
             with self._work() as conn, conn.cursor() as cur:
                 state = self._state(cur)
             changes = pending(batch.schema.changes, self._column_types or {})
@@ -339,13 +407,16 @@ class SnowflakeWarehouse:
                 with self._work() as conn, conn.cursor() as cur:
                     state = self._state(cur)
                 self._statements([create_view_sql(self.names, "snowflake", state.schema)])
+            self._follow(self.names, state.schema)
             return changes if self.names.columns is not None else []
         return []
 
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
+        versions = history_of(batch, self.names)
         started = time.perf_counter()
         payload = parquet_payload(batch.rows, batch.schema)
+        history = None if versions is None else parquet_payload(versions, batch.schema)
         changes = self._columns_ddl(batch)
         committing = False
         try:
@@ -355,7 +426,7 @@ class SnowflakeWarehouse:
                     return replace(done, write_s=time.perf_counter() - started)
                 self._uncertain = None
                 with conn.cursor() as cur:
-                    result = self._write(cur, batch, payload, started, changes)
+                    result = self._write(cur, batch, payload, history, started, changes)
                 committing = True
                 conn.commit()
                 if changes and self._column_types is not None:
@@ -371,21 +442,24 @@ class SnowflakeWarehouse:
         return replace(result, write_s=time.perf_counter() - started)
 
     def _write(
-        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, started: float,
-        changes: Sequence[ColumnChange] = (),
+        self, cur: SnowflakeCursor, batch: Batch, payload: bytes, history: bytes | None,
+        started: float, changes: Sequence[ColumnChange] = (),
     ) -> ApplyResult:
-        """Statements 1-6 of the module doc, the metadata rows of ``changes``; the caller
-        commits."""
+        """Statements 1-6 of the module doc (and the history's), the metadata rows of
+        ``changes``; the caller commits."""
         state, staged = self.names.state, STAGED.sql()
         columns = self._physical(cur)
         cur.execute(create_staged_sql(batch.schema))
+        if history is not None:
+            cur.execute(create_staged_sql(batch.schema, STAGED_HISTORY))
         cur.execute(put_sql(), file_stream=io.BytesIO(payload))
-        cur.execute(copy_sql(batch.schema))
-        loaded = _rows_loaded(cur.description, cur.fetchall())
-        if loaded != batch.rows.num_rows:
-            raise TerminalWarehouseError(
-                f"COPY loaded {loaded} of the batch's {batch.rows.num_rows} rows"
-            )
+        if history is not None:
+            cur.execute(put_sql(HISTORY_FILE), file_stream=io.BytesIO(history))
+        self._copy(cur, copy_sql(batch.schema), batch.rows.num_rows, "rows")
+        if history is not None:
+            assert batch.history is not None
+            self._copy(cur, copy_sql(batch.schema, STAGED_HISTORY, HISTORY_FILE),
+                       batch.history.num_rows, "versions")
         cur.execute(classify_sql(state, staged, "snowflake"))
         classified = _result(cur.fetchone())
         present = set(batch.rows.column_names)
@@ -397,6 +471,12 @@ class SnowflakeWarehouse:
                 f"the MERGE changed {merged_rows} rows where {classified.applied} were "
                 "classified: another writer changed the state table in between; retrying"
             )
+        if history is not None:
+            assert self.names.history is not None
+            for statement in history_sql.flush_statements(
+                    self.names.history, STAGED_HISTORY.sql(), "snowflake",
+                    state_columns(batch.schema)):
+                cur.execute(statement)
         self.faults("after_merge")
         write_ms = int((time.perf_counter() - started) * 1000)
         cur.execute(
@@ -422,6 +502,13 @@ class SnowflakeWarehouse:
         cur.execute(sql, params)
         state = table_state(cur.fetchall(), [], False, upper=True)
         return state_columns(state.schema)
+
+    @staticmethod
+    def _copy(cur: SnowflakeCursor, copy: str, expected: int, what: str) -> None:
+        cur.execute(copy)
+        loaded = _rows_loaded(cur.description, cur.fetchall())
+        if loaded != expected:
+            raise TerminalWarehouseError(f"COPY loaded {loaded} of the batch's {expected} {what}")
 
     def _recorded(self, conn: SnowflakeConnection, batch: Batch) -> ApplyResult | None:
         """What the ledger recorded for ``batch``, if an earlier attempt committed it."""
@@ -460,7 +547,8 @@ class SnowflakeWarehouse:
 
     def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
         """Merge the rows outside ``built`` of one copy into the other; the target first gains
-        the columns of the source it lacks (DDL: before the merge's transaction)."""
+        the columns of the source it lacks, and each copy's history table (with history on)
+        the columns of its state table (DDL: before the merge's transaction)."""
         rebuild = rebuild_names(self.names)
         source_names, target_names = (rebuild, self.names) if into_live else (self.names, rebuild)
         with self._work() as conn, conn.cursor() as cur:
@@ -479,6 +567,8 @@ class SnowflakeWarehouse:
                 target = self._state(cur, target_names).schema
             if into_live:
                 self._statements([create_view_sql(self.names, "snowflake", target)])
+        self._follow(source_names, source)
+        self._follow(target_names, target)
         self._run(level_statements(
             self.names, built, "snowflake", into_live=into_live, source=source, target=target
         ))

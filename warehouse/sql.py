@@ -28,14 +28,17 @@ def newer_sql(new: str, old: str, dialect: Dialect) -> str:
     )
 
 
-def _values(
+def staged_values(
     columns: tuple[Column, ...], staged: Collection[str] | None, dialect: Dialect
 ) -> list[tuple[str, str]]:
     """(column, value) of each state column: the staged value, or NULL for a column the staged
-    rows lack (a column their writer schemas did not have, or one another instance added)."""
+    rows lack (a column their writer schemas did not have, or one another instance added).
+    Names match regardless of case, as the warehouses resolve them (Snowflake reads them back
+    upper-cased; no two fields may differ only in case)."""
+    held = None if staged is None else {name.lower() for name in staged}
     return [
         (col(c.name, dialect),
-         f"s.{col(c.name, dialect)}" if staged is None or c.name in staged else "NULL")
+         f"s.{col(c.name, dialect)}" if held is None or c.name.lower() in held else "NULL")
         for c in columns
     ]
 
@@ -47,7 +50,7 @@ def merge_sql(
     """Guarded upsert of the staged rows (one per key) into the state table's ``columns``;
     ``present``: the staged columns (default: all of ``columns``)."""
     key = col(KEY, dialect)
-    pairs = _values(columns, present, dialect)
+    pairs = staged_values(columns, present, dialect)
     updates = ", ".join(f"{c} = {v}" for c, v in pairs if c != key)
     return (
         f"MERGE INTO {state.sql()} AS t\n"
@@ -77,7 +80,7 @@ def insert_new_sql(
 ) -> str:
     """The NOT MATCHED half of ``merge_sql``: staged rows whose key the state table lacks."""
     key = col(KEY, dialect)
-    pairs = _values(columns, present, dialect)
+    pairs = staged_values(columns, present, dialect)
     return (
         f"INSERT INTO {state.sql()} ({', '.join(c for c, _ in pairs)})\n"
         f"SELECT {', '.join(v for _, v in pairs)}\n"

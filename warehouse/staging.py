@@ -1,5 +1,8 @@
 """Build the staged Arrow table of a batch: one row per winning event, the state table's columns
-for the batch's ``TableSchema`` (``tables.state_columns``)."""
+for the batch's ``TableSchema`` (``tables.state_columns``).
+
+With history on, the window's distinct versions are staged the same way (same columns, same
+schema), one row per (key, version)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.columns import BASE_SCHEMA, Column, TableSchema
+from warehouse.base import Batch
 from warehouse.errors import TerminalWarehouseError
-from warehouse.tables import state_columns
+from warehouse.tables import TableNames, state_columns
 
 
 def arrow_type(column: Column) -> pa.DataType:
@@ -49,6 +53,36 @@ def assert_unique_keys(rows: pa.Table) -> None:
         raise TerminalWarehouseError(
             f"staged batch has {rows.num_rows} rows but {distinct} distinct keys"
         )
+
+
+def assert_unique_versions(rows: pa.Table) -> None:
+    """The staged history holds each (key, version) once; the reducer guarantees it."""
+    versions = rows.select(["kyc_profile_id", "op_time", "src_partition", "src_offset"])
+    distinct = versions.group_by(versions.column_names).aggregate([]).num_rows
+    if distinct != rows.num_rows:
+        raise TerminalWarehouseError(
+            f"staged history has {rows.num_rows} rows but {distinct} distinct versions"
+        )
+
+
+def history_of(batch: Batch, names: TableNames) -> pa.Table | None:
+    """The versions a writer adds to its history table: None when history is off; checked to be
+    distinct and staged with the rows' columns (the batch's ``schema``). History on and a batch
+    without its versions is a programming error: refused, so that history never silently misses
+    versions."""
+    if names.history is None:
+        return None
+    if batch.history is None:
+        raise TerminalWarehouseError(
+            f"history is on ({names.history.sql()}) but batch {batch.batch_id} carries no versions"
+        )
+    if batch.history.column_names != batch.rows.column_names:
+        raise TerminalWarehouseError(
+            f"batch {batch.batch_id}: staged versions have columns {batch.history.column_names}, "
+            f"its rows {batch.rows.column_names}"
+        )
+    assert_unique_versions(batch.history)
+    return batch.history
 
 
 def _business(rows: pl.DataFrame, column: Column) -> pl.Expr:

@@ -22,10 +22,13 @@ the topic, while the live instances keep writing to the live tables. Then:
 
 The two copies of a table may hold different columns (a schema change seen by one of them, a
 column policy): before rows are merged, the target gains the source's columns it lacks
-(``add_missing``, run by the writer) and every target column the source lacks is written NULL.
+(``add_missing``, run by the writer), the history table of each copy gains its state table's
+(``schema_changes.follow_changes``), and every target column the source lacks is written NULL.
 
 The tables a refresh exchanges are a list (``swap_tables``), each with the statements that bring
-one of its copies level with the other, so that further derived tables can join it.
+one of its copies level with the other, so that further derived tables can join it. With
+profile history on, the history table is one of them: its copies are brought level by adding the
+versions one lacks and recomputing the intervals of their profiles (``history_sql``).
 Statements that take parameters come as ``(sql, params)``; values are bound, never formatted in.
 """
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 
 from batcher.ranges import PartitionRange
 from schemas.columns import BASE_SCHEMA, Column, ColumnChange, TableSchema
+from warehouse import history_sql
 from warehouse.identifiers import Ident, QualifiedName
 from warehouse.sql import delete_superseded_sql, insert_new_sql, merge_sql
 from warehouse.tables import (
@@ -55,8 +59,9 @@ EXCHANGE_SUFFIX = "__exchange"
 
 Statement = tuple[str, tuple[object, ...]]
 Level = Callable[[QualifiedName, str, Dialect, tuple[Column, ...], frozenset[str]], list[str]]
-"""Statements merging the rows of a relation (SQL text, used once per statement) into a table
-of the given columns; the relation holds the named ones (the others are written NULL)."""
+"""Statements merging the rows of a relation (SQL text) into a table of the given columns; the
+relation holds the named ones (the others are written NULL). A statement may read the relation
+more than once; its parameters are bound at each place."""
 
 
 def _renamed(name: QualifiedName, suffix: str) -> QualifiedName:
@@ -71,6 +76,7 @@ def rebuild_names(live: TableNames, suffix: str = REBUILD_SUFFIX) -> TableNames:
         current=_renamed(live.current, suffix),
         ledger=_renamed(live.ledger, suffix),
         columns=None if live.columns is None else _renamed(live.columns, suffix),
+        history=None if live.history is None else _renamed(live.history, suffix),
     )
 
 
@@ -98,10 +104,11 @@ class SwapTable:
     live: QualifiedName
     rebuild: QualifiedName
     columns: tuple[Column, ...]
-    """The table's columns before any writer schema changed them."""
+    """The columns merged from one copy into the other before any writer schema changed them
+    (the history table's: a version's, the state table's; its intervals are recomputed)."""
     level: Level
     columns_of: Callable[[TableSchema], tuple[Column, ...]] = state_columns
-    """The table's columns for given business columns of the state table."""
+    """The columns merged for given business columns of the state table."""
 
 
 def swap_tables(live: TableNames) -> tuple[SwapTable, ...]:
@@ -109,7 +116,11 @@ def swap_tables(live: TableNames) -> tuple[SwapTable, ...]:
     if live.state.parts[:-1] != live.ledger.parts[:-1]:
         raise ValueError("the state table and the ledger must share one schema")
     rebuild = rebuild_names(live)
-    return (SwapTable(live.state, rebuild.state, state_columns(), guarded_upsert),)
+    tables = [SwapTable(live.state, rebuild.state, state_columns(), guarded_upsert)]
+    if live.history is not None and rebuild.history is not None:
+        tables.append(SwapTable(live.history, rebuild.history, state_columns(),
+                                history_sql.flush_statements))
+    return tuple(tables)
 
 
 def outside_sql(
@@ -142,7 +153,7 @@ def level_statements(
         source_columns = table.columns_of(source)
         relation, params = outside_sql(out_of, source_columns, built, dialect)
         present = frozenset(c.name for c in source_columns)
-        found += [(sql, params) for sql in
+        found += [(sql, params * sql.count(relation)) for sql in
                   table.level(into, relation, dialect, table.columns_of(target), present)]
     return found
 

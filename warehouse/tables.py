@@ -8,10 +8,12 @@
 - ``<columns>`` (``kyc_sync_columns``): the column metadata of the state table: each column a
   writer schema added or widened (which schema, which batch, when, its logical type), and the
   column policy the table was built with (``COLUMNS_COLUMNS``).
+- ``<history>`` (``kyc_profile_history``, only with ``history.enabled``): one row per distinct
+  version of each profile, with the interval it was valid in (``history_columns``).
 
 The business columns are not fixed: every function that renders them takes the table's
 ``TableSchema`` (default: ``BASE_SCHEMA``, the packaged schema's), so that any table whose
-columns follow the state table's (the state table itself, its staged batches, the view, a
+columns follow the state table's (the state table itself, its staged batches, the view, the
 history table) is created and altered from the same column list (``add_column_sql``,
 ``widen_column_sql``).
 """
@@ -78,7 +80,31 @@ def state_columns(schema: TableSchema = BASE_SCHEMA) -> tuple[Column, ...]:
 STATE_COLUMNS: tuple[Column, ...] = state_columns()
 """The state table's columns before any writer schema changed them."""
 
-NOT_BUSINESS: frozenset[str] = frozenset(c.name for c in VERSION_COLUMNS + BOOKKEEPING_COLUMNS)
+PER_WRITE_COLUMNS: frozenset[str] = frozenset({"batch_id", "synced_at"})
+"""State columns that say which write put a row there, not what the row holds."""
+
+INTERVAL_COLUMNS: tuple[Column, ...] = (
+    Column("valid_from", "timestamp", nullable=False),
+    Column("valid_to", "timestamp"),
+    Column("is_current", "bool", nullable=False),
+)
+"""What the history table adds to a version: valid from its op_time until the next version's
+(NULL while it is the latest: ``is_current``)."""
+
+NOT_BUSINESS: frozenset[str] = frozenset(
+    c.name for c in VERSION_COLUMNS + BOOKKEEPING_COLUMNS + INTERVAL_COLUMNS
+)
+"""Columns of the state and history tables that are not business columns."""
+
+
+def history_columns(state: tuple[Column, ...] = STATE_COLUMNS) -> tuple[Column, ...]:
+    """The history table's columns: the state table's, whatever they are, then the interval.
+    Derived, never listed twice, so that history follows the state table's columns."""
+    return state + INTERVAL_COLUMNS
+
+
+HISTORY_COLUMNS: tuple[Column, ...] = history_columns()
+"""The history table's columns before any writer schema changed them."""
 
 
 def view_columns(schema: TableSchema = BASE_SCHEMA) -> tuple[str, ...]:
@@ -131,6 +157,8 @@ class TableNames:
     ledger: QualifiedName
     columns: QualifiedName | None = None
     """The column metadata table; None: nothing is recorded (no schema change is possible)."""
+    history: QualifiedName | None = None
+    """The history table; None when history is off (nothing of it is created or written)."""
 
 
 def column_list(columns: tuple[Column, ...], dialect: Dialect) -> str:
@@ -199,20 +227,24 @@ def widen_column_sql(
 def table_ddl(
     names: TableNames, dialect: Dialect, schema: TableSchema = BASE_SCHEMA
 ) -> list[str]:
-    """The tables, created if missing; ``schema``: the business columns of a state table
-    created now (an existing one keeps its own). The view follows, from the columns the state
-    table then has (``create_view_sql``)."""
+    """The tables, created if missing; ``schema``: the business columns of a state table (and
+    history table) created now (an existing one keeps its own). The view follows, from the
+    columns the state table then has (``create_view_sql``)."""
     statements = [
         create_table_sql(names.state, state_columns(schema), dialect),
         create_table_sql(names.ledger, LEDGER_COLUMNS, dialect),
     ]
     if names.columns is not None:
         statements.append(create_table_sql(names.columns, COLUMNS_COLUMNS, dialect))
+    if names.history is not None:
+        statements.append(
+            create_table_sql(names.history, history_columns(state_columns(schema)), dialect)
+        )
     return statements
 
 
 def ddl(names: TableNames, dialect: Dialect, schema: TableSchema = BASE_SCHEMA) -> list[str]:
     """Every object of a new table of ``schema``: state table, ledger, view, then the column
-    metadata table if named."""
+    metadata table and the history table if named."""
     tables = table_ddl(names, dialect, schema)
     return [*tables[:2], create_view_sql(names, dialect, schema), *tables[2:]]

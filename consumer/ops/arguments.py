@@ -8,6 +8,12 @@ from datetime import UTC, datetime
 
 def parse_datetime_ms(text: str) -> int:
     """Milliseconds since the epoch of an ISO 8601 date-time; without an offset it is UTC."""
+    return int(parse_instant(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 date-time as naive UTC, as the tables store times (microseconds kept);
+    without an offset it is UTC."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -15,8 +21,8 @@ def parse_datetime_ms(text: str) -> int:
             f"invalid date-time {text!r}: use ISO 8601, e.g. 2024-01-15T10:00:00Z"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def parse_partitions(text: str) -> tuple[int, ...]:

@@ -6,10 +6,19 @@ tests had them:
   message at the group's committed offset, as ``lag`` measures it. A quiet source passes (no
   event waits, however old the last op_time), a stuck sync fails (an event waits);
 - ``unique_key``: ``kyc_profile_id`` is unique in the view;
-- ``not_null``: the key columns (``checks.not_null``) are never null.
+- ``not_null``: the key columns (``checks.not_null``) are never null;
 
-Evaluation is pure (``freshness``, ``unique_key``, ``not_null``); ``run_checks`` feeds them the
-rows of ``warehouse.inspect`` queries.
+and with history on (``history.enabled``), the invariants of the history table:
+
+- ``history_intervals``: each profile's intervals follow one another, no overlap and no gap
+  (``valid_to`` is the next version's ``valid_from``, NULL only for the last one, which alone is
+  ``is_current``);
+- ``history_current``: every profile ever seen (state table or history) has exactly one current
+  history row;
+- ``history_state``: each current history row agrees with the profile's state row.
+
+Evaluation is pure (``freshness``, ``unique_key``, ``not_null``, ``history_*``); ``run_checks``
+feeds them the rows of ``warehouse.inspect`` and ``warehouse.history_sql`` queries.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from consumer.ops.lag import PartitionLag
 from consumer.ops.ledger import LastBatch, fetch, last_batch
 from consumer.ops.render import utc_text
 from schemas.columns import KEY
+from warehouse import history_sql
 from warehouse.base import Inspector
 from warehouse.errors import WarehouseError
 from warehouse.inspect import duplicate_keys_sql, null_counts_sql
@@ -91,6 +101,41 @@ def not_null(columns: Sequence[str], row: Sequence[Any]) -> CheckResult:
     return CheckResult("not_null", True, f"{', '.join(columns)} never null ({total} rows)")
 
 
+def _examples(rows: Sequence[tuple[Any, ...]], detail: str | None) -> str:
+    """``rows``: (key, [count,] keys in all); the first ones as examples."""
+    total = int(rows[0][-1])
+    shown = ", ".join(str(r[0]) if detail is None else f"{r[0]}: {r[1]} {detail}" for r in rows)
+    more = ", ..." if total > len(rows) else ""
+    return f"{total} profile(s) (e.g. {shown}{more})"
+
+
+def history_intervals(rows: Sequence[tuple[Any, ...]]) -> CheckResult:
+    """``rows``: (key, broken rows, keys in all), as ``history_sql.intervals_sql`` returns."""
+    if not rows:
+        return CheckResult("history_intervals", True,
+                           "each profile's intervals follow one another, no overlap, no gap")
+    return CheckResult("history_intervals", False,
+                       f"overlapping or broken intervals in {_examples(rows, 'row(s)')}")
+
+
+def history_current(rows: Sequence[tuple[Any, ...]]) -> CheckResult:
+    """``rows``: (key, current rows, keys in all), as ``history_sql.current_rows_sql``."""
+    if not rows:
+        return CheckResult("history_current", True,
+                           "every profile ever seen has exactly one current history row")
+    return CheckResult("history_current", False,
+                       f"not exactly one current history row in {_examples(rows, 'current')}")
+
+
+def history_state(rows: Sequence[tuple[Any, ...]]) -> CheckResult:
+    """``rows``: (key, keys in all), as ``history_sql.state_agreement_sql`` returns."""
+    if not rows:
+        return CheckResult("history_state", True, "current history rows agree with the state table")
+    return CheckResult("history_state", False,
+                       f"the current history row differs from the state row in "
+                       f"{_examples(rows, None)}")
+
+
 def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
     try:
         return check()
@@ -117,13 +162,24 @@ def run_checks(
         except WarehouseError:
             return None
 
-    return [
+    results = [
         freshness(partitions, now_ms, max_age_s, last(), kafka_error),
         _guarded("unique_key", lambda: unique_key(
             fetch(inspector, duplicate_keys_sql(names.current, dialect)))),
         _guarded("not_null", lambda: not_null(not_null_columns, fetch(
             inspector, null_counts_sql(names.current, not_null_columns, dialect))[0])),
     ]
+    history = names.history
+    if history is not None:
+        results += [
+            _guarded("history_intervals", lambda: history_intervals(
+                fetch(inspector, history_sql.intervals_sql(history, dialect)))),
+            _guarded("history_current", lambda: history_current(
+                fetch(inspector, history_sql.current_rows_sql(history, names.state, dialect)))),
+            _guarded("history_state", lambda: history_state(fetch(
+                inspector, history_sql.state_agreement_sql(history, names.state, dialect)))),
+        ]
+    return results
 
 
 def render(results: Sequence[CheckResult]) -> str:

@@ -47,8 +47,11 @@ from consumer.source.deadletters import DeadLetterError
 from consumer.source.topics import TopicError, ensure_topic, preflight
 from consumer.telemetry.metrics import exposing, serving
 from consumer.telemetry.progress import Progress, show_bar
-from schemas.errors import KycSyncError, UsageError
+from schemas.columns import KEY
+from schemas.errors import KycSyncError, TerminalError, UsageError
 from warehouse.errors import WarehouseError
+from warehouse.history_sql import as_of_sql
+from warehouse.tables import col
 
 log = logging.getLogger("kyc_sync")
 
@@ -85,17 +88,34 @@ def sample(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def show(settings: Settings, _args: argparse.Namespace) -> int:
+def show(settings: Settings, args: argparse.Namespace) -> int:
+    """``kyc-sync show [--as-of T] [--id N]``: the live profiles now (the view), or at ``T``
+    (the history table; docs/operations.md has the same query for Snowflake)."""
     import duckdb
 
     if settings.warehouse.kind != "duckdb":
-        raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake")
+        raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake "
+                         "(docs/operations.md has the as-of query)")
+    as_of: datetime | None = getattr(args, "as_of", None)
+    key: int | None = getattr(args, "id", None)
     names = table_names(settings, False, settings.duckdb.schema_name)
+    params: list[object] = [] if key is None else [key]
+    if as_of is None:
+        only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
+        sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
+    elif names.history is None:
+        raise UsageError("show --as-of reads the history table: set history.enabled "
+                         "(KYC_SYNC_HISTORY__ENABLED=true)")
+    else:
+        sql = as_of_sql(names.history, "duckdb", by_key=key is not None)
+        params = [as_of, as_of, *params]
     con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
-        cursor = con.execute(f"SELECT * FROM {names.current.sql()} ORDER BY kyc_profile_id")
+        cursor = con.execute(sql, params)
         header = [d[0] for d in cursor.description]
         print(format_table(header, cursor.fetchall()))
+    except duckdb.CatalogException as err:
+        raise TerminalError(f"cannot read the table: {err}") from None
     finally:
         con.close()
     return 0

@@ -220,6 +220,8 @@ def rebuild_settings(settings: Settings, rebuild_group: str) -> Settings:
             "ledger_table": wh.ledger_table + REBUILD_SUFFIX,
             "columns_table": wh.columns_table + REBUILD_SUFFIX,
         }),
+        "history": settings.history.model_copy(
+            update={"table": settings.history.table + REBUILD_SUFFIX}),
     })
 
 

@@ -78,6 +78,8 @@ class LoopOptions:
     bounds: tuple[PartitionRange, ...] | None = None
     """Read exactly these ranges (``first`` .. ``next_offset - 1``) with an assigned consumer,
     commit nothing, stop when each is read. None: join the group and consume."""
+    history: bool = False
+    """Keep every distinct version of the window and stage them for the history table."""
 
     @property
     def stops(self) -> dict[int, int] | None:
@@ -118,7 +120,7 @@ class SyncLoop:
         self.warehouse = warehouse
         self.dead_letters = dead_letters
         self.window = Window(policy, clock)
-        self.reducer = Reducer()
+        self.reducer = Reducer(keep_versions=options.history)
         self.observer = observer or Observer()
         self.partitions = Partitions(options.topic, options.consume_batch)
         self.stopping = False
@@ -387,7 +389,7 @@ class SyncLoop:
             self.window.reset()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch = self.stage(window, decode_s)
-        return Drained(replace(window, rows=None), batch, decode_s)
+        return Drained(replace(window, rows=None, versions=None), batch, decode_s)
 
     def _report(
         self, reason: FlushReason, drained: Drained, result: ApplyResult | None, started: float
@@ -430,17 +432,20 @@ class SyncLoop:
         now = datetime.now(UTC).replace(tzinfo=None)
         batch_id = uuid.uuid4().hex
         schema = self.decoder.contract.table
+        synced_at = _utc_micros(now)
         return Batch(
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=stage_frame(window.rows, batch_id, _utc_micros(now), schema),
+            rows=stage_frame(window.rows, batch_id, synced_at, schema),
             schema=schema,
             ranges=window.ranges,
             events_in=window.events,
             invalid_events=window.invalid,
             started_at=now,
             decode_ms=int(decode_s * 1000),
+            history=None if window.versions is None
+            else stage_frame(window.versions, batch_id, synced_at, schema),
         )
 
     def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.ranges import PartitionRange
-from batcher.reducer import Reducer, latest_per_key
+from batcher.reducer import POSITION_BITS, Reducer, latest_per_key, packable, positions
 from schemas.columns import KEY
 from tests.oracles.reducer import ReferenceReducer, Version
 
@@ -150,3 +150,81 @@ def test_reducing_twice_changes_nothing(history: tuple[list[Event], list[int], i
     events = history[0]
     once = latest_per_key(frame(events))
     assert latest_per_key(pl.concat([once, frame(events)])).sort(KEY).equals(once.sort(KEY))
+
+
+# -- keep_versions: every distinct version, for the history table --------------------------------
+
+
+def versions_oracle(events: Sequence[Event]) -> dict[tuple[int, Version], str]:
+    reducer: ReferenceReducer[str] = ReferenceReducer(keep_versions=True)
+    for key, op_time, partition, offset, label in events:
+        reducer.add(key, op_time, partition, offset, "UPDATE", label)
+    return {(v.key, v.version): v.payload for v in reducer.drain().versions}
+
+
+def versions_of(rows: pl.DataFrame | None) -> dict[tuple[int, Version], str]:
+    assert rows is not None
+    out = {
+        (r[KEY], Version(r["op_time"], r["src_partition"], r["src_offset"])): r["label"]
+        for r in rows.iter_rows(named=True)
+    }
+    assert len(out) == rows.height, "a version kept twice"
+    return out
+
+
+@st.composite
+def redelivered(draw: st.DrawFn) -> tuple[list[Event], list[int], int]:
+    """``histories`` with redeliveries (the same event again, later) and, sometimes, offsets
+    too large to pack into one integer with the partition."""
+    events, _, compact_min_rows = draw(histories())
+    if draw(st.booleans()):
+        events = [(k, t, p, o + 2**POSITION_BITS, label) for k, t, p, o, label in events]
+    deliveries = list(events)
+    for _ in range(draw(st.integers(0, 30)) if events else 0):
+        i = draw(st.integers(0, len(deliveries) - 1))
+        deliveries.insert(draw(st.integers(i, len(deliveries))), deliveries[i])
+    cuts = sorted(draw(st.lists(st.integers(0, len(deliveries)), max_size=8)))
+    return deliveries, cuts, compact_min_rows
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(redelivered())
+def test_keeps_every_distinct_version_once(history: tuple[list[Event], list[int], int]) -> None:
+    events, cuts, compact_min_rows = history
+    reducer = Reducer(compact_min_rows=compact_min_rows, keep_versions=True)
+    bounds = [0, *cuts, len(events)]
+    for start, end in itertools.pairwise(bounds):
+        batch = events[start:end]
+        reducer.track([e[2] for e in batch], [e[3] for e in batch])
+        reducer.add(frame(batch))
+        distinct = len(set(events))  # pending rows stay below max(min rows, a quarter of state)
+        assert reducer.keys_at_most <= distinct + max(compact_min_rows, distinct // 4)
+    out = reducer.drain()
+    if not events:
+        assert (out.rows, out.versions) == (None, None)
+        return
+    assert versions_of(out.versions) == versions_oracle(events)
+    assert reduced(out.rows) == oracle(events)  # the winners are the same as without history
+    assert out.events == len(events)
+
+
+def test_versions_memory_follows_distinct_versions_not_deliveries() -> None:
+    reducer = Reducer(compact_min_rows=100, keep_versions=True)
+    events = [(i % 50, i, 0, i, f"e{i}") for i in range(300)]
+    for _ in range(20):  # the same 300 events delivered 20 times
+        for start in range(0, 300, 50):
+            reducer.add(frame(events[start:start + 50]))
+        assert reducer.keys_at_most <= 300 + 100 + 50
+    out = reducer.drain()
+    assert out.versions is not None
+    assert out.versions.height == 300
+    assert out.rows is not None
+    assert out.rows.height == 50
+
+
+def test_positions_pack_only_when_they_fit() -> None:
+    fits = frame([(1, 0, 3, 2**POSITION_BITS - 1, "a")])
+    assert packable(fits)
+    assert positions(fits).to_list() == [3 * 2**POSITION_BITS + 2**POSITION_BITS - 1]
+    assert not packable(frame([(1, 0, 0, 2**POSITION_BITS, "a")]))
+    assert not packable(frame([(1, 0, 2**15, 0, "a")]))

@@ -41,6 +41,10 @@ def test_quick_bench_reports_every_figure_and_syncs_the_table(
     assert results["peak_rss_bytes"] > 0
     assert results["e2e_mismatches"] == 0
     assert results["e2e_correct"] is True
+    assert results["e2e_history_per_s"] > 0
+    assert results["peak_rss_history_bytes"] > 0
+    assert results["e2e_history_rows"] == results["e2e_history_rows_expected"]
+    assert results["e2e_history_correct"] is True
     if results["peer"] != "none":
         assert results["peer_correct"] is True
         assert results["peer_e2e_per_s"] > 0

@@ -3,6 +3,7 @@
     python -m tests.chaos                                   # 200 000 events, as in the suite
     python -m tests.chaos --events 1000000 --profiles 100000  # the soak
     python -m tests.chaos --warehouse snowflake             # on the Snowflake test double
+    python -m tests.chaos --no-history                      # without the history table
 
 Starts a fresh local broker in ``<dir>/kafka`` (``--bootstrap`` uses an external one instead, and
 skips the broker restart), runs ``driver.run_chaos`` with ``<dir>/run`` as its work directory,
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20_251_125)
     parser.add_argument("--produce-seconds", type=float, default=None,
                         help="pace production over this long (default: 1 500 events/s)")
+    parser.add_argument("--no-history", dest="history", action="store_false", default=None,
+                        help="run the consumers without the history table (the DuckDB run "
+                        "keeps it by default, the Snowflake run does not)")
     parser.add_argument("--dir", type=Path, default=Path(".local/chaos"),
                         help="work directory, emptied first (broker data, DuckDB file, logs)")
     parser.add_argument("--bootstrap", default="",
@@ -59,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bootstrap = broker.bootstrap
     given = {name: getattr(args, name) for name in
              ("events", "profiles", "partitions", "consumers", "kills", "produce_seconds")}
+    given["history"] = args.history
     sizes = {name: value for name, value in given.items() if value is not None}
     try:
         if args.warehouse == "snowflake":

@@ -4,10 +4,11 @@ real broker, and everything that can go wrong going wrong while events keep arri
 ``run_chaos`` does, in order:
 
 1. creates the topic and starts ``consumers`` processes (1 s window, small ``max_events``,
-   injected transient warehouse faults, a 6 s session timeout so that a killed member's
-   partitions move on quickly, metrics on a free port); ``static_members`` of them run with a
-   ``group.instance.id`` (static membership: a restarted incarnation takes its predecessor's
-   place without a rebalance), the others as dynamic members;
+   profile history on (``history``), injected transient warehouse faults, a 6 s session
+   timeout so that a killed member's partitions move on quickly, metrics on a free port);
+   ``static_members`` of them run with a ``group.instance.id`` (static membership: a restarted
+   incarnation takes its predecessor's place without a rebalance), the others as dynamic
+   members;
 2. produces in a background thread, a steady stream (1 500 events/s by default) for the whole
    chaos phase, with one idempotent producer that records the (partition, offset) of every
    delivery. ``Planner`` plans (and Avro-encodes) each chunk just before it is produced:
@@ -24,10 +25,12 @@ real broker, and everything that can go wrong going wrong while events keep arri
    the broker is external); a consumer exit the driver did not cause is recorded as a crash;
 4. stops the group with SIGTERM (each member must exit 0 within 60 s, or it is a hang), waits
    until the group is empty, then runs one ``kyc-sync run --until-caught-up`` so that everything
-   left is applied and committed;
+   left is applied and committed (with windows of up to ``FINAL_MAX_EVENTS``: a catch-up, not
+   the chaos, whose small windows are the members');
 5. compares the warehouse with the oracle (``harness.oracle`` over the delivered valid events,
-   duplicates included at their own positions), the dead-letter topic with the poison
-   positions, and the group's committed offsets with the end of the topic.
+   duplicates included at their own positions; with history on, also the history table with
+   ``harness.history_oracle``: every distinct version, its interval), the dead-letter topic with
+   the poison positions, and the group's committed offsets with the end of the topic.
 
 Each consumer incarnation logs to ``<workdir>/logs/c<slot>.<incarnation>.log``; the final
 catch-up run to ``final.log``.
@@ -65,12 +68,15 @@ from tests.integration.harness import (
     Produced,
     cli_env,
     committed,
+    history_oracle,
     oracle,
     start_cli,
 )
 from tools.localkafka import LocalKafka, create_topic
 
 QUIET = 0  # librdkafka log_level of the driver's own clients
+FINAL_MAX_EVENTS = 20_000
+"""``window.max_events`` of the final catch-up run."""
 SESSION_TIMEOUT_MS = 6_000  # the broker's group.min.session.timeout.ms default
 JOINED = "assigned partitions"
 PREFLIGHT_FAILED = "stopped without committing the open window: cannot read metadata of topic"
@@ -476,9 +482,20 @@ class Comparison:
     ahead: int
     diff: int
     examples: tuple[str, ...]
+    history_diff: int = 0
 
 
-def compare(target: Target, produced: Produced) -> Comparison:
+def compare_history(target: Target, produced: Produced) -> tuple[int, list[str]]:
+    """Keys whose history rows (versions, values, intervals) differ from the oracle's."""
+    expected = history_oracle(produced)
+    table = target.read_history()
+    keys = sorted(k for k in expected.keys() | table.keys() if expected.get(k) != table.get(k))
+    examples = [f"history key={k} oracle={expected.get(k)} table={table.get(k)}"
+                for k in keys[:5]]
+    return len(keys), examples
+
+
+def compare(target: Target, produced: Produced, history: bool = False) -> Comparison:
     """The table against the oracle.
 
     lost: keys whose latest event (live or DELETE) is not what the state table holds (missing,
@@ -519,7 +536,11 @@ def compare(target: Target, produced: Produced) -> Comparison:
             note("ahead", key)
     keys = expected.keys() | table.keys()
     diff = sum(1 for k in keys if expected.get(k) != table.get(k))
-    return Comparison(lost, stale, resurrected, ahead, diff, tuple(examples))
+    history_diff = 0
+    if history:
+        history_diff, found = compare_history(target, produced)
+        examples += found
+    return Comparison(lost, stale, resurrected, ahead, diff, tuple(examples), history_diff)
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -631,6 +652,8 @@ class ChaosResult:
     resurrected: int
     ahead: int
     diff: int
+    history: bool  # the consumers kept the history table
+    history_diff: int  # keys whose history differs from the oracle's
     uncommitted: int  # messages between the group's committed offsets and the end, at the end
     unreported: int  # messages on the topic without a delivery report (the oracle lacks them)
     final_exit: int
@@ -648,7 +671,7 @@ class ChaosResult:
     def clean(self) -> bool:
         return (
             self.lost == self.stale == self.diff == self.resurrected == self.ahead == 0
-            and self.dlq == self.poison and self.dlq_unexpected == 0
+            and self.history_diff == 0 and self.dlq == self.poison and self.dlq_unexpected == 0
             and self.uncommitted == 0 and self.unreported == 0 and self.final_exit == 0
             and not self.crashes and not self.hangs
         )
@@ -660,6 +683,7 @@ class ChaosResult:
             f"broker_restarts={self.broker_restarts} warehouse_faults={self.warehouse_faults} "
             f"poison={self.poison} dlq={self.dlq} lost={self.lost} stale={self.stale} "
             f"diff={self.diff}"
+            + (f" history_diff={self.history_diff}" if self.history else " history=off")
         )
 
     def details(self) -> str:
@@ -692,7 +716,7 @@ def _stderr(message: str) -> None:
 
 def consumer_env(
     bootstrap: str, topic: str, target: Target, workdir: Path, group: str, fault_times: int,
-    fault_probability: float, max_events: int, consume_batch: int,
+    fault_probability: float, max_events: int, consume_batch: int, history: bool = True,
 ) -> dict[str, str]:
     return cli_env(
         bootstrap, topic, workdir / "kyc.duckdb", group,
@@ -708,6 +732,7 @@ def consumer_env(
         KYC_SYNC_FAULTS__PROBABILITY=str(fault_probability),
         KYC_SYNC_METRICS__PORT="0",  # several processes on one host
         KYC_SYNC_LOG_LEVEL="INFO",
+        KYC_SYNC_HISTORY__ENABLED="true" if history else "false",
     )
 
 
@@ -734,6 +759,7 @@ def run_chaos(
     max_events: int = 2_000,
     consume_batch: int = 500,
     static_members: int = 1,
+    history: bool = True,
     topic: str | None = None,
     say: Say = _stderr,
     target: Target | None = None,
@@ -774,7 +800,7 @@ def run_chaos(
 
     create_topic(bootstrap, topic, partitions)
     env = consumer_env(bootstrap, topic, warehouse, workdir, group, fault_times,
-                       fault_probability, max_events, consume_batch)
+                       fault_probability, max_events, consume_batch, history)
     fleet = Fleet(env, logs, seed, static=frozenset(range(consumers - static_members, consumers)))
     pace = produce_seconds if produce_seconds is not None else max(30.0, events / 1_500)
     planner = Planner(profiles, partitions, seed, poison_rate, duplicate_rate)
@@ -867,7 +893,8 @@ def run_chaos(
         final_log = logs / "final.log"
         fleet.all_logs.append(final_log)
         final_env = dict(env, KYC_SYNC_FAULTS__TIMES=str(final_faults),
-                         KYC_SYNC_FAULTS__PROBABILITY="1.0", KYC_SYNC_FAULTS__SEED=str(seed))
+                         KYC_SYNC_FAULTS__PROBABILITY="1.0", KYC_SYNC_FAULTS__SEED=str(seed),
+                         KYC_SYNC_WINDOW__MAX_EVENTS=str(FINAL_MAX_EVENTS))
         final = start_cli(final_env, "run", "--until-caught-up", log=final_log)
         try:
             final_exit = final.wait(timeout=240 + events / 2_000)
@@ -891,7 +918,7 @@ def run_chaos(
     delivered = len(valid.events) + len(poison_positions)
     dlq_raw, dlq_positions, classes = read_dead_letters(bootstrap, f"{topic}.dlq")
     poison_set = set(poison_positions)
-    comparison = compare(warehouse, valid)
+    comparison = compare(warehouse, valid, history)
     faults, signs = count_in_logs(fleet.all_logs)
     signs.update(warehouse.signs())
     notes.append("dead-letter classes: "
@@ -922,6 +949,8 @@ def run_chaos(
         resurrected=comparison.resurrected,
         ahead=comparison.ahead,
         diff=comparison.diff,
+        history=history,
+        history_diff=comparison.history_diff,
         uncommitted=uncommitted,
         unreported=sum(ends.values()) - delivered,
         final_exit=final_exit,
@@ -1023,7 +1052,8 @@ def run_chaos_on_snowflake(
         target.create_schema()
         dead = DeadWriter(target)
         result = run_chaos(
-            bootstrap, None, Path(workdir) / "run", **{**SNOWFLAKE_SIZES, **sizes},
+            bootstrap, None, Path(workdir) / "run",
+            **{**SNOWFLAKE_SIZES, "history": False, **sizes},
             target=target, at_half=dead.start,
         )
     finally:

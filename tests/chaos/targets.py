@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import duckdb
 import snowflake.connector
+
+from tests.integration.harness import HistoryRow, read_history
 
 State = dict[int, tuple[tuple[int, int, int], bool]]
 Current = dict[int, tuple[str, int]]
@@ -26,6 +28,13 @@ STATE_SQL = (
     "kyc_profile_state"
 )
 CURRENT_SQL = "SELECT kyc_profile_id, goldtier_id, {op_time_us} FROM {schema}kyc_profile_current"
+HISTORY_SQL = (
+    "SELECT kyc_profile_id, {op_time_us}, src_partition, src_offset, goldtier_id, is_deleted, "
+    "{valid_from_us}, valid_to IS NULL, {valid_to_us}, is_current FROM {schema}kyc_profile_history "
+    "ORDER BY kyc_profile_id, op_time, src_partition, src_offset"
+)
+"""The Snowflake side of ``harness.read_history``; ``valid_to IS NULL`` is read apart: the
+Snowflake double renders a NULL timestamp as 0."""
 
 
 DOUBLE_SIGNS = {
@@ -34,6 +43,17 @@ DOUBLE_SIGNS = {
     "closed_rollbacks": "closed: its transaction was rolled back",
 }
 """Lines of the Snowflake double's log, counted."""
+
+
+def _history(rows: list[tuple[Any, ...]]) -> dict[int, list[HistoryRow]]:
+    """Values as the drivers return them (ints, or Decimals from Snowflake): ``int`` takes
+    both, without the text round trip of ``_state``."""
+    out: dict[int, list[HistoryRow]] = {}
+    for key, t, p, o, goldtier, deleted, valid_from, open_ended, valid_to, current in rows:
+        out.setdefault(int(key), []).append(
+            ((int(t), int(p), int(o)), str(goldtier), bool(deleted), int(valid_from),
+             None if open_ended else int(valid_to), bool(current)))
+    return out
 
 
 class Target(Protocol):
@@ -52,6 +72,10 @@ class Target(Protocol):
 
     def read_current(self) -> Current:
         """The live view: key -> (goldtier_id, op_time in microseconds)."""
+        ...
+
+    def read_history(self) -> dict[int, list[HistoryRow]]:
+        """The history table, as ``harness.read_history`` reads it."""
         ...
 
     def signs(self) -> dict[str, int]:
@@ -91,6 +115,9 @@ class DuckDBTarget:
 
     def read_current(self) -> Current:
         return _current(self._rows(CURRENT_SQL.format(op_time_us="epoch_us(op_time)", schema="")))
+
+    def read_history(self) -> dict[int, list[HistoryRow]]:
+        return read_history(self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +173,9 @@ class SnowflakeTarget:
 
     def read_current(self) -> Current:
         return _current(self._rows(CURRENT_SQL.format(op_time_us=self.OP_TIME_US, schema="KYC.")))
+
+    def read_history(self) -> dict[int, list[HistoryRow]]:
+        return _history(self._rows(HISTORY_SQL.format(
+            op_time_us=self.OP_TIME_US,
+            valid_from_us=self.OP_TIME_US.replace("op_time", "valid_from"),
+            valid_to_us=self.OP_TIME_US.replace("op_time", "valid_to"), schema="KYC.")))

@@ -1,7 +1,8 @@
 """The chaos test of the reliability issue: 200 000 events, 6 partitions, 20 000 profiles, three
 ``kyc-sync run`` processes in one group writing one DuckDB file, ≥ 20 SIGKILLs, one broker restart,
-injected transient warehouse faults — and afterwards the table equals the oracle, every poison
-event is dead-lettered, nothing is lost or stale. ``make chaos`` runs the same scenario alone.
+injected transient warehouse faults, profile history on — and afterwards the table equals the
+oracle, the history table equals the history oracle, every poison event is dead-lettered,
+nothing is lost or stale. ``make chaos`` runs the same scenario alone.
 
 The Snowflake variant (``make chaos-snowflake``) is smaller: two consumers writing through the
 real Snowflake connector to the Snowflake test double, SIGKILLed, with injected transient faults
@@ -37,6 +38,8 @@ def test_chaos(kafka_bootstrap: str, local_kafka: LocalKafka | None, tmp_path: P
     assert result.broker_restarts == (1 if local_kafka is not None else 0)
     assert result.warehouse_faults >= 3, result.details()
     assert (result.lost, result.stale, result.diff) == (0, 0, 0), result.details()
+    assert result.history
+    assert result.history_diff == 0, result.details()
     assert (result.resurrected, result.ahead) == (0, 0), result.details()
     assert result.dlq == result.poison > 0, result.details()
     assert result.dlq_unexpected == 0, result.details()

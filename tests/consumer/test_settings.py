@@ -68,6 +68,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.warehouse.kind == "duckdb"
     assert settings.warehouse.table == "kyc_profile_current"
     assert settings.warehouse.state_table == "kyc_profile_state"
+    assert settings.history.enabled is False
+    assert settings.history.table == "kyc_profile_history"
 
 
 def test_unprefixed_env_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,6 +185,10 @@ def test_confluent_requires_registry_url(monkeypatch: pytest.MonkeyPatch) -> Non
                      id="ledger-table-space"),
         pytest.param("KYC_SYNC_DUCKDB__SCHEMA_NAME", "main--", "duckdb.schema_name",
                      id="schema-comment"),
+        pytest.param("KYC_SYNC_HISTORY__TABLE", "hist ory", "history.table",
+                     id="history-table-space"),
+        pytest.param("KYC_SYNC_HISTORY__ENABLED", "maybe", "history.enabled",
+                     id="history-enabled-not-bool"),
         pytest.param("KYC_SYNC_KAFKA__CLIENT_OPTIONS", '{"enable.auto.commit": true}',
                      "kafka.client_options", id="reserved-auto-commit"),
         pytest.param("KYC_SYNC_KAFKA__CLIENT_OPTIONS", '{"group.id": "other"}',
@@ -258,3 +264,20 @@ def test_repr_and_str_hide_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SECRET not in repr(settings)
     assert SECRET not in str(settings)
     assert SECRET not in repr(settings.kafka)
+
+
+def test_history_names_its_table_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer.app import table_names
+    from consumer.ops.rebuild import rebuild_settings
+
+    monkeypatch.setenv(BOOTSTRAP, "localhost:9092")
+    assert table_names(load_settings()).history is None
+    monkeypatch.setenv("KYC_SYNC_HISTORY__ENABLED", "true")
+    monkeypatch.setenv("KYC_SYNC_HISTORY__TABLE", "profile_versions")
+    settings = load_settings()
+    names = table_names(settings, True, "DB", "AUDIT")
+    assert names.history is not None
+    assert names.history.sql() == '"DB"."AUDIT"."PROFILE_VERSIONS"'
+    rebuilt = table_names(rebuild_settings(settings, "g.full-refresh.1"))
+    assert rebuilt.history is not None
+    assert rebuilt.history.sql() == '"profile_versions__rebuild"'

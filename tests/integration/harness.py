@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
+from tests.oracles.history import build_history
 
 BASE_US = 1_700_000_000_000_000
 FIELDS = ("goldtier_id", "cid", "party_id", "created_date", "updated_date")
@@ -119,6 +120,42 @@ def read_current(db_path: Path) -> dict[int, tuple[str, int]]:
     finally:
         con.close()
     return {int(k): (str(g), int(t)) for k, g, t in rows}
+
+
+HistoryRow = tuple[tuple[int, int, int], str, bool, int, int | None, bool]
+"""One history row: version, goldtier_id, is_deleted, valid_from, valid_to, is_current."""
+
+
+def read_history(db_path: Path) -> dict[int, list[HistoryRow]]:
+    """The history table: per key its rows, by version (times in microseconds)."""
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT kyc_profile_id, epoch_us(op_time), src_partition, src_offset, goldtier_id, "
+            "is_deleted, epoch_us(valid_from), epoch_us(valid_to), is_current "
+            "FROM kyc_profile_history ORDER BY kyc_profile_id, op_time, src_partition, src_offset"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[int, list[HistoryRow]] = {}
+    for key, t, p, o, goldtier, deleted, valid_from, valid_to, current in rows:
+        out.setdefault(int(key), []).append(
+            ((int(t), int(p), int(o)), str(goldtier), bool(deleted), int(valid_from),
+             None if valid_to is None else int(valid_to), bool(current)))
+    return out
+
+
+def history_oracle(produced: Produced) -> dict[int, list[HistoryRow]]:
+    """The history table after every event applied once (``tests.oracles.history``)."""
+    built = build_history(
+        (e.kyc_profile_id, e.op_time, p, o, e.op_type, e.goldtier_id)
+        for e, p, o in produced.events
+    )
+    return {
+        key: [((i.op_time, i.partition, i.offset), i.payload, i.op_type == "DELETE", i.op_time,
+               i.valid_to, i.valid_to is None) for i in intervals]
+        for key, intervals in built.items()
+    }
 
 
 def ledger(db_path: Path) -> list[dict[str, Any]]:

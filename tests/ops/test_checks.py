@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +15,9 @@ import pytest
 from consumer.ops.checks import (
     CheckResult,
     freshness,
+    history_current,
+    history_intervals,
+    history_state,
     not_null,
     render,
     run_checks,
@@ -201,3 +206,68 @@ def test_unreadable_warehouse_fails_the_data_checks(tmp_path: Path) -> None:
     assert [r.ok for r in results.values()] == [True, False, False]  # freshness is Kafka's
     assert all(r.reason.startswith("cannot read the warehouse:")
                for r in list(results.values())[1:])
+
+
+# --------------------------------------------------------------------------- history
+
+
+@pytest.mark.parametrize(
+    ("check", "rows", "ok", "reason"),
+    [
+        (history_intervals, [], True,
+         "each profile's intervals follow one another, no overlap, no gap"),
+        (history_intervals, [(3, 2, 1)], False,
+         "overlapping or broken intervals in 1 profile(s) (e.g. 3: 2 row(s))"),
+        (history_current, [], True, "every profile ever seen has exactly one current history row"),
+        (history_current, [(2, 0, 7), (5, 2, 7)], False,
+         "not exactly one current history row in 7 profile(s) (e.g. 2: 0 current, 5: 2 current, "
+         "...)"),
+        (history_state, [], True, "current history rows agree with the state table"),
+        (history_state, [(1, 2), (4, 2)], False,
+         "the current history row differs from the state row in 2 profile(s) (e.g. 1, 4)"),
+    ],
+)
+def test_history_checks(check: Callable[[list[tuple[int, ...]]], CheckResult],
+                        rows: list[tuple[int, ...]], ok: bool, reason: str) -> None:
+    result = check(rows)
+    assert (result.ok, result.reason) == (ok, reason)
+
+
+@pytest.fixture
+def history_writer(tmp_path: Path) -> DuckDBWarehouse:
+    """Profile 1 in three versions, 2 inserted then deleted, with history on."""
+    warehouse = DuckDBWarehouse(str(tmp_path / "kyc.duckdb"), replace(
+        names(), history=QualifiedName.of("main", "kyc_profile_history")))
+    warehouse.open()
+    reducer: ReferenceReducer[Row] = ReferenceReducer(keep_versions=True)
+    for offset, (key, op) in enumerate([(1, "INSERT"), (1, "UPDATE"), (1, "UPDATE"),
+                                        (2, "INSERT"), (2, "DELETE")]):
+        reducer.add(key, T0 + offset, 0, offset, op, (key, f"GT-{offset}", None, None, None, None))
+    reduced = reducer.drain()
+    batch_id = uuid.uuid4().hex
+    warehouse.apply(Batch(batch_id, "audit", "g", build_staged(reduced.winners, batch_id, T0),
+                          reduced.ranges, reduced.events, 0, NOW,
+                          history=build_staged(reduced.versions, batch_id, T0)))
+    return warehouse
+
+
+def test_history_checks_run_when_history_is_on(
+    writer: DuckDBWarehouse, history_writer: DuckDBWarehouse
+) -> None:
+    assert "history_intervals" not in checks(writer)
+    results = checks(history_writer)
+    assert list(results) == ["freshness", "unique_key", "not_null", "history_intervals",
+                             "history_current", "history_state"]
+    assert all(r.ok for r in results.values()), results
+
+    corrupt(history_writer,
+            "UPDATE kyc_profile_history SET is_current = TRUE WHERE kyc_profile_id = 1",
+            "UPDATE kyc_profile_state SET goldtier_id = 'drift' WHERE kyc_profile_id = 2")
+    results = checks(history_writer)
+    assert [r.ok for r in results.values()] == [True, True, True, False, False, False]
+    assert results["history_intervals"].reason == (
+        "overlapping or broken intervals in 1 profile(s) (e.g. 1: 2 row(s))")
+    assert results["history_current"].reason == (
+        "not exactly one current history row in 1 profile(s) (e.g. 1: 3 current)")
+    assert results["history_state"].reason == (
+        "the current history row differs from the state row in 2 profile(s) (e.g. 1, 2)")

@@ -2,6 +2,8 @@
 
 One entry per distinct key (not per event) plus the offset range seen per partition. "Latest" is
 the greatest (op_time, partition, offset): see ``Version``; ``payload`` is opaque to the reducer.
+With ``keep_versions`` it also keeps every distinct (key, version) it saw, the first delivery of
+each (the oracle of ``Reducer(keep_versions=True)``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ReferenceReduced(Generic[P]):
     events: int
     invalid: int
     payload_bytes: int
+    versions: tuple[Winner[P], ...] = ()
+    """Every distinct (key, version), by key and version; empty unless ``keep_versions``."""
 
     @property
     def next_offsets(self) -> dict[int, int]:
@@ -56,7 +60,10 @@ class ReferenceReduced(Generic[P]):
 class ReferenceReducer(Generic[P]):
     """Latest-per-key reduction with offset bookkeeping. Not thread-safe; one per consumer."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_versions: bool = False) -> None:
+        self.keep_versions = keep_versions
+        # (key, version) -> (op_type, payload), the first delivery of each
+        self._versions: dict[tuple[int, Version], tuple[str, P]] = {}
         # key -> (op_time, partition, offset, op_type, payload)
         self._latest: dict[int, tuple[int, int, int, str, P]] = {}
         self._first: dict[int, int] = {}
@@ -99,6 +106,9 @@ class ReferenceReducer(Generic[P]):
             self._next[partition] = offset + 1
         elif offset < self._first[partition]:
             self._first[partition] = offset
+        if self.keep_versions:
+            self._versions.setdefault(
+                (key, Version(op_time, partition, offset)), (op_type, payload))
         latest = self._latest
         current = latest.get(key)
         if current is not None:
@@ -147,11 +157,17 @@ class ReferenceReducer(Generic[P]):
             events=self._events,
             invalid=self._invalid,
             payload_bytes=self._bytes,
+            versions=tuple(
+                Winner(key, version, op_type, payload)
+                for (key, version), (op_type, payload) in sorted(
+                    self._versions.items(), key=lambda item: item[0])
+            ),
         )
         self.clear()
         return reduced
 
     def clear(self) -> None:
+        self._versions = {}
         self._latest = {}
         self._first = {}
         self._next = {}

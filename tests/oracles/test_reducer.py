@@ -350,3 +350,16 @@ def test_reducing_chunk_winners_is_associative(events: list[Ev], data: st.DataOb
                 w.payload,
             )
     assert by_key(second_pass.drain()) == by_key(reduce_all(events))
+
+
+def test_keep_versions_keeps_each_version_once_first_delivery() -> None:
+    reducer: ReferenceReducer[str] = ReferenceReducer(keep_versions=True)
+    for e in (Ev(1, 20, 0, 2, payload="b"), Ev(1, 10, 0, 1, payload="a"),
+              Ev(1, 20, 0, 2, payload="b-again"), Ev(2, 5, 1, 0, "DELETE", "x")):
+        reducer.add(e.key, e.op_time, e.partition, e.offset, e.op_type, e.label)
+    out = reducer.drain()
+    assert [(v.key, v.version, v.payload) for v in out.versions] == [
+        (1, Version(10, 0, 1), "a"), (1, Version(20, 0, 2), "b"), (2, Version(5, 1, 0), "x")]
+    assert {w.key: w.payload for w in out.winners} == {1: "b", 2: "x"}
+    assert reducer.drain().versions == ()
+    assert reduce_all([Ev(1, 1, 0, 0)]).versions == ()  # off by default

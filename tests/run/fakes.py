@@ -391,13 +391,14 @@ class FakeConsumer:
 # -- the warehouse --------------------------------------------------------------------------
 
 
-def memory_tables() -> TableNames:
+def memory_tables(history: bool = False) -> TableNames:
     """The default table names (``consumer.app.table_names``) in DuckDB's ``main`` schema."""
     return TableNames(
         state=QualifiedName.of("main", "kyc_profile_state"),
         current=QualifiedName.of("main", "kyc_profile_current"),
         ledger=QualifiedName.of("main", "kyc_sync_ledger"),
         columns=QualifiedName.of("main", "kyc_sync_columns"),
+        history=QualifiedName.of("main", "kyc_profile_history") if history else None,
     )
 
 
@@ -408,9 +409,11 @@ class RecordingWarehouse:
     set. ``close()`` is recorded but keeps the in-memory database, so the test can read it.
     """
 
-    def __init__(self, journal: Journal, failures: Iterable[Exception] = ()) -> None:
+    def __init__(
+        self, journal: Journal, failures: Iterable[Exception] = (), history: bool = False
+    ) -> None:
         self.journal = journal
-        self.inner = DuckDBWarehouse(":memory:", memory_tables())
+        self.inner = DuckDBWarehouse(":memory:", memory_tables(history))
         self.failures: deque[Exception] = deque(failures)
         self.fail_with: Exception | None = None
         self.attempts = 0
@@ -446,6 +449,19 @@ class RecordingWarehouse:
             f"FROM {self.inner.names.current.sql()}"
         )
         return {int(k): (str(g), int(t)) for k, g, t in rows}
+
+    def history(self) -> dict[int, list[tuple[int, str, int | None]]]:
+        """The history table: key -> its rows (op_time, goldtier_id, valid_to) by version."""
+        assert self.inner.names.history is not None
+        rows = self.inner.fetch(
+            "SELECT kyc_profile_id, epoch_us(op_time), goldtier_id, epoch_us(valid_to) "
+            f"FROM {self.inner.names.history.sql()} "
+            "ORDER BY kyc_profile_id, op_time, src_partition, src_offset"
+        )
+        out: dict[int, list[tuple[int, str, int | None]]] = {}
+        for key, t, goldtier, valid_to in rows:
+            out.setdefault(int(key), []).append((int(t), str(goldtier), valid_to))
+        return out
 
     def dispose(self) -> None:
         self.inner.close()

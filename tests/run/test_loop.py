@@ -29,7 +29,7 @@ from consumer.run.retry import RetriesExhausted
 from consumer.source.deadletters import DeadLetterError, DeadLetters
 from schemas import audit_schema
 from schemas.evolution import Policy
-from tests.integration.harness import BASE_US, Event, Produced, history, oracle
+from tests.integration.harness import BASE_US, Event, Produced, history, history_oracle, oracle
 from tests.run.fakes import (
     IDLE,
     Assign,
@@ -101,11 +101,11 @@ class Rigs:
         self, *, policy: WindowPolicy | None = None, decoder: Decoder | None = None,
         dead_letters: str | None = None, until_caught_up: bool = False,
         retry_max_s: float = 2.0, revoke_budget_s: float = 0.3, lock_wait_max_s: float = 2.0,
-        bounds: tuple[PartitionRange, ...] | None = None,
+        bounds: tuple[PartitionRange, ...] | None = None, keep_history: bool = False,
     ) -> Rig:
         journal = Journal()
         consumer = FakeConsumer(TOPIC, journal)
-        warehouse = RecordingWarehouse(journal)
+        warehouse = RecordingWarehouse(journal, history=keep_history)
         observer = Recorder()
         clock = FakeClock()
         producer = None if dead_letters is None else FakeProducer(journal, dead_letters)
@@ -113,6 +113,7 @@ class Rigs:
             topic=TOPIC, group_id=GROUP, until_caught_up=until_caught_up, consume_batch=100,
             poll_timeout_s=0.01, retry_max_s=retry_max_s, revoke_budget_s=revoke_budget_s,
             lock_wait_max_s=lock_wait_max_s, shutdown_timeout_s=7.0, bounds=bounds,
+            history=keep_history,
         )
 
         # The fakes stand in for confluent-kafka's typed classes: they are cast, not subclasses.
@@ -713,3 +714,26 @@ def test_discarded_fields_are_counted_and_an_evolved_column_is_written(rigs: Rig
     assert [c.column.name for c in batch.schema.changes] == ["risk_rating"]
     assert rig.warehouse.inner.fetch(
         "SELECT DISTINCT risk_rating FROM main.kyc_profile_state") == [("hi",)]
+@pytest.mark.parametrize("seed", [1, 2])
+def test_history_keeps_every_version_over_many_batches(rigs: Rigs, seed: int) -> None:
+    """With history on, each flush stages every distinct version the window saw, not only the
+    winners: the history table ends equal to the oracle's intervals."""
+    rng = random.Random(seed)
+    rig = rigs.new(policy=WindowPolicy(max_events=13), until_caught_up=True, keep_history=True)
+    produced = rig.produce(history(rng, 120, 25, 3))
+    steps: list[Step] = [Assign((0, 1, 2))]
+    steps += [deliver(limit=rng.randint(1, 17)) for _ in range(6)]
+    steps += [Revoke((2,)), deliver(limit=9), Assign((2,))]
+    steps += [deliver(limit=rng.randint(1, 17)) for _ in range(3)]
+    rig.consumer.play(*steps)
+
+    assert rig.loop.run() == 0
+
+    assert rig.warehouse.current() == oracle(produced)
+    expected = {
+        key: [(row[0][0], row[1], row[4]) for row in rows]
+        for key, rows in history_oracle(produced).items()
+    }
+    assert rig.warehouse.history() == expected
+    batches = rig.warehouse.applied
+    assert any(b.history is not None and b.history.num_rows > b.rows.num_rows for b in batches)

@@ -6,7 +6,10 @@ Covered: the seed scenario, the version guard, tombstones, the ledger's contents
 failure after the MERGE, and convergence: random histories, split into random batches with
 redeliveries and replayed ranges, reduced by ``ReferenceReducer`` and applied by the writer,
 leave the live view equal to an independent oracle (per key the greatest (op_time, partition,
-offset) event, absent if it is a DELETE).
+offset) event, absent if it is a DELETE). With history on (``history_harness``): the history
+table equals ``tests.oracles.history`` after any such history, late events split intervals,
+redeliveries add nothing, DELETEs close, the as-of query, seeding from an existing state table,
+rollback, the full-refresh swap, and the check queries find nothing on a converged table.
 
 Reads go through the writers' own ``fetch``. Nullable timestamps are read with an ``IS NULL``
 flag next to them: fakesnow's server renders a NULL TIMESTAMP_NTZ as 1970-01-01 in results.
@@ -32,15 +35,24 @@ from pydantic import SecretStr
 from batcher.ranges import PartitionRange
 from schemas.columns import KEY, OP_TYPES, Column
 from schemas.evolution import TableState
+from tests.oracles.history import Interval, as_of, build_history
 from tests.oracles.reducer import ReferenceReducer, Version, Winner
 from tests.oracles.staging import Row, build_staged
-from warehouse import duckdb_writer
+from warehouse import duckdb_writer, history_sql
 from warehouse.base import ApplyResult, Batch
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseError
 from warehouse.faults import FaultMode, FaultPlan
 from warehouse.identifiers import QualifiedName
 from warehouse.swap import rebuild_names
-from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, VIEW_COLUMNS, Dialect, TableNames, col
+from warehouse.tables import (
+    HISTORY_COLUMNS,
+    LEDGER_COLUMNS,
+    STATE_COLUMNS,
+    VIEW_COLUMNS,
+    Dialect,
+    TableNames,
+    col,
+)
 
 TOPIC = "kyc_profile_audit"
 GROUP = "kyc-sync-contract"
@@ -49,6 +61,7 @@ T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
 SYNCED_AT_US = T0 + 10**12
 STARTED_AT = datetime(2026, 3, 1, 12, 0, 0, 123456)
 TABLES = ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger", "kyc_sync_columns")
+HISTORY_TABLE = "kyc_profile_history"
 
 
 def ts(micros: int | None) -> datetime | None:
@@ -86,9 +99,12 @@ class Event:
                 self.created_us, self.updated_us)
 
 
-def make_batch(events: Sequence[Event], invalid: Sequence[tuple[int, int]] = ()) -> Batch:
-    """Reduce ``events`` (plus ``invalid`` (partition, offset) positions) into one batch."""
-    reducer: ReferenceReducer[Row] = ReferenceReducer()
+def make_batch(
+    events: Sequence[Event], invalid: Sequence[tuple[int, int]] = (), history: bool = False
+) -> Batch:
+    """Reduce ``events`` (plus ``invalid`` (partition, offset) positions) into one batch; with
+    ``history``, the batch also carries the distinct versions."""
+    reducer: ReferenceReducer[Row] = ReferenceReducer(keep_versions=history)
     for e in events:
         reducer.add(e.key, e.op_time, e.partition, e.offset, e.op_type, e.payload())
     for partition, offset in invalid:
@@ -100,6 +116,7 @@ def make_batch(events: Sequence[Event], invalid: Sequence[tuple[int, int]] = ())
         rows=build_staged(reduced.winners, batch_id, SYNCED_AT_US),
         ranges=reduced.ranges, events_in=reduced.events, invalid_events=reduced.invalid,
         started_at=STARTED_AT, decode_ms=7,
+        history=build_staged(reduced.versions, batch_id, SYNCED_AT_US) if history else None,
     )
 
 
@@ -153,8 +170,15 @@ class Harness:
     examples: int
     new_writer: Callable[[TableNames], ContractWriter]
 
+    @property
+    def history_on(self) -> bool:
+        return self.writer.names.history is not None
+
+    def batch(self, events: Sequence[Event], invalid: Sequence[tuple[int, int]] = ()) -> Batch:
+        return make_batch(events, invalid, history=self.history_on)
+
     def apply(self, events: Sequence[Event], invalid: Sequence[tuple[int, int]] = ()) -> Batch:
-        batch = make_batch(events, invalid)
+        batch = self.batch(events, invalid)
         self.writer.apply(batch)
         return batch
 
@@ -191,31 +215,45 @@ class Harness:
     def ledger(self) -> list[dict[str, Any]]:
         return self.read(self.writer.names.ledger, LEDGER_COLUMNS, ["committed_at", "batch_id"])
 
+    def history(self) -> dict[int, list[dict[str, Any]]]:
+        """Per key its history rows, by version."""
+        assert self.writer.names.history is not None
+        rows = self.read(self.writer.names.history, HISTORY_COLUMNS, [KEY, "op_time",
+                                                                     "src_partition", "src_offset"])
+        out: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            out.setdefault(row[KEY], []).append(row)
+        return out
+
     def snapshot(self) -> tuple[Any, ...]:
-        return (self.state(), self.live(), self.ledger())
+        history = self.history() if self.history_on else None
+        return (self.state(), self.live(), self.ledger(), history)
 
 
-def names_in(*prefix: str, upper: bool) -> TableNames:
-    return TableNames(*(QualifiedName.of(*prefix, t, upper=upper) for t in TABLES))
+def names_in(*prefix: str, upper: bool, history: bool = False) -> TableNames:
+    state, current, ledger, columns, table = (
+        QualifiedName.of(*prefix, t, upper=upper) for t in (*TABLES, HISTORY_TABLE))
+    return TableNames(state, current, ledger, columns, table if history else None)
 
 
-def duckdb_harness(path: Path) -> Harness:
+def duckdb_harness(path: Path, history: bool = False) -> Harness:
     def new_writer(names: TableNames, faults: FaultPlan | None = None) -> ContractWriter:
         return duckdb_writer.DuckDBWarehouse(str(path), names, "kyc", faults)
 
     faults = FaultPlan()
-    writer = new_writer(names_in("kyc", upper=False), faults)
+    writer = new_writer(names_in("kyc", upper=False, history=history), faults)
     return Harness("duckdb", "duckdb", writer, faults, duckdb_writer, 25, new_writer)
 
 
-def snowflake_harness(config: Any, examples: int) -> Harness:
+def snowflake_harness(config: Any, examples: int, history: bool = False) -> Harness:
     from warehouse import snowflake_writer
 
     def new_writer(names: TableNames, faults: FaultPlan | None = None) -> ContractWriter:
         return snowflake_writer.SnowflakeWarehouse(config, names, faults)
 
     faults = FaultPlan()
-    writer = new_writer(names_in(config.database, config.schema_name, upper=True), faults)
+    names = names_in(config.database, config.schema_name, upper=True, history=history)
+    writer = new_writer(names, faults)
     return Harness(
         "snowflake", "snowflake", writer, faults, snowflake_writer, examples, new_writer
     )
@@ -234,20 +272,31 @@ def fakesnow_config(host: str, port: int, database: str) -> Any:
 WRITERS = ("duckdb", "snowflake")
 
 
-@pytest.fixture(params=WRITERS)
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    yield from open_harness(request, tmp_path)
-
-
-def open_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    """The writer named by ``request.param``, opened; closed when the generator ends."""
+def open_harness(request: pytest.FixtureRequest, tmp_path: Path, history: bool) -> Harness:
     if request.param == "duckdb":
-        h = duckdb_harness(tmp_path / "contract.duckdb")
+        h = duckdb_harness(tmp_path / "contract.duckdb", history)
     else:
         host, port = request.getfixturevalue("fakesnow_server")
         database = request.getfixturevalue("snowflake_database")
-        h = snowflake_harness(fakesnow_config(host, port, database), examples=6)
+        h = snowflake_harness(fakesnow_config(host, port, database), examples=6,
+                              history=history)
     h.writer.open()
+    return h
+
+
+@pytest.fixture(params=WRITERS)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    h = open_harness(request, tmp_path, history=False)
+    try:
+        yield h
+    finally:
+        h.writer.close()
+
+
+@pytest.fixture(params=WRITERS)
+def history_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A writer with history on."""
+    h = open_harness(request, tmp_path, history=True)
     try:
         yield h
     finally:
@@ -646,3 +695,268 @@ def test_convergence_property(harness: Harness) -> None:
         }
 
     converges()
+
+
+# -- profile history ----------------------------------------------------------------------------
+
+
+def history_row(interval: Interval[Event]) -> dict[str, Any]:
+    """The history row of one oracle interval, without the per-write columns."""
+    row = state_row(interval.payload, "")
+    del row["batch_id"], row["synced_at"]
+    return {
+        **row, "valid_from": ts(interval.valid_from), "valid_to": ts(interval.valid_to),
+        "is_current": interval.is_current,
+    }
+
+
+def expected_history(events: Sequence[Event]) -> dict[int, list[dict[str, Any]]]:
+    built = build_history((e.key, *e.version, e.op_type, e) for e in events)
+    return {key: [history_row(i) for i in intervals] for key, intervals in built.items()}
+
+
+def written_history(
+    harness: Harness, keys: range | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """The history table without the per-write columns (which batch, when)."""
+    return {
+        key: [{k: v for k, v in r.items() if k not in ("batch_id", "synced_at")} for r in rows]
+        for key, rows in harness.history().items() if keys is None or key in keys
+    }
+
+
+def history_problems(harness: Harness) -> list[list[tuple[Any, ...]]]:
+    """What the three history checks of ``kyc-sync check`` find (all empty: consistent)."""
+    names, dialect = harness.writer.names, harness.dialect
+    assert names.history is not None
+    return [
+        harness.writer.fetch(history_sql.intervals_sql(names.history, dialect)),
+        harness.writer.fetch(history_sql.current_rows_sql(names.history, names.state, dialect)),
+        harness.writer.fetch(history_sql.state_agreement_sql(names.history, names.state,
+                                                             dialect)),
+    ]
+
+
+def live_as_of(harness: Harness, moment_us: int, key: int | None = None) -> dict[int, int]:
+    """The as-of query: key -> op_time (microseconds) of the version live at ``moment_us``."""
+    names = harness.writer.names
+    assert names.history is not None
+    moment = ts(moment_us)
+    sql = history_sql.as_of_sql(names.history, harness.dialect, by_key=key is not None,
+                                columns=(KEY, "op_time"))
+    params: list[object] = [moment, moment] + ([] if key is None else [key])
+    return {int(k): int((t - EPOCH) / timedelta(microseconds=1))
+            for k, t in harness.writer.fetch(sql, params)}
+
+
+def hour(hh: int, mm: int = 0) -> int:
+    """2024-01-15 hh:mm UTC in microseconds, the seed's day."""
+    return int((datetime(2024, 1, 15, hh, mm) - EPOCH) / timedelta(microseconds=1))
+
+
+SEED_EVENTS = (
+    Event(1, hour(10), 0, 0, "INSERT", "GT-0001-v1"),
+    Event(1, hour(11, 30), 0, 1, "UPDATE", "GT-0001-v2"),
+    Event(1, hour(14, 15), 0, 2, "UPDATE", "GT-0001-v3"),
+    Event(2, hour(9, 30), 1, 0, "INSERT", "GT-0002-v1"),
+    Event(2, hour(12, 45), 1, 1, "UPDATE", "GT-0002-v2"),
+    Event(3, hour(8), 2, 0, "INSERT", "GT-0003-v1"),
+    Event(4, hour(7), 2, 1, "INSERT", "GT-0004-v1"),
+    Event(4, hour(13), 2, 2, "DELETE", "GT-0004-v1"),
+)
+
+
+def test_history_seed_scenario(history_harness: Harness) -> None:
+    h = history_harness
+    # Arrival order is not op_time order: the newest versions first, then the older ones.
+    h.apply([SEED_EVENTS[i] for i in (2, 4, 7, 5)])
+    h.apply([SEED_EVENTS[i] for i in (0, 6)])
+    h.apply([SEED_EVENTS[i] for i in (1, 3, 2)])  # 2 again: a redelivery
+
+    assert written_history(h) == expected_history(SEED_EVENTS)
+    assert [len(rows) for rows in h.history().values()] == [3, 2, 1, 2]
+    assert [r["is_deleted"] for r in h.history()[4]] == [False, True]
+    assert live_as_of(h, hour(12)) == {1: hour(11, 30), 2: hour(9, 30), 3: hour(8), 4: hour(7)}
+    assert live_as_of(h, hour(12), key=1) == {1: hour(11, 30)}
+    assert live_as_of(h, hour(15)) == {1: hour(14, 15), 2: hour(12, 45), 3: hour(8)}
+    assert live_as_of(h, hour(6)) == {}
+    assert history_problems(h) == [[], [], []]
+
+
+def test_history_late_event_splits_an_interval(history_harness: Harness) -> None:
+    h = history_harness
+    first, third = Event(1, T0 + 10, 0, 0, "INSERT", "a"), Event(1, T0 + 30, 0, 2, "UPDATE", "c")
+    h.apply([first, third])
+    assert [(r["valid_from"], r["valid_to"]) for r in h.history()[1]] == [
+        (ts(T0 + 10), ts(T0 + 30)), (ts(T0 + 30), None)]
+
+    late = Event(1, T0 + 20, 0, 1, "UPDATE", "b")
+    h.apply([late])
+    rows = h.history()[1]
+    assert [(r["goldtier_id"], r["valid_from"], r["valid_to"], r["is_current"]) for r in rows] == [
+        ("a", ts(T0 + 10), ts(T0 + 20), False),
+        ("b", ts(T0 + 20), ts(T0 + 30), False),
+        ("c", ts(T0 + 30), None, True),
+    ]
+    assert h.state()[1]["goldtier_id"] == "c"  # the late event is stale for the state table
+    # Ties on op_time: the later Kafka position is the later version; the earlier one's
+    # interval is empty, so exactly one version is live at any instant.
+    tie = Event(1, T0 + 30, 1, 0, "UPDATE", "c-tie")
+    h.apply([tie])
+    assert [(r["goldtier_id"], r["valid_to"]) for r in h.history()[1]][-2:] == [
+        ("c", ts(T0 + 30)), ("c-tie", None)]
+    assert live_as_of(h, T0 + 30) == {1: T0 + 30}
+    assert history_problems(h) == [[], [], []]
+
+
+def test_history_same_version_twice_adds_nothing(history_harness: Harness) -> None:
+    h = history_harness
+    events = [Event(1, T0 + 1, 0, 0, "INSERT", "a"), Event(1, T0 + 2, 0, 1, "UPDATE", "b")]
+    h.apply(events + events)  # duplicates within a batch
+    before = h.history()
+    h.apply(events)  # a replay
+    h.apply(events[:1])  # a redelivery of the older one alone
+    assert h.history() == before
+    assert len(before[1]) == 2
+
+
+def test_history_delete_closes_and_a_newer_insert_reopens(history_harness: Harness) -> None:
+    h = history_harness
+    h.apply([Event(1, T0 + 1, 0, 0, "INSERT", "a")])
+    h.apply([Event(1, T0 + 2, 0, 1, "DELETE")])
+    rows = h.history()[1]
+    assert [(r["op_type"], r["is_deleted"], r["valid_to"], r["is_current"]) for r in rows] == [
+        ("INSERT", False, ts(T0 + 2), False), ("DELETE", True, None, True)]
+    assert live_as_of(h, T0 + 1) == {1: T0 + 1}
+    assert live_as_of(h, T0 + 2) == {}
+
+    h.apply([Event(1, T0 + 5, 0, 3, "INSERT", "again"), Event(1, T0 + 1, 0, 0, "INSERT", "a")])
+    rows = h.history()[1]
+    assert [(r["op_type"], r["valid_from"], r["valid_to"]) for r in rows] == [
+        ("INSERT", ts(T0 + 1), ts(T0 + 2)), ("DELETE", ts(T0 + 2), ts(T0 + 5)),
+        ("INSERT", ts(T0 + 5), None)]
+    assert live_as_of(h, T0 + 3) == {}
+    assert live_as_of(h, T0 + 6) == {1: T0 + 5}
+    assert history_problems(h) == [[], [], []]
+
+
+def test_history_starts_from_an_existing_state_table(history_harness: Harness) -> None:
+    """History turned on for a table written without it (or off for a while): opening the
+    writer makes each state version the current history row of its key."""
+    h = history_harness
+    h.apply([Event(1, T0 + 1, 0, 0, "INSERT", "a1"), Event(2, T0 + 1, 0, 1, "INSERT", "b1")])
+    names = h.writer.names
+    without = h.new_writer(replace(names, history=None))
+    without.open()
+    without.apply(make_batch([Event(1, T0 + 2, 0, 2, "UPDATE", "a2"),
+                              Event(1, T0 + 3, 0, 3, "UPDATE", "a3"),
+                              Event(3, T0 + 3, 0, 4, "DELETE")]))
+    without.close()
+    assert history_problems(h) != [[], [], []]  # history misses what was written without it
+
+    h.writer.close()
+    h.writer.open()
+    h.writer.open()  # idempotent
+    rows = written_history(h)
+    assert [(r["goldtier_id"], r["valid_to"], r["is_current"]) for r in rows[1]] == [
+        ("a1", ts(T0 + 3), False), ("a3", None, True)]  # a2 was never seen by history
+    assert [(r["op_type"], r["is_current"]) for r in rows[3]] == [("DELETE", True)]
+    assert len(rows[2]) == 1
+    assert history_problems(h) == [[], [], []]
+
+
+def test_history_rolls_back_with_the_flush(history_harness: Harness) -> None:
+    h = history_harness
+    before, change = seed_then_change(h)
+    h.faults.mode = "transient"
+    batch = h.batch(change)
+    with pytest.raises(TransientWarehouseError, match="injected"):
+        h.writer.apply(batch)
+    assert h.snapshot() == before
+
+    h.writer.apply(batch)
+    assert len(h.history()[1]) == 2
+    assert history_problems(h) == [[], [], []]
+
+
+def test_history_needs_the_batch_versions(history_harness: Harness) -> None:
+    h = history_harness
+    with pytest.raises(TerminalWarehouseError, match="carries no versions"):
+        h.writer.apply(make_batch([Event(1, T0, 0, 0)]))
+
+
+def test_history_refresh_levels_swaps_and_catches_up(history_harness: Harness) -> None:
+    """A full refresh beside the running group: the rebuilt history gets the live versions
+    outside the rebuilt offsets, with the intervals of their profiles recomputed, is swapped in
+    with the state table, then catches the writes that raced the swap."""
+    h = history_harness
+    inside = [Event(1, T0, 0, 0, "INSERT", "old"), Event(2, T0, 0, 1, "INSERT", "drifted")]
+    outside = [Event(1, T0 + 9, 0, 10, "UPDATE", "after"), Event(4, T0 + 9, 0, 11, "DELETE")]
+    h.apply(inside + outside)
+    h.writer.prepare()
+    rebuild = rebuild_names(h.writer.names)
+    assert rebuild.history is not None
+    builder = h.new_writer(rebuild)
+    builder.open()
+    rebuilt = [Event(1, T0, 0, 0, "INSERT", "old"), Event(1, T0 + 5, 0, 2, "UPDATE", "new"),
+               Event(3, T0 + 5, 0, 3, "INSERT", "three")]
+    builder.apply(make_batch(rebuilt, history=True))
+    builder.close()
+
+    h.writer.level(BUILT, into_live=False)
+    h.writer.level(BUILT, into_live=False)  # repeatable
+
+    rows = h.read(rebuild.history, HISTORY_COLUMNS, [KEY, "op_time", "src_partition"])
+    levelled: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        levelled.setdefault(row[KEY], []).append(
+            {k: v for k, v in row.items() if k not in ("batch_id", "synced_at")})
+    assert levelled == expected_history(rebuilt + outside)  # 2 drifted: not in the topic
+
+    raced = Event(1, T0 + 20, 0, 12, "UPDATE", "raced")
+    h.apply([raced])
+    h.writer.swap_in(BUILT)
+    h.writer.level(BUILT, into_live=True)
+    h.writer.finish()
+
+    assert written_history(h) == expected_history([*rebuilt, *outside, raced])
+    assert history_problems(h) == [[], [], []]
+    assert rebuild.history.name.name not in {
+        r[0] for r in h.writer.fetch("SELECT table_name FROM information_schema.tables")}
+
+
+def test_history_convergence_property(history_harness: Harness) -> None:
+    """Any history, batching, redelivery and replay leaves the history table equal to the
+    oracle's intervals (and the state table equal to its latest versions)."""
+    h = history_harness
+    key_space = itertools.count(1)
+
+    @settings(
+        max_examples=h.examples, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(history=histories())
+    def converges(history: History) -> None:
+        base = next(key_space) * 1000
+
+        def shift(e: Event) -> Event:
+            return replace(e, key=base + e.key)
+
+        for batch in history.batches:
+            h.apply([shift(e) for e in batch])
+
+        in_range = range(base, base + 1000)
+        assert written_history(h, in_range) == expected_history(
+            [shift(e) for e in history.events])
+        winners = {base + k: shift(e) for k, e in oracle(history.events).items()}
+        live = {k: v for k, v in h.live().items() if k in in_range}
+        assert live == {k: view_row(e) for k, e in winners.items() if e.op_type != "DELETE"}
+        moment = T0 + 3
+        expected_live = as_of(build_history(
+            (e.key, *e.version, e.op_type, e) for e in map(shift, history.events)
+        ), moment)
+        assert {k: t for k, t in live_as_of(h, moment).items() if k in in_range} == {
+            k: i.valid_from for k, i in expected_live.items()}
+
+    converges()
+    assert history_problems(h) == [[], [], []]

@@ -49,7 +49,11 @@ V1 = BASE_SCHEMA
 
 @pytest.fixture(params=WRITERS)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    yield from open_harness(request, tmp_path)
+    h = open_harness(request, tmp_path, history=False)
+    try:
+        yield h
+    finally:
+        h.writer.close()
 
 
 def added(schema: TableSchema, *columns: Column, source: str = "registry id 7") -> TableSchema:

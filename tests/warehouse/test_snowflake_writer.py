@@ -29,13 +29,16 @@ from consumer.settings import REDACTED, Settings, load_settings
 from tests.oracles.reducer import Version, Winner
 from tests.oracles.staging import Row, build_staged
 from tests.warehouse.test_contract import T0, Event, fakesnow_config, make_batch, snowflake_harness
+from warehouse import history_sql
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError, WarehouseLockWait
 from warehouse.identifiers import Ident, QualifiedName
 from warehouse.snowflake_errors import translate
 from warehouse.snowflake_settings import SnowflakeSettings, load_private_key, private_key_der
 from warehouse.snowflake_writer import (
+    HISTORY_FILE,
     STAGE,
     STAGED,
+    STAGED_HISTORY,
     SnowflakeWarehouse,
     copy_sql,
     create_stage_sql,
@@ -455,6 +458,27 @@ def test_generated_sql_parses_in_snowflake_dialect(name: str) -> None:
 def test_flush_statements_in_order() -> None:
     kinds = [type(sqlglot.parse_one(s, read="snowflake")) for s in flush_statements(NAMES)]
     assert kinds == [exp.Create, exp.Put, exp.Copy, exp.Select, exp.Merge, exp.Insert]
+
+
+def test_history_statements_parse_in_snowflake_dialect() -> None:
+    """The second temporary table and file of a flush with history on, and the history
+    statements it runs after the MERGE (the order is the contract suite's, on fakesnow)."""
+    history = QualifiedName.of("kyc", "audit", "kyc_profile_history", upper=True)
+    staging = [create_staged_sql(table=STAGED_HISTORY), put_sql(HISTORY_FILE),
+               copy_sql(table=STAGED_HISTORY, file=HISTORY_FILE)]
+    kinds = [type(sqlglot.parse_one(sql, read="snowflake")) for sql in staging]
+    assert kinds == [exp.Create, exp.Put, exp.Copy]
+    assert STAGED_HISTORY.sql() in staging[0]
+    assert STAGED_HISTORY.sql() in staging[2]
+    assert "file://history.parquet" in staging[1]
+    assert "/history.parquet" in staging[2]
+    written = [*history_sql.flush_statements(history, STAGED_HISTORY.sql(), "snowflake"),
+               *history_sql.seed_statements(history, NAMES.state, "snowflake")]
+    kinds = [type(sqlglot.parse_one(sql, read="snowflake")) for sql in written]
+    assert kinds == [exp.Insert, exp.Update, exp.Update, exp.Insert]
+    for sql in written:
+        for ident in sqlglot.parse_one(sql, read="snowflake").find_all(exp.Identifier):
+            assert not ident.quoted or ident.name == ident.name.upper(), ident.name
 
 
 def test_identifiers_are_quoted_and_upper_case() -> None:
