@@ -71,8 +71,9 @@ from tools.localkafka import REPO_ROOT, LocalKafka
 from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch
 from warehouse.identifiers import QualifiedName
+from warehouse.schema_changes import physical_columns_sql, table_state
 from warehouse.sql import delete_superseded_sql, insert_new_sql, merge_sql
-from warehouse.tables import STATE_COLUMNS
+from warehouse.tables import STATE_COLUMNS, state_columns
 
 FULL = (5_000_000, 1_000_000)
 QUICK = (20_000, 5_000)
@@ -385,10 +386,14 @@ def history_findings(db: Path) -> tuple[int, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         count = con.execute(f"SELECT count(*) FROM {HISTORY_TABLE.sql()}").fetchone()
+        columns_sql, params = physical_columns_sql(state, "duckdb")
+        physical = con.execute(columns_sql, params).fetchall()
+        schema = table_state(physical, [], False, upper=False).schema
         found = sum(len(con.execute(sql).fetchall()) for sql in (
             history_sql.intervals_sql(HISTORY_TABLE, "duckdb"),
             history_sql.current_rows_sql(HISTORY_TABLE, state, "duckdb"),
-            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb"),
+            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb",
+                                            state_columns(schema)),
         ))
     finally:
         con.close()

@@ -143,5 +143,6 @@ class Refresher(Protocol):
         ...
 
     def outside_rows(self, built: Sequence[PartitionRange]) -> int:
-        """Live rows whose version lies outside ``built``: what leveling would copy."""
+        """Live rows whose version lies outside ``built``, history versions included: what
+        leveling would copy."""
         ...

@@ -28,7 +28,7 @@ from warehouse.identifiers import Ident
 from warehouse.schema_changes import (
     alter_statements,
     change_rows,
-    follow_changes,
+    follow_statements,
     has_rows_sql,
     latest_types,
     pending,
@@ -53,7 +53,7 @@ from warehouse.swap import (
     exchange_statements,
     finish_statements,
     level_statements,
-    outside_sql,
+    outside_counts,
     rebuild_names,
 )
 from warehouse.tables import TableNames, create_view_sql, ddl, state_columns, table_ddl
@@ -187,25 +187,28 @@ class DuckDBWarehouse:
             return []
         return con.execute(recorded_columns_sql(names.columns, "duckdb")).fetchall()
 
-    def _follow(
-        self, con: duckdb.DuckDBPyConnection, names: TableNames, state: TableSchema
-    ) -> None:
-        """The history table of ``names`` (if any) gains the columns of its state table
-        (``state``) it lacks or has narrower, in the transaction of ``con``."""
+    @staticmethod
+    def _follow(con: duckdb.DuckDBPyConnection, names: TableNames, state: TableSchema) -> None:
+        """The history table of ``names`` (if any) gains the columns of its state table it
+        lacks or has narrower (``state``: the state table's columns as recorded), in the
+        transaction of ``con``."""
         if names.history is None:
             return
-        sql, params = physical_columns_sql(names.history, "duckdb")
-        physical = con.execute(sql, params).fetchall()
-        have = table_state(physical, self._recorded_columns(con, names), False, upper=False).schema
-        for statement in alter_statements(
-                names.history, follow_changes(have, state), have, "duckdb"):
+        history, table = (
+            con.execute(*physical_columns_sql(t, "duckdb")).fetchall()
+            for t in (names.history, names.state)
+        )
+        for statement in follow_statements(names.history, history, table, state, "duckdb"):
             con.execute(statement)
 
     def _evolve(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> TableState:
         """Make the batch's column changes not made yet (in the batch's transaction), record
-        them, bring the history table level with them; the state table's columns after them."""
+        them, bring the history table level with the state table; the state table's columns
+        after them. The history table is checked with every flush, not only those that carry
+        changes: another instance (one with history off) may have changed the state table."""
         state = self._state(con)
         if not batch.schema.changes:
+            self._follow(con, self.names, state.schema)
             return state
         if self.names.columns is not None:
             recorded = con.execute(recorded_columns_sql(self.names.columns, "duckdb")).fetchall()
@@ -237,7 +240,7 @@ class DuckDBWarehouse:
             state = self._evolve(con, batch)
             result = self._write(con, batch, state)
             if versions is not None:
-                self._write_history(con, versions, batch.schema)
+                self._write_history(con, versions, state.schema)
             self.faults("after_merge")
             write_ms = int((time.perf_counter() - started) * 1000)
             con.execute(
@@ -281,11 +284,12 @@ class DuckDBWarehouse:
     ) -> None:
         """New versions into the history table, then the intervals of their keys; by slices
         (a key split over two slices is recomputed twice, from the whole table: still right).
-        The staged columns (``schema``'s) are written; a column of the table the batch's schema
-        lacks is NULL in the new rows."""
+        Like the MERGE, every column of the state table now (``schema``, which the history
+        table holds too) is written: one the staged versions lack is NULL."""
         assert self.names.history is not None
         statements = history_sql.flush_statements(
-            self.names.history, STAGED_HISTORY, "duckdb", state_columns(schema)
+            self.names.history, STAGED_HISTORY, "duckdb", state_columns(schema),
+            set(versions.column_names),
         )
         for start in range(0, versions.num_rows, HISTORY_SLICE_ROWS):
             con.register(STAGED_HISTORY, versions.slice(start, HISTORY_SLICE_ROWS))
@@ -323,13 +327,14 @@ class DuckDBWarehouse:
         self, con: duckdb.DuckDBPyConnection, built: Sequence[PartitionRange], into_live: bool
     ) -> None:
         """Merge the rows outside ``built`` of one copy into the other; the target first gains
-        the columns of the source it lacks (recorded in its column metadata), and each copy's
-        history table (with history on) the columns of its state table."""
+        the columns of the source it lacks but those the column policy excludes (recorded in
+        its column metadata), and each copy's history table (with history on) the columns of
+        its state table."""
         rebuild = rebuild_names(self.names)
         source_names, target_names = (rebuild, self.names) if into_live else (self.names, rebuild)
         source = self._state(con, source_names).schema
         target = self._state(con, target_names).schema
-        missing = add_missing(source, target)
+        missing = add_missing(source, target, self.policy.exclude)
         if missing:
             for sql in alter_statements(target_names.state, missing, target, "duckdb"):
                 con.execute(sql)
@@ -346,13 +351,12 @@ class DuckDBWarehouse:
 
     @translated()
     def outside_rows(self, built: Sequence[PartitionRange]) -> int:
-        """Live rows whose version lies outside ``built`` (what leveling would copy)."""
+        """Live rows (and history versions) whose version lies outside ``built``: what
+        leveling would copy."""
         with self._transaction() as con:
-            relation, params = outside_sql(
-                self.names.state, state_columns(self._state(con).schema), built, "duckdb"
-            )
-            rows = con.execute(f"SELECT COUNT(*) FROM {relation} AS o", list(params)).fetchall()
-        return int(rows[0][0])
+            counts = outside_counts(self.names, built, "duckdb", self._state(con).schema)
+            return sum(int(con.execute(sql, list(params)).fetchall()[0][0])
+                       for sql, params in counts)
 
     @translated()
     def swap_in(self, built: Sequence[PartitionRange]) -> None:

@@ -10,9 +10,12 @@ table. ``pending`` picks the changes of a batch's ``TableSchema`` that are not r
 same change both succeed.
 
 A table that follows the state table's columns (the history table) is brought to them with
-``follow_changes``: every column of the state table it lacks is added, every narrower one
-widened. Writers run it with each batch that carries column changes, when they open, and on both
-copies of a full refresh, so that the history table can never lack a column its state table has.
+``follow_statements``: every column of the state table it lacks is added, every narrower one
+widened. Its types are read from the table itself (``column_from_sql``), never from the column
+metadata, which describes the state table: once the state table is widened the metadata already
+says the wider type. Writers run it in (DuckDB) or right before (Snowflake) each flush whose
+columns the history table does not hold yet, when they open, and on both copies of a full
+refresh, so that the history table never lacks a column its state table has.
 """
 
 from __future__ import annotations
@@ -102,21 +105,32 @@ _SQL_TYPES: dict[str, str] = {
 }
 
 
+FLOAT_BITS = 24
+"""``information_schema`` precision (in bits) of a 4-byte float: DuckDB names its REAL ``FLOAT``
+with precision 24; Snowflake's FLOAT (always 8 bytes) has none."""
+
+
 def column_from_sql(
-    name: str, data_type: str, precision: int | None, scale: int | None
+    name: str, data_type: str, precision: int | None, scale: int | None,
+    like: Column | None = None,
 ) -> Column:
     """A column read back from its SQL type (a column without metadata); unknown types are
-    taken as text."""
+    taken as text. ``like``: the column it should be (a decimal reads as a decimal then, also
+    when its scale is 0)."""
     upper = data_type.upper()
     match = re.fullmatch(r"(DECIMAL|NUMERIC|NUMBER)(?:\((\d+),\s*(\d+)\))?", upper)
     if match:
         p = int(match.group(2) or precision or 38)
         s = int(match.group(3) or scale or 0)
+        if like is not None and like.type == "decimal":
+            return Column(name, "decimal", precision=p, scale=s)
         if s == 0 and p <= 10:
             return Column(name, "int")
         if s == 0 and p <= 19:
             return Column(name, "bigint")
         return Column(name, "decimal", precision=p, scale=s)
+    if upper == "FLOAT" and precision is not None and int(precision) <= FLOAT_BITS:
+        return Column(name, "float")
     return Column(name, _SQL_TYPES.get(upper.split("(")[0], "text"))  # type: ignore[arg-type]
 
 
@@ -228,15 +242,36 @@ def alter_statements(
     return statements
 
 
-def follow_changes(table: TableSchema, state: TableSchema) -> list[ColumnChange]:
-    """What a table that follows the state table's columns (``table``: its business columns
-    now) lacks of the state table's (``state``): each column it does not have, or has of a
-    narrower type, as the change that brings it level (``alter_statements`` renders them)."""
-    changes: list[ColumnChange] = []
-    for column in state.columns:
-        have = table.column(column.name)
-        if have is None:
-            changes.append(ColumnChange(column, "add", "the state table"))
-        elif compare(column, have) == "widen":
-            changes.append(ColumnChange(column, "widen", "the state table"))
-    return changes
+def follow_statements(
+    table: QualifiedName, physical: Sequence[Sequence[Any]], state: Sequence[Sequence[Any]],
+    logical: TableSchema, dialect: Dialect,
+) -> list[str]:
+    """The DDL that brings a table that follows the state table's columns (``table``) level
+    with the state table: each business column of the state table it lacks is added, each one
+    it holds narrower is widened. ``physical`` and ``state``: the two tables' rows of
+    ``physical_columns_sql``; the state table's columns as they are set what is needed (also
+    a change another instance made and has not recorded yet); ``logical`` (the columns as
+    recorded or as a batch has them) gives their exact types where the table holds them as
+    wide. Names match regardless of case (Snowflake returns them upper-cased). Empty when the
+    table is level; every statement is harmless to repeat."""
+    have = {str(row[0]).lower(): row for row in physical}
+    known = {c.name.lower(): c for c in logical.columns}
+    statements: list[str] = []
+    for row in state:
+        lower = str(row[0]).lower()
+        if lower in NOT_BUSINESS:
+            continue
+        hint = known.get(lower)
+        column = column_from_sql(
+            hint.name if hint else lower, str(row[1]), _int(row[2]), _int(row[3]), hint)
+        if hint is not None and compare(column, hint) != "widen":
+            column = hint
+        held = have.get(lower)
+        if held is None:
+            statements.append(add_column_sql(table, column, dialect))
+            continue
+        current = column_from_sql(column.name, str(held[1]), _int(held[2]), _int(held[3]),
+                                  column)
+        if compare(column, current) == "widen":
+            statements += widen_column_sql(table, current, column, dialect)
+    return statements

@@ -52,8 +52,10 @@ column; the metadata rows are written in the batch's transaction. The MERGE writ
 the state table has, NULL for one the batch lacks; if the table's columns change while the batch
 is written (another instance added one), the transaction is rolled back and retried. With history
 on, the history table gets the same columns right after the state table, also before the
-transaction (``schema_changes.follow_changes``: whatever the state table has that history lacks,
-so an instance killed between the two ALTERs, or one with history off, leaves nothing behind).
+transaction (``schema_changes.follow_statements``: whatever the state table has that history
+lacks, read from the history table itself, so an instance killed between the two ALTERs, or one
+with history off, leaves nothing behind). The history rows name the batch's columns; a column
+the batch lacks is NULL in them, as in the state row.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ from snowflake.connector.cursor import SnowflakeCursor
 
 from batcher.ranges import PartitionRange
 from schemas.columns import BASE_SCHEMA, Column, ColumnChange, TableSchema
-from schemas.evolution import ColumnPolicy, TableState, compare
+from schemas.evolution import ColumnPolicy, TableState
 from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch, ledger_row
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
@@ -84,7 +86,7 @@ from warehouse.identifiers import Ident, QualifiedName
 from warehouse.schema_changes import (
     alter_statements,
     change_rows,
-    follow_changes,
+    follow_statements,
     has_rows_sql,
     latest_types,
     pending,
@@ -105,7 +107,7 @@ from warehouse.swap import (
     exchange_statements,
     finish_statements,
     level_statements,
-    outside_sql,
+    outside_counts,
     rebuild_names,
 )
 from warehouse.tables import (
@@ -243,7 +245,7 @@ class SnowflakeWarehouse:
         self.names = names
         self.policy = policy or ColumnPolicy()
         self._column_types: dict[str, str] | None = None  # latest recorded type per column
-        self._history_types: dict[str, Column] | None = None  # the live history's columns
+        self._history_physical: list[tuple[Any, ...]] | None = None  # its columns
         self.database = Ident(config.database, upper=True)
         self.schema = Ident(config.schema_name, upper=True)
         self.faults = faults or FaultPlan()
@@ -347,56 +349,49 @@ class SnowflakeWarehouse:
         row = cur.fetchone()
         return table_state(physical, recorded, bool(row and row[0]), upper=True)
 
-    def _follow(self, names: TableNames, state: TableSchema) -> None:
-        """The history table of ``names`` (if any) gains the columns of its state table
-        (``state``) it lacks or has narrower: DDL, each statement harmless to repeat. The live
-        history's columns are remembered (``_history_has``)."""
+    def _follow(self, names: TableNames, logical: TableSchema) -> None:
+        """The history table of ``names`` (if any) gains the columns of its state table it
+        lacks or has narrower (``logical``: their types as recorded or as a batch has them):
+        DDL, each statement harmless to repeat. The live history's columns are remembered
+        (``_history_has``)."""
         if names.history is None:
             return
-        have = self._history_schema(names)
-        statements = alter_statements(
-            names.history, follow_changes(have, state), have, "snowflake"
-        )
+        with self._work() as conn, conn.cursor() as cur:
+            history = self._columns_of(cur, names.history)
+            state = self._columns_of(cur, names.state)
+        statements = follow_statements(names.history, history, state, logical, "snowflake")
         if statements:
             self._statements(statements)
-            have = self._history_schema(names)
+            with self._work() as conn, conn.cursor() as cur:
+                history = self._columns_of(cur, names.history)
         if names == self.names:
-            self._history_types = {c.name.lower(): c for c in have.columns}
+            self._history_physical = history
 
-    def _history_schema(self, names: TableNames) -> TableSchema:
-        """The business columns of the history table of ``names``."""
-        assert names.history is not None
-        with self._work() as conn, conn.cursor() as cur:
-            sql, params = physical_columns_sql(names.history, "snowflake")
-            cur.execute(sql, params)
-            physical = cur.fetchall()
-            recorded: list[Any] = []
-            if names.columns is not None:
-                cur.execute(recorded_columns_sql(names.columns, "snowflake"))
-                recorded = cur.fetchall()
-        return table_state(physical, recorded, False, upper=True).schema
+    @staticmethod
+    def _columns_of(cur: SnowflakeCursor, table: QualifiedName) -> list[tuple[Any, ...]]:
+        """The table's rows of ``physical_columns_sql``: its columns as they are."""
+        sql, params = physical_columns_sql(table, "snowflake")
+        cur.execute(sql, params)
+        return [tuple(r) for r in cur.fetchall()]
 
-    def _history_has(self, schema: TableSchema) -> bool:
-        """The live history table is known to hold every column of ``schema``, wide enough."""
-        known = self._history_types
-        if known is None:
-            return False
-        for column in schema.columns:
-            have = known.get(column.name.lower())
-            if have is None or compare(column, have) == "widen":
-                return False
-        return True
+    def _history_has(self, state: Sequence[Sequence[Any]], logical: TableSchema) -> bool:
+        """The live history table is known to hold every column of the state table (``state``:
+        its rows of ``physical_columns_sql``), wide enough."""
+        if self.names.history is None:
+            return True
+        known = self._history_physical
+        return known is not None and not follow_statements(
+            self.names.history, known, state, logical, "snowflake")
 
     def _columns_ddl(self, batch: Batch) -> list[ColumnChange]:
         """Make the batch's column changes not recorded yet, before its transaction (DDL
         commits on its own; every statement is harmless to repeat), on the state table and,
-        with history on, on the history table (also when another instance made them on the
-        state table only); the changes to record."""
-        if not batch.schema.changes:
-            return []
-        history_behind = self.names.history is not None and not self._history_has(batch.schema)
-        if (self._column_types is None or history_behind
-                or pending(batch.schema.changes, self._column_types)):
+        with history on, bring the history table level with the state table (also when
+        another instance changed the state table: one with history off, or one killed before
+        it followed); the changes to record."""
+        changes: list[ColumnChange] = []
+        if batch.schema.changes and (
+                self._column_types is None or pending(batch.schema.changes, self._column_types)):
             with self._work() as conn, conn.cursor() as cur:
                 state = self._state(cur)
             changes = pending(batch.schema.changes, self._column_types or {})
@@ -407,9 +402,12 @@ class SnowflakeWarehouse:
                 with self._work() as conn, conn.cursor() as cur:
                     state = self._state(cur)
                 self._statements([create_view_sql(self.names, "snowflake", state.schema)])
-            self._follow(self.names, state.schema)
-            return changes if self.names.columns is not None else []
-        return []
+        if self.names.history is not None:
+            with self._work() as conn, conn.cursor() as cur:
+                table = self._columns_of(cur, self.names.state)
+            if not self._history_has(table, batch.schema):
+                self._follow(self.names, batch.schema)
+        return changes if self.names.columns is not None else []
 
     def apply(self, batch: Batch) -> ApplyResult:
         assert_unique_keys(batch.rows)
@@ -448,7 +446,27 @@ class SnowflakeWarehouse:
         """Statements 1-6 of the module doc (and the history's), the metadata rows of
         ``changes``; the caller commits."""
         state, staged = self.names.state, STAGED.sql()
-        columns = self._physical(cur)
+        table = self._columns_of(cur, state)
+        columns = self._physical(table)
+        held = {c.name.lower() for c in columns}
+        lacking = [name for name in batch.schema.names if name.lower() not in held]
+        if lacking:
+            # A full refresh swapped in a table without them and has not caught up yet:
+            # writing now would drop their values. Forget what is known, look again.
+            self._column_types = self._history_physical = None
+            raise TransientWarehouseError(
+                f"the state table lacks column(s) {', '.join(lacking)} of the batch (a full "
+                "refresh swapped in a table without them); retrying"
+            )
+        if history is not None and not self._history_has(table, batch.schema):
+            # Another instance (history off) added a column to the state table since
+            # ``_columns_ddl`` looked: the history table gets it before this batch (DDL,
+            # outside the transaction).
+            self._history_physical = None
+            raise TransientWarehouseError(
+                "the state table has columns the history table lacks (another instance added "
+                "them); adding them and retrying"
+            )
         cur.execute(create_staged_sql(batch.schema))
         if history is not None:
             cur.execute(create_staged_sql(batch.schema, STAGED_HISTORY))
@@ -489,19 +507,18 @@ class SnowflakeWarehouse:
                 record_sql(self.names.columns, "snowflake"),
                 change_rows(changes, batch.batch_id, now),
             )
-        if self._physical(cur) != columns:
+        if self._physical(self._columns_of(cur, state)) != columns:
             raise TransientWarehouseError(
                 "the state table's columns changed while the batch was written (another "
                 "instance added one); retrying"
             )
         return classified
 
-    def _physical(self, cur: SnowflakeCursor) -> tuple[Column, ...]:
-        """The state table's columns now (only their names matter to the MERGE)."""
-        sql, params = physical_columns_sql(self.names.state, "snowflake")
-        cur.execute(sql, params)
-        state = table_state(cur.fetchall(), [], False, upper=True)
-        return state_columns(state.schema)
+    @staticmethod
+    def _physical(table: Sequence[Sequence[Any]]) -> tuple[Column, ...]:
+        """The state table's columns now, from its rows of ``physical_columns_sql`` (only
+        their names matter to the MERGE)."""
+        return state_columns(table_state(table, [], False, upper=True).schema)
 
     @staticmethod
     def _copy(cur: SnowflakeCursor, copy: str, expected: int, what: str) -> None:
@@ -547,14 +564,15 @@ class SnowflakeWarehouse:
 
     def level(self, built: Sequence[PartitionRange], into_live: bool) -> None:
         """Merge the rows outside ``built`` of one copy into the other; the target first gains
-        the columns of the source it lacks, and each copy's history table (with history on)
-        the columns of its state table (DDL: before the merge's transaction)."""
+        the columns of the source it lacks but those the column policy excludes, and each
+        copy's history table (with history on) the columns of its state table (DDL: before the
+        merge's transaction)."""
         rebuild = rebuild_names(self.names)
         source_names, target_names = (rebuild, self.names) if into_live else (self.names, rebuild)
         with self._work() as conn, conn.cursor() as cur:
             source = self._state(cur, source_names).schema
             target = self._state(cur, target_names).schema
-        missing = add_missing(source, target)
+        missing = add_missing(source, target, self.policy.exclude)
         if missing:
             self._statements(alter_statements(target_names.state, missing, target, "snowflake"))
             if target_names.columns is not None:
@@ -574,14 +592,16 @@ class SnowflakeWarehouse:
         ))
 
     def outside_rows(self, built: Sequence[PartitionRange]) -> int:
-        """Live rows whose version lies outside ``built`` (what leveling would copy)."""
+        """Live rows (and history versions) whose version lies outside ``built``: what
+        leveling would copy."""
+        total = 0
         with self._work() as conn, conn.cursor() as cur:
-            relation, params = outside_sql(
-                self.names.state, state_columns(self._state(cur).schema), built, "snowflake"
-            )
-            cur.execute(f"SELECT COUNT(*) FROM {relation} AS o", list(params) if params else None)
-            row = cur.fetchone()
-        return int(row[0]) if row else 0
+            for sql, params in outside_counts(
+                    self.names, built, "snowflake", self._state(cur).schema):
+                cur.execute(sql, list(params) if params else None)
+                row = cur.fetchone()
+                total += int(row[0]) if row else 0
+        return total
 
     def swap_in(self, built: Sequence[PartitionRange]) -> None:
         """``ALTER TABLE ... SWAP WITH`` per table, atomic on its own; then the view is

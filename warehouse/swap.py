@@ -21,9 +21,10 @@ the topic, while the live instances keep writing to the live tables. Then:
    objects are dropped.
 
 The two copies of a table may hold different columns (a schema change seen by one of them, a
-column policy): before rows are merged, the target gains the source's columns it lacks
-(``add_missing``, run by the writer), the history table of each copy gains its state table's
-(``schema_changes.follow_changes``), and every target column the source lacks is written NULL.
+column policy): before rows are merged, the target gains the source's columns it lacks but
+those its column policy excludes (``add_missing``, run by the writer), the history table of
+each copy gains its state table's (``schema_changes.follow_statements``), and every target
+column the source lacks is written NULL (a source column the target lacks is not copied).
 
 The tables a refresh exchanges are a list (``swap_tables``), each with the statements that bring
 one of its copies level with the other, so that further derived tables can join it. With
@@ -139,6 +140,20 @@ def outside_sql(
     return f"{relation} WHERE NOT ({inside}))", params
 
 
+def outside_counts(
+    live: TableNames, built: Sequence[PartitionRange], dialect: Dialect,
+    schema: TableSchema = BASE_SCHEMA,
+) -> list[Statement]:
+    """One ``SELECT COUNT(*)`` per table of ``swap_tables``: its live rows (for the history
+    table, versions) whose version lies outside ``built`` — what leveling would copy into the
+    rebuild. ``schema``: the live state table's business columns."""
+    counts: list[Statement] = []
+    for table in swap_tables(live):
+        relation, params = outside_sql(table.live, table.columns_of(schema), built, dialect)
+        counts.append((f"SELECT COUNT(*) FROM {relation} AS o", params))
+    return counts
+
+
 def level_statements(
     live: TableNames, built: Sequence[PartitionRange], dialect: Dialect, *, into_live: bool,
     source: TableSchema = BASE_SCHEMA, target: TableSchema = BASE_SCHEMA,
@@ -158,10 +173,15 @@ def level_statements(
     return found
 
 
-def add_missing(source: TableSchema, target: TableSchema) -> list[ColumnChange]:
-    """The columns of ``source`` that ``target`` lacks, as changes that add them."""
+def add_missing(
+    source: TableSchema, target: TableSchema, exclude: frozenset[str] = frozenset()
+) -> list[ColumnChange]:
+    """The columns of ``source`` that ``target`` lacks, as changes that add them; never one
+    the column policy excludes (``exclude``, the settings' policy: the one a full refresh
+    applies), so that a refresh does not bring an excluded column back into the state table,
+    nor into history."""
     return [ColumnChange(c, "add", "full refresh: the other copy of the table")
-            for c in source.columns if target.column(c.name) is None]
+            for c in source.columns if target.column(c.name) is None and c.name not in exclude]
 
 
 def exchange_statements(

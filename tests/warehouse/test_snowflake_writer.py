@@ -472,8 +472,9 @@ def test_history_statements_parse_in_snowflake_dialect() -> None:
     assert STAGED_HISTORY.sql() in staging[2]
     assert "file://history.parquet" in staging[1]
     assert "/history.parquet" in staging[2]
-    written = [*history_sql.flush_statements(history, STAGED_HISTORY.sql(), "snowflake"),
-               *history_sql.seed_statements(history, NAMES.state, "snowflake")]
+    written = [
+        *history_sql.flush_statements(history, STAGED_HISTORY.sql(), "snowflake", STATE_COLUMNS),
+        *history_sql.seed_statements(history, NAMES.state, "snowflake", STATE_COLUMNS)]
     kinds = [type(sqlglot.parse_one(sql, read="snowflake")) for sql in written]
     assert kinds == [exp.Insert, exp.Update, exp.Update, exp.Insert]
     for sql in written:
