@@ -50,8 +50,10 @@ from consumer.telemetry.progress import Progress, show_bar
 from schemas.columns import KEY
 from schemas.errors import KycSyncError, TerminalError, UsageError
 from warehouse.errors import WarehouseError
-from warehouse.history_sql import as_of_sql
-from warehouse.tables import col
+from warehouse.history_sql import as_of_columns, as_of_sql
+from warehouse.identifiers import QualifiedName
+from warehouse.schema_changes import physical_columns_sql, table_state
+from warehouse.tables import col, state_columns
 
 log = logging.getLogger("kyc_sync")
 
@@ -100,17 +102,18 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     key: int | None = getattr(args, "id", None)
     names = table_names(settings, False, settings.duckdb.schema_name)
     params: list[object] = [] if key is None else [key]
-    if as_of is None:
-        only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
-        sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
-    elif names.history is None:
+    if as_of is not None and names.history is None:
         raise UsageError("show --as-of reads the history table: set history.enabled "
                          "(KYC_SYNC_HISTORY__ENABLED=true)")
-    else:
-        sql = as_of_sql(names.history, "duckdb", by_key=key is not None)
-        params = [as_of, as_of, *params]
     con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
+        if as_of is None or names.history is None:
+            only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
+            sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
+        else:
+            sql = as_of_sql(names.history, "duckdb", _as_of_columns(con, names.history),
+                            by_key=key is not None)
+            params = [as_of, as_of, *params]
         cursor = con.execute(sql, params)
         header = [d[0] for d in cursor.description]
         print(format_table(header, cursor.fetchall()))
@@ -119,6 +122,18 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         con.close()
     return 0
+
+
+def _as_of_columns(con: Any, history: QualifiedName) -> tuple[str, ...]:
+    """What ``show --as-of`` prints of the history table as it is: its columns follow the state
+    table's (schema changes, column policy), read from the table, not from the packaged
+    schema."""
+    sql, params = physical_columns_sql(history, "duckdb")
+    physical = con.execute(sql, params).fetchall()
+    if not physical:
+        raise TerminalError(f"cannot read the table: {history.sql()} does not exist (kyc-sync "
+                            "run with history on creates it)")
+    return as_of_columns(state_columns(table_state(physical, [], False, upper=False).schema))
 
 
 def format_table(header: list[str], rows: list[tuple[object, ...]]) -> str:

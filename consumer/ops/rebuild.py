@@ -306,15 +306,16 @@ def _refuse_old_policy_rows(
     live: Refresher, plan: RefreshPlan, changed: str,
     step: Callable[[str, Callable[[], int]], int],
 ) -> None:
-    """A refresh that changes the column policy may not copy live rows into the rebuild: they
-    hold values under the old policy (plain where they must be hashed)."""
+    """A refresh that changes the column policy may not copy live rows into the rebuild, nor
+    history versions: they hold values under the old policy (plain where they must be
+    hashed)."""
     outside = step("count the live rows outside the plan", lambda: live.outside_rows(plan.ranges))
     if outside:
         raise RefreshError(
-            f"the column policy changes {changed}, but {outside} live row(s) lie outside the "
-            "rebuilt ranges (events applied after the plan by running instances, or dropped "
-            "by retention) and hold values under the old policy; stop every instance and run "
-            "the full refresh again (the topic must hold every event)"
+            f"the column policy changes {changed}, but {outside} live row(s) (history versions "
+            "included) lie outside the rebuilt ranges (events applied after the plan by running "
+            "instances, or dropped by retention) and hold values under the old policy; stop "
+            "every instance and run the full refresh again (the topic must hold every event)"
         )
 
 
