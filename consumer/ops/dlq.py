@@ -10,9 +10,11 @@ stopped, or from the start with ``--from-start``, up to the end it saw when it b
 each message with the normal decoder (so a fixed schema file, a registry schema now readable,
 a column now added all count). With ``--execute`` the events that decode are reduced and
 applied as one batch with their original partition and offset as their version: the guard
-makes old events harmless (an event older than the row it meets is skipped as stale); then
-the group's offsets are committed. Messages that are still invalid stay in the topic and are
-not copied again. Without ``--execute`` nothing is written and nothing committed.
+makes old events harmless (an event older than the row it meets is skipped as stale); with
+profile history on, each of them is also a version of the history table, between its
+neighbours; then the group's offsets are committed. Messages that are still invalid stay in
+the topic and are not copied again. Without ``--execute`` nothing is written and nothing
+committed.
 """
 
 from __future__ import annotations
@@ -361,13 +363,16 @@ def classify(
             plan.invalid.append((letter, invalid))
 
 
-def redrive_batch(plan: Redrive, decoder: Decoder) -> Batch | None:
+def redrive_batch(plan: Redrive, decoder: Decoder, history: bool = False) -> Batch | None:
     """The events that decode, reduced to one row per key, as a batch. Their version is their
     original partition and offset (from the headers; the dead-letter position without them),
-    so that the guard orders them exactly as if they had been applied the first time."""
+    so that the guard orders them exactly as if they had been applied the first time. With
+    ``history`` (profile history on), the batch carries their distinct versions too: the
+    history table gets each one, between its neighbours, as if it had never been a dead
+    letter."""
     if not plan.decoded:
         return None
-    reducer = Reducer()
+    reducer = Reducer(keep_versions=history)
     pairs = list(enumerate(d for _, d in plan.decoded))
     positions = [
         (d.source_partition if d.source_partition is not None else d.partition,
@@ -396,6 +401,8 @@ def redrive_batch(plan: Redrive, decoder: Decoder) -> Batch | None:
         rows=stage_frame(reduced.rows, batch_id, synced, schema), ranges=ranges,
         events_in=len(plan.decoded) + len(plan.invalid), invalid_events=len(plan.invalid),
         started_at=now, schema=schema,
+        history=None if reduced.versions is None
+        else stage_frame(reduced.versions, batch_id, synced, schema),
     )
 
 
@@ -420,7 +427,7 @@ def redrive(
         classify(letters, decoder, plan)
         if not execute:
             return plan
-        batch = redrive_batch(plan, decoder)
+        batch = redrive_batch(plan, decoder, settings.history.enabled)
         if batch is not None:
             plan.batch_id = batch.batch_id
             plan.result = retry_transient(
