@@ -6,7 +6,10 @@ random split into consume batches, random flushes and a replayed range; the run 
 ingest and flush put them through the real decoder (Confluent wire format, columnar), reducer,
 staging and DuckDB writer (ALTER + MERGE). The state table must equal the oracle: per key the
 winning event's values, null where its schema lacked the field, the columns widened where a
-schema widened them.
+schema widened them. With profile history on (and with or without a column policy: one field
+hashed, one excluded), the history table must equal ``tests/oracles/history.py``'s intervals of
+every event, each version holding its own event's values under the policy, its columns of the
+state table's types; ``widening_case`` pins a widening across flushes.
 """
 
 from __future__ import annotations
@@ -14,23 +17,29 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from batcher.window import FlushReason, WindowPolicy
 from consumer.decode.contract import Contract
 from consumer.decode.decoder import WIRE_HEADER, ConfluentAvroDecoder
 from consumer.decode.encoder import AuditEncoder, message_key
+from consumer.decode.values import hash_text
 from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
 from schemas.columns import KEY, REQUIRED_FIELDS
+from schemas.evolution import ColumnPolicy
 from tests.oracles.evolution import SentEvent, expected_rows
+from tests.oracles.history import build_history
 from tests.run.fakes import FakeMessage, memory_tables
+from warehouse import history_sql
 from warehouse.duckdb_writer import DuckDBWarehouse
+from warehouse.identifiers import QualifiedName
+from warehouse.tables import state_columns
 
 TOPIC = "kyc_profile_audit"
 T0 = 1_704_067_200_000_000  # 2024-01-01 in microseconds
@@ -220,12 +229,27 @@ def sent_value(value: Any, field: Mapping[str, Any] | None) -> Any:
     return value
 
 
-def run(case: Case) -> None:
+HASH_KEY = b"property-test-hash-key"
+POLICIES = (ColumnPolicy(), ColumnPolicy(exclude=frozenset({"party_id"}),
+                                         hash=frozenset({"cid"})))
+
+
+def stored(values: Mapping[str, Any], policy: ColumnPolicy) -> dict[str, Any]:
+    """An event's values as the table stores them under the column policy: excluded fields
+    dropped, hashed ones as HMAC-SHA256 hex."""
+    return {k: hash_text(HASH_KEY, v) if k in policy.hash else v
+            for k, v in values.items() if k not in policy.exclude}
+
+
+def run(case: Case, history: bool = False, policy: ColumnPolicy = POLICIES[0]) -> None:
     messages, sent = encoded(case)
-    warehouse = DuckDBWarehouse(":memory:", memory_tables())
-    decoder = ConfluentAvroDecoder(Registry(case.schemas), Contract())
+    sent = [replace(e, values=stored(e.values, policy)) for e in sent]
+    warehouse = DuckDBWarehouse(":memory:", memory_tables(history), policy=policy)
+    decoder = ConfluentAvroDecoder(Registry(case.schemas),
+                                   Contract(columns=policy, hash_key=HASH_KEY))
     loop = SyncLoop(
-        LoopOptions(topic=TOPIC, group_id="g"), lambda **_: None,  # type: ignore[arg-type]
+        LoopOptions(topic=TOPIC, group_id="g", history=history),
+        lambda **_: None,  # type: ignore[arg-type]
         decoder, warehouse, None, WindowPolicy(), clock=time.monotonic,
     )
     warehouse.open()
@@ -249,34 +273,69 @@ def run(case: Case) -> None:
     names = [c.name for c in schema.columns if c.name != KEY]
     used = [case.schemas[i] for i in sorted({index for index, _, _ in case.events})]
     fields = {f["name"]: f for s in used for f in s["fields"]}
-    rows = warehouse.fetch(
-        "SELECT kyc_profile_id, op_type, " + ", ".join(f'"{n}"' for n in names)
-        + " FROM main.kyc_profile_state ORDER BY kyc_profile_id"
-    )
     types = {c.name: c.type for c in schema.columns}
-    got = {
-        row[0]: {"op_type": row[1], **{n: normalized(v, types[n])
-                                        for n, v in zip(names, row[2:], strict=True)}}
-        for row in rows
-    }
-    expected = {
-        key: {k: v if k == "op_type" else sent_value(v, fields.get(k)) for k, v in row.items()}
+
+    def got(row: Sequence[Any]) -> dict[str, Any]:
+        return {n: normalized(v, types[n]) for n, v in zip(names, row, strict=True)}
+
+    def want(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: sent_value(v, fields.get(k)) for k, v in values.items()}
+
+    selected = ", ".join(f'"{n}"' for n in names)
+    rows = warehouse.fetch(f"SELECT kyc_profile_id, op_type, {selected} "
+                           "FROM main.kyc_profile_state ORDER BY kyc_profile_id")
+    assert {row[0]: {"op_type": row[1], **got(row[2:])} for row in rows} == {
+        key: {"op_type": row.pop("op_type"), **want(row)}
         for key, row in expected_rows(sent, names).items()
     }
-    assert got == expected
     base_names = {f["name"] for f in BASE_FIELDS}
     columns_of_sent = {f["name"] for s in used for f in s["fields"]} | base_names
-    assert set(names) == columns_of_sent - set(REQUIRED_FIELDS)
+    assert set(names) == columns_of_sent - set(REQUIRED_FIELDS) - policy.exclude
     for name in names:  # the widest type any decoded schema gave the field
         declared = {
             str(f["type"][1] if isinstance(f["type"], list) else f["type"])
             for s in used for f in s["fields"] if f["name"] == name
         }
-        if "long" in declared:
+        if "long" in declared and name not in policy.hash:
             assert types[name] == "bigint", (name, types[name])
         if "double" in declared:
             assert types[name] == "double", (name, types[name])
+    if history:
+        check_history(warehouse, sent, names, got, want)
     warehouse.close()
+
+
+def check_history(
+    warehouse: DuckDBWarehouse, sent: Sequence[SentEvent], names: Sequence[str],
+    got: Callable[[Sequence[Any]], dict[str, Any]],
+    want: Callable[[Mapping[str, Any]], dict[str, Any]],
+) -> None:
+    """The history table equals the oracle's intervals, each version holding its own event's
+    values (null where its writer schema lacked the field), in columns of the state table's
+    types; the checks of ``kyc-sync check`` find nothing."""
+    selected = ", ".join(f'"{n}"' for n in names)
+    rows = warehouse.fetch(
+        f"SELECT kyc_profile_id, epoch_us(op_time), src_partition, src_offset, op_type, "
+        f"epoch_us(valid_to), is_current, {selected} FROM main.kyc_profile_history "
+        "ORDER BY kyc_profile_id, op_time, src_partition, src_offset")
+    built = build_history((e.key, e.op_time, e.partition, e.offset, e.op_type, e.values)
+                          for e in sent)
+    assert [(*row[:7], got(row[7:])) for row in rows] == [
+        (i.key, i.op_time, i.partition, i.offset, i.op_type, i.valid_to, i.is_current,
+         want({n: i.payload.get(n) for n in names}))
+        for intervals in built.values() for i in intervals
+    ]
+    sql = ("SELECT column_name, data_type FROM information_schema.columns "
+           "WHERE table_name = ? AND column_name NOT IN ('valid_from', 'valid_to', 'is_current') "
+           "ORDER BY column_name")
+    assert warehouse.fetch(sql, ["kyc_profile_history"]) == warehouse.fetch(
+        sql, ["kyc_profile_state"])
+    history, state = QualifiedName.of("main", "kyc_profile_history"), memory_tables().state
+    columns = state_columns(warehouse.table_state().schema)
+    for query in (history_sql.intervals_sql(history, "duckdb"),
+                  history_sql.current_rows_sql(history, state, "duckdb"),
+                  history_sql.state_agreement_sql(history, state, "duckdb", columns)):
+        assert warehouse.fetch(query) == []
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -284,3 +343,30 @@ def run(case: Case) -> None:
 @given(cases())
 def test_evolving_schemas_converge_to_the_oracle(case: Case) -> None:
     run(case)
+
+
+def widening_case() -> Case:
+    """A field added as int, then widened to long in a later flush, with a value only the
+    wider column holds: the history table must be widened with the state table."""
+    narrow, wide = Field("x0", "int", True), Field("x0", "long", True)
+    fields = [list(BASE_FIELDS), [*BASE_FIELDS, narrow.avro()], [*BASE_FIELDS, wide.avro()]]
+    base = {f["name"]: None for f in BASE_FIELDS}
+    events = [
+        (1, {**base, KEY: 1, "op_type": "INSERT", "op_time": T0, "cid": "c1", "x0": 5}, 0),
+        (2, {**base, KEY: 1, "op_type": "UPDATE", "op_time": T0 + 1, "x0": 2**40}, 0),
+        (0, {**base, KEY: 2, "op_type": "INSERT", "op_time": T0 + 2, "party_id": "p"}, 1),
+    ]
+    return Case([schema_of(f) for f in fields], events, [1, 1], [True, True], (0, 3))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.data_too_large])
+@given(cases(), st.sampled_from(POLICIES))
+@example(widening_case(), POLICIES[0])
+@example(widening_case(), POLICIES[1])
+def test_history_follows_evolving_schemas_under_the_column_policy(
+    case: Case, policy: ColumnPolicy
+) -> None:
+    """The same cases with profile history on, with and without a column policy: the state
+    table as above, and the history table equal to the oracle's intervals of every event."""
+    run(case, history=True, policy=policy)
