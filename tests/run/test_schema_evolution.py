@@ -212,7 +212,7 @@ def normalized(value: Any, column_type: str) -> Any:
     if value is None:
         return None
     if column_type == "timestamp":
-        return int((value - EPOCH) / dt.timedelta(microseconds=1))
+        return (value - EPOCH) // dt.timedelta(microseconds=1)  # exact: no float
     if column_type == "date":
         return (value - dt.date(1970, 1, 1)).days
     return value
