@@ -50,12 +50,14 @@ the ``ALTER TABLE`` statements run before the batch's transaction, each harmless
 instances may race to add the same column), and the view is re-created so that it shows the new
 column; the metadata rows are written in the batch's transaction. The MERGE writes every column
 the state table has, NULL for one the batch lacks; if the table's columns change while the batch
-is written (another instance added one), the transaction is rolled back and retried. With history
-on, the history table gets the same columns right after the state table, also before the
-transaction (``schema_changes.follow_statements``: whatever the state table has that history
-lacks, read from the history table itself, so an instance killed between the two ALTERs, or one
-with history off, leaves nothing behind). The history rows name the batch's columns; a column
-the batch lacks is NULL in them, as in the state row.
+is written (another instance added one), the transaction is rolled back and retried; a batch
+column the state table lacks (a full refresh swapped in a table without it and has not caught up
+yet) is retried too, never dropped. With history on, the history table gets the same columns
+right after the state table, also before the transaction (``schema_changes.follow_statements``:
+whatever the state table has that history lacks or holds narrower, both read as they are, one
+``information_schema`` query per flush; so an instance killed between the two ALTERs, or one
+with history off, leaves nothing behind; checked again in the transaction). The history rows
+name the batch's columns; a column the batch lacks is NULL in them, as in the state row.
 """
 
 from __future__ import annotations
