@@ -104,12 +104,11 @@ class SwapTable:
 
     live: QualifiedName
     rebuild: QualifiedName
-    columns: tuple[Column, ...]
-    """The columns merged from one copy into the other before any writer schema changed them
-    (the history table's: a version's, the state table's; its intervals are recomputed)."""
     level: Level
     columns_of: Callable[[TableSchema], tuple[Column, ...]] = state_columns
-    """The columns merged for given business columns of the state table."""
+    """The columns merged from one copy into the other, for the business columns the state
+    table has (the history table's: a version's, the state table's; its intervals are
+    recomputed). Always the columns as they are, never a fixed list."""
 
 
 def swap_tables(live: TableNames) -> tuple[SwapTable, ...]:
@@ -117,10 +116,9 @@ def swap_tables(live: TableNames) -> tuple[SwapTable, ...]:
     if live.state.parts[:-1] != live.ledger.parts[:-1]:
         raise ValueError("the state table and the ledger must share one schema")
     rebuild = rebuild_names(live)
-    tables = [SwapTable(live.state, rebuild.state, state_columns(), guarded_upsert)]
+    tables = [SwapTable(live.state, rebuild.state, guarded_upsert)]
     if live.history is not None and rebuild.history is not None:
-        tables.append(SwapTable(live.history, rebuild.history, state_columns(),
-                                history_sql.flush_statements))
+        tables.append(SwapTable(live.history, rebuild.history, history_sql.flush_statements))
     return tuple(tables)
 
 

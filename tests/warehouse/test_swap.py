@@ -15,6 +15,7 @@ import pytest
 import sqlglot
 
 from batcher.ranges import PartitionRange
+from schemas.columns import BASE_SCHEMA
 from tests.oracles.reducer import ReferenceReducer
 from tests.oracles.staging import Row, build_staged
 from warehouse.base import Batch, Inspector, Refresher
@@ -98,11 +99,12 @@ def test_statements_parse(dialect: Dialect) -> None:
 
 def test_outside_binds_each_range_and_formats_no_value_in() -> None:
     live = names("main")
-    relation, params = outside_sql(live.state, swap_tables(live)[0].columns, BUILT, "duckdb")
+    columns = swap_tables(live)[0].columns_of(BASE_SCHEMA)
+    relation, params = outside_sql(live.state, columns, BUILT, "duckdb")
     assert params == (0, 0, 10, 2, 4, 9)
     assert relation.count("?") == 6
     assert "10" not in relation
-    everything, none = outside_sql(live.state, swap_tables(live)[0].columns, (), "duckdb")
+    everything, none = outside_sql(live.state, columns, (), "duckdb")
     assert "WHERE" not in everything
     assert none == ()
 
