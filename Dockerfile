@@ -18,16 +18,17 @@ ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY consumer ./consumer
 COPY batcher ./batcher
 COPY warehouse ./warehouse
 COPY schemas ./schemas
 
-# Only the runtime dependencies (no [dev]), into a virtualenv copied whole into the final stage.
+# Only the runtime dependencies (no [dev]), into a virtualenv copied whole into the final stage,
+# at the exact versions of constraints.txt (python -m tools.constraints --write refreshes it).
 RUN python -m venv /opt/kyc-sync \
-    && /opt/kyc-sync/bin/pip install --upgrade pip \
-    && /opt/kyc-sync/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
+    && /opt/kyc-sync/bin/pip install --constraint constraints.txt --upgrade pip \
+    && /opt/kyc-sync/bin/pip install --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}"
 
 # --------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}

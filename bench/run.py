@@ -522,7 +522,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = Spec(args.events or events, args.profiles or profiles, args.partitions)
     work: Path = args.work_dir.resolve()
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, mode=0o700)  # profile data and offsets: owner only
     timeout = args.timeout
     peer_python: Path = args.peer_python
     peer_kind = args.peer

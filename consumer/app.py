@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from batcher.ranges import PartitionRange
 from batcher.window import WindowPolicy
@@ -22,15 +24,19 @@ from consumer.run.observer import Observer, Observers
 from consumer.run.retry import retry_transient
 from consumer.settings import Settings
 from consumer.source.client import new_consumer, new_producer
-from consumer.source.deadletters import DeadLetters, DeadLetterSink
+from consumer.source.deadletters import DeadLetters, DeadLetterSink, producer_max_bytes
+from consumer.source.topics import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from consumer.telemetry.logs import FlushLog
 from schemas import audit_schema
-from schemas.errors import UsageError
+from schemas.errors import TerminalError, UsageError
+from schemas.evolution import TableState
 from warehouse.base import Inspector, Refresher, Warehouse
 from warehouse.duckdb_writer import DuckDBWarehouse
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import QualifiedName
 from warehouse.tables import TableNames
+
+T = TypeVar("T")
 
 log = logging.getLogger("kyc_sync")
 
@@ -118,7 +124,7 @@ def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableN
 
 def fault_plan(settings: Settings) -> FaultPlan:
     f = settings.faults
-    return FaultPlan(f.warehouse, f.times, f.probability, f.seed)
+    return FaultPlan(f.warehouse, f.times, f.probability, f.seed, f.stall_s)
 
 
 def build_warehouse(settings: Settings) -> Warehouse:
@@ -129,7 +135,13 @@ def build_warehouse(settings: Settings) -> Warehouse:
             fault_plan(settings), settings.columns.policy(),
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
-    from warehouse.snowflake_writer import SnowflakeWarehouse
+    try:
+        from warehouse.snowflake_writer import SnowflakeWarehouse
+    except ImportError as err:
+        raise MissingExtra(
+            "warehouse.kind is 'snowflake' but the Snowflake connector cannot be imported "
+            f"({err}): pip install 'kyc-sync[snowflake]'"
+        ) from None
 
     sf = settings.snowflake
     return SnowflakeWarehouse(
@@ -146,10 +158,12 @@ def build_loop(
     bounds: tuple[PartitionRange, ...] | None = None,
     warehouse: Warehouse | None = None,
     dead_letters: DeadLetterSink | None = None,
+    topics: Topics | None = None,
 ) -> SyncLoop:
     """The run loop; it reports to a flush log line and to ``observers``. ``bounds``: read
     those offset ranges only (``LoopOptions.bounds``); ``warehouse`` and ``dead_letters``
-    replace the ones the settings describe."""
+    replace the ones the settings describe. ``topics``: what ``preflight`` found (the
+    dead-letter producer is sized to the dead-letter topic's ``max.message.bytes``)."""
     kafka = settings.kafka
     options = LoopOptions(
         topic=kafka.topic,
@@ -164,9 +178,13 @@ def build_loop(
         shutdown_timeout_s=settings.run.shutdown_timeout_s,
         bounds=bounds,
         history=settings.history.enabled,
+        caught_up_wait_s=settings.run.caught_up_wait_s,
     )
     if dead_letters is None and settings.decoding.on_invalid == "dlq":
-        dead_letters = DeadLetters(new_producer(kafka), kafka.dead_letter_topic)
+        limit = (topics.dead_letter_max_bytes if topics is not None else None) \
+            or DEFAULT_MAX_MESSAGE_BYTES
+        dead_letters = DeadLetters(
+            new_producer(kafka, producer_max_bytes(limit)), kafka.dead_letter_topic, limit)
     window = settings.window
     return SyncLoop(
         options,
@@ -179,8 +197,68 @@ def build_loop(
     )
 
 
+class MissingExtra(TerminalError):
+    """The configured writer needs an optional dependency that is not installed."""
+
+
 class UnsupportedWarehouse(UsageError):
     """The configured writer does not implement what the command needs."""
+
+
+class WarehouseUnanswered(TerminalError):
+    """A question to the warehouse (``lag``, ``check``) got no answer in time."""
+
+
+class BoundedInspector:
+    """An ``Inspector`` whose reads together end within ``budget_s``: a warehouse that does not
+    answer (unreachable host, login hanging) ends the command with one line instead of
+    minutes of retries. Each read runs on a daemon thread that is left behind when the budget
+    is spent; the command exits right after."""
+
+    def __init__(self, inner: Inspector, budget_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.names = inner.names
+        self.budget_s = budget_s
+        self.clock = clock
+        self.deadline = clock() + budget_s
+        self.last_error: BaseException | None = None
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._bounded(lambda: self.inner.fetch(sql, params))
+
+    def table_state(self) -> TableState:
+        return self._bounded(self.inner.table_state)
+
+    def _bounded(self, call: Callable[[], T]) -> T:
+        """``call`` on a daemon thread, waited for until the deadline."""
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise self._unanswered()
+        outcome: list[T] = []
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                outcome.append(call())
+            except BaseException as err:  # handed to the caller's thread
+                failure.append(err)
+
+        worker = threading.Thread(target=read, name="kyc-sync-warehouse-read", daemon=True)
+        worker.start()
+        worker.join(left)
+        if failure:
+            self.last_error = failure[0]
+            raise failure[0]
+        if not outcome:
+            raise self._unanswered()
+        return outcome[0]
+
+    def _unanswered(self) -> WarehouseUnanswered:
+        why = "" if self.last_error is None else f": {self.last_error}"
+        return WarehouseUnanswered(
+            f"the warehouse did not answer within {self.budget_s:g}s{why}"
+        )
 
 
 @contextmanager
@@ -197,10 +275,11 @@ def _writer(settings: Settings) -> Iterator[Warehouse]:
 
 @contextmanager
 def open_inspector(settings: Settings) -> Iterator[Inspector]:
+    """The writer as a reader whose reads end within ``warehouse.read_timeout_s``."""
     with _writer(settings) as writer:
         if not isinstance(writer, Inspector):
             raise UnsupportedWarehouse(f"the {settings.warehouse.kind} writer has no fetch()")
-        yield writer
+        yield BoundedInspector(writer, settings.warehouse.read_timeout_s)
 
 
 @contextmanager

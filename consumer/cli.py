@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +23,7 @@ from consumer.ops.arguments import (
     parse_datetime_ms,
     parse_instant,
     parse_partitions,
+    parse_positive,
 )
 from consumer.ops.durations import parse_duration
 from consumer.settings import Settings, load_settings
@@ -58,9 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     _common_options(common, argparse.SUPPRESS)  # absent after the command: keep the global one
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Handler, help_text: str, kafka: bool = True
+    ) -> argparse.ArgumentParser:
+        """A sub-command; ``kafka``: it talks to Kafka, so kafka.bootstrap_servers is needed."""
         added: argparse.ArgumentParser = sub.add_parser(name, help=help_text, parents=[common])
-        added.set_defaults(handler=handler)
+        added.set_defaults(handler=handler, needs_kafka=kafka)
         return added
 
     run = command("run", commands.run, "consume the audit topic and keep the table in sync")
@@ -72,12 +77,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sample = command("produce-sample", commands.sample,
                      "produce the seed's sample audit trail")
-    sample.add_argument("--partitions", type=int, default=3)
+    sample.add_argument("--partitions", type=_arg_type(parse_positive, "count"), default=3,
+                        help="spread the events over partitions 0..N-1 (at most the topic's)")
     sample.add_argument("--create-topic", action="store_true", help="create the topic first")
     sample.add_argument("--seed", type=int, default=None, help="shuffle seed")
 
     show = command("show", commands.show, "print kyc_profile_current, or with --as-of the "
-                   "profiles live at an instant from the history table (DuckDB)")
+                   "profiles live at an instant from the history table (DuckDB)", kafka=False)
     show.add_argument("--as-of", metavar="ISO8601", type=_arg_type(parse_instant, "time"),
                       help="the profiles live at this instant (UTC unless an offset is given); "
                       "needs history.enabled")
@@ -85,11 +91,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="only this kyc_profile_id")
     _operations(command)
     _dead_letters(sub, common)
-    command("settings", _print_settings, "print the effective settings, secrets redacted")
+    command("settings", _print_settings, "print the effective settings, secrets redacted",
+            kafka=False)
     return parser
 
 
-def _operations(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+def _operations(command: Callable[..., argparse.ArgumentParser]) -> None:
     """replay, lag, check, verify: see docs/operations.md."""
     from consumer.ops import commands
 
@@ -201,11 +208,14 @@ def load(args: argparse.Namespace) -> Settings:
     if getattr(args, "on_invalid", None) is not None:
         overrides["decoding"] = {"on_invalid": args.on_invalid}
     try:
-        return load_settings(args.config, **overrides)
+        settings = load_settings(args.config, **overrides)
     except ValidationError as err:
         raise UsageError(f"invalid settings: {describe_invalid(err)}") from None
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(f"invalid settings: {_one_line(str(err))}") from None
+    if getattr(args, "needs_kafka", True) and (problem := settings.kafka_problem()):
+        raise UsageError(f"invalid settings: {problem}")
+    return settings
 
 
 def describe_invalid(err: ValidationError) -> str:
@@ -223,8 +233,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+PRIVATE_UMASK = 0o077
+"""Files kyc-sync creates (the DuckDB database, its write-ahead log) hold profile data and
+offsets: readable by their owner only."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = os.umask(PRIVATE_UMASK)
     try:
         settings = load(args)
         setup_logging(settings.log_level, settings.log_format, sys.stderr)
@@ -233,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KycSyncError as err:
         print(f"kyc-sync: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
+    finally:
+        os.umask(previous)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ sections, e.g. ``KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS``) over an optional TOML file
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -24,6 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from schemas.evolution import ColumnPolicy
 from warehouse.identifiers import validate_identifier
@@ -56,6 +59,17 @@ class KafkaSettings(Section):
     create_dlq_topic: bool = Field(
         default=True, description="Create the dead-letter topic at start if it is missing."
     )
+    dlq_replication_factor: int = Field(
+        default=-1, ge=-1,
+        description="Replication factor of a dead-letter topic kyc-sync creates; -1: the "
+        "broker's default.replication.factor.",
+    )
+    dlq_topic_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Topic settings of a dead-letter topic kyc-sync creates, e.g. "
+        "{\"min.insync.replicas\": \"2\", \"retention.ms\": \"2592000000\"} (JSON object in "
+        "the environment).",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="Kafka security.protocol."
     )
@@ -71,6 +85,11 @@ class KafkaSettings(Section):
         default=10_000, gt=0, description="Messages asked for per consume() call."
     )
     poll_timeout_s: float = Field(default=0.5, gt=0, description="consume() timeout, seconds.")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="lag and replay give up on a Kafka request (metadata, offsets, a group) "
+        "after this long, with one line and exit 1.",
+    )
 
     @field_validator("client_options")
     @classmethod
@@ -80,6 +99,13 @@ class KafkaSettings(Section):
         clash = sorted(RESERVED_CLIENT_OPTIONS & value.keys())
         if clash:
             raise ValueError(f"{', '.join(clash)} are set by kyc-sync and cannot be overridden")
+        return value
+
+    @field_validator("dlq_replication_factor")
+    @classmethod
+    def _replication(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the broker's default) or at least 1")
         return value
 
     @property
@@ -238,6 +264,11 @@ class WarehouseSettings(Section):
         "of an instance that died mid-flush (about 5 minutes idle, up to 5 more for a statement "
         "it was running).",
     )
+    read_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="lag and check give up on a warehouse that does not answer after this "
+        "long in all (retries included), with one line and exit 1.",
+    )
 
     @field_validator("table", "state_table", "ledger_table", "columns_table")
     @classmethod
@@ -293,6 +324,13 @@ class RunSettings(Section):
         default=30.0, gt=0,
         description="After SIGTERM/SIGINT, how long flush + commit + leaving the group may take "
         "before the process exits without committing.",
+    )
+    caught_up_wait_s: float = Field(
+        default=300.0, gt=0,
+        description="run --until-caught-up: once this instance has read its own partitions, how "
+        "long the group may commit nothing while other partitions are not read to their end "
+        "(held by another member, or by a killed one until session.timeout.ms) before it "
+        "exits 1 naming them.",
     )
 
 
@@ -353,14 +391,18 @@ class ExporterSettings(Section):
 class FaultSettings(Section):
     """Injected warehouse failures for fault and chaos tests; off by default."""
 
-    warehouse: Literal["off", "transient", "terminal"] = Field(
-        default="off", description="Fail flushes after the MERGE, before the commit."
+    warehouse: Literal["off", "transient", "terminal", "stall"] = Field(
+        default="off", description="Fail (or stall) flushes after the MERGE, before the commit."
     )
     times: int = Field(default=1, ge=0, description="How many flushes fail; 0: no limit.")
     probability: float = Field(
         default=1.0, ge=0, le=1, description="Chance that a flush fails while faults remain."
     )
     seed: int | None = Field(default=None, description="Random seed of the fault draw.")
+    stall_s: float = Field(
+        default=0.0, ge=0, description="With warehouse='stall': how long each faulty flush "
+        "blocks (then it goes on); a hung warehouse for the /healthz test.",
+    )
 
 
 class Settings(BaseSettings):
@@ -394,12 +436,13 @@ class Settings(BaseSettings):
         description="Log lines as plain text, or one JSON object per line (also --log-format).",
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _complete(self) -> Settings:
-        if not self.kafka.bootstrap_servers.strip():
-            raise ValueError(
-                "kafka.bootstrap_servers is required (KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS)"
-            )
         if self.decoding.format == "confluent" and not self.decoding.schema_registry_url:
             raise ValueError(
                 "decoding.schema_registry_url is required when decoding.format is 'confluent'"
@@ -410,6 +453,13 @@ class Settings(BaseSettings):
         ):
             raise ValueError(problem)
         return self
+
+    def kafka_problem(self) -> str | None:
+        """Why the commands that talk to Kafka cannot run; None when they can. ``show``,
+        ``settings`` and ``check`` do not need Kafka, so this is not a validation rule."""
+        if not self.kafka.bootstrap_servers.strip():
+            return "kafka.bootstrap_servers is required (KYC_SYNC_KAFKA__BOOTSTRAP_SERVERS)"
+        return None
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-able data, secrets replaced by asterisks."""
@@ -449,4 +499,54 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
             return tuple(sources)
 
-    return FileSettings(**overrides)
+    try:
+        return FileSettings(**overrides)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    except SettingsError as err:
+        raise ValueError(_explain_source_error(err, os.environ)) from None
+
+
+def _explain_source_error(err: SettingsError, environ: Mapping[str, str]) -> str:
+    """pydantic-settings names only the section (``kafka``) of an environment variable it
+    could not parse; name the variable and its setting instead, e.g. a JSON object that is not
+    valid JSON."""
+    for name, value in sorted(environ.items()):
+        path = _setting_of(name)
+        if path is None:
+            continue
+        annotation = _annotation(path)
+        if annotation is None or not _is_json_setting(annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as bad:
+            return f"{name} ({'.'.join(path)}) is not valid JSON: {bad}"
+    return str(err)
+
+
+def _setting_of(env_name: str) -> tuple[str, ...] | None:
+    prefix = "KYC_SYNC_"
+    if not env_name.upper().startswith(prefix):
+        return None
+    return tuple(part.lower() for part in env_name[len(prefix):].split("__"))
+
+
+def _annotation(path: tuple[str, ...]) -> Any:
+    model: Any = Settings
+    annotation: Any = None
+    for part in path:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = model = field.annotation
+    return annotation
+
+
+def _is_json_setting(annotation: Any) -> bool:
+    """Settings that the environment gives as JSON: objects, lists, whole sections."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return get_origin(annotation) in (dict, list, tuple)

@@ -1,8 +1,8 @@
 """Static checks of the Grafana dashboard in deploy/grafana/dashboards: it loads, every panel
-queries the provisioned Prometheus datasource, it has the panels the deployment issue asks for,
-and its PromQL names only series that consumer/metrics.py exports. No Grafana or Prometheus is
-needed. The alert rules (deploy/prometheus/alerts.yml) are checked in tests/test_deploy.py,
-with the same metric-name helpers."""
+queries the Prometheus datasource chosen in its ``datasource`` variable, it has the panels the
+deployment issue asks for, and its PromQL names only series that consumer/metrics.py exports.
+No Grafana or Prometheus is needed. The alert rules (deploy/prometheus/alerts.yml) are checked
+in tests/test_deploy.py, with the same metric-name helpers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from tests.test_deploy import (
 
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 DASHBOARD = DASHBOARDS / "kyc-sync.json"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+"""Every query names the dashboard's datasource variable, never a fixed uid: the dashboard
+imports into any Grafana, whatever its Prometheus datasource is called."""
 GRID_WIDTH = 24
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 RATE_ARGUMENT = re.compile(r"\b(?:rate|irate|increase|resets)\(\s*(kyc_sync_\w+)")
@@ -174,6 +176,20 @@ def test_every_panel_queries_the_prometheus_datasource(dashboard: dict[str, Any]
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             assert variable["datasource"] == DATASOURCE, variable["name"]
+
+
+def test_the_datasource_is_a_variable_of_prometheus_datasources(
+    dashboard: dict[str, Any]
+) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    chooser = variables["datasource"]
+    assert (chooser["type"], chooser["query"]) == ("datasource", "prometheus")
+    assert not chooser.get("current")  # Grafana's default Prometheus until one is picked
+    assert dashboard["templating"]["list"][0] is chooser  # the others query through it
+    text = DASHBOARD.read_text("utf-8")
+    uids = set(re.findall(r'"uid":\s*"([^"]*)"', text))
+    assert uids == {"kyc-sync", "${datasource}", "-- Grafana --"}  # no fixed datasource uid
+    assert "__inputs" not in dashboard  # provisioning would leave ${DS_...} unresolved
 
 
 def test_panels_have_unique_ids_and_do_not_overlap(dashboard: dict[str, Any]) -> None:

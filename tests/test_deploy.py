@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
@@ -27,6 +28,7 @@ from consumer.ops.verify import verdict_metrics
 from consumer.settings import Settings, load_settings
 from consumer.telemetry.metrics import PrometheusObserver
 from consumer.telemetry.progress import Progress
+from tools.constraints import closure, top_level
 from tools.settings_doc import rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,6 +402,21 @@ def test_alert_rules_are_complete(alerts: dict[str, dict[str, Any]]) -> None:
         assert rule["annotations"]["summary"], name
 
 
+def test_alert_rules_do_not_name_a_scrape_job(alerts: dict[str, dict[str, Any]]) -> None:
+    """A deployment names its scrape job as it likes: no rule selects one."""
+    for name, rule in alerts.items():
+        assert not re.search(r"\bjob\s*(=|!=|=~|!~)", str(rule["expr"])), name
+
+
+def test_an_absent_rule_fires_when_the_series_vanish(alerts: dict[str, dict[str, Any]]) -> None:
+    absent = [r for r in alerts.values() if re.search(r"\babsent\(kyc_sync_\w+\)", r["expr"])]
+    assert absent
+    assert all(r["labels"]["severity"] == "critical" for r in absent)
+    down = str(alerts["KycSyncDown"]["expr"])
+    assert "up == 0" in down
+    assert "kyc_sync_" in down  # the targets that export kyc-sync metrics, by any job name
+
+
 def rule_on(alerts: Mapping[str, Mapping[str, Any]], metric: str) -> list[str]:
     """The expressions of the rules that select ``metric``."""
     return [str(r["expr"]) for r in alerts.values() if metric in metric_names(str(r["expr"]))]
@@ -493,9 +510,35 @@ def test_dockerfile_installs_only_the_runtime_package() -> None:
               if kind == "COPY" and not rest.startswith("--from")}
     assert copied == packages | {"pyproject.toml"}
     installs = " ".join(rest for kind, rest in instructions if kind == "RUN")
-    assert "pip install \".${EXTRAS:+[$EXTRAS]}\"" in installs
+    assert "pip install --constraint constraints.txt \".${EXTRAS:+[$EXTRAS]}\"" in installs
+    assert "pip install --constraint constraints.txt --upgrade pip" in installs
     assert "[dev]" not in installs
+    (first_copy,) = [rest for kind, rest in instructions
+                     if kind == "COPY" and rest.startswith("pyproject.toml")]
+    assert "constraints.txt" in first_copy.split()
     assert "snowflake" in pyproject["project"]["optional-dependencies"]
+
+
+def pinned_versions() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text("utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not pinned with ==: {line}"
+            pins[name] = version
+    return pins
+
+
+def test_image_versions_are_pinned_for_every_runtime_dependency() -> None:
+    """constraints.txt pins each package the runtime dependencies pull in (with the Snowflake
+    extra), at a version the dependency ranges accept."""
+    pins = pinned_versions()
+    needed = closure(top_level())
+    assert sorted(set(needed) - set(pins)) == []
+    assert "pip" in pins
+    for requirement in top_level():
+        name = canonicalize_name(requirement.name)
+        assert requirement.specifier.contains(pins[name], prereleases=True), requirement
 
 
 def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
@@ -506,5 +549,5 @@ def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
     readme = pyproject["project"]["readme"]
     assert allowed == runtime_packages(pyproject) | {
-        "pyproject.toml", readme,
+        "pyproject.toml", readme, "constraints.txt",
     }

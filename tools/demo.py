@@ -29,7 +29,7 @@ def kyc_sync(env: dict[str, str], *args: str) -> None:
 
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
-    DEMO_DIR.mkdir(parents=True)
+    DEMO_DIR.mkdir(parents=True, mode=0o700)  # profile data and offsets: owner only
     with ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:

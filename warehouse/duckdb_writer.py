@@ -7,6 +7,7 @@ held by another instance surfaces as ``TransientWarehouseError`` and the flush i
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -124,7 +125,11 @@ class DuckDBWarehouse:
             if self._memory is None:
                 self._memory = duckdb.connect(":memory:")
             return self._memory
-        return duckdb.connect(self.path)
+        created = not os.path.exists(self.path)
+        con = duckdb.connect(self.path)
+        if created:
+            private(self.path)
+        return con
 
     def _release(self, con: duckdb.DuckDBPyConnection) -> None:
         if con is not self._memory:
@@ -405,3 +410,11 @@ class DuckDBWarehouse:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
+
+
+def private(path: str) -> None:
+    """Make a database file this writer created (and its write-ahead log) readable by its owner
+    only: it holds profile data and the offsets of the ledger."""
+    for name in (path, f"{path}.wal"):
+        if os.path.exists(name):
+            os.chmod(name, 0o600)

@@ -7,22 +7,25 @@ the real rollback path: the MERGE ran, then the transaction is rolled back.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 from warehouse.errors import TerminalWarehouseError, TransientWarehouseError
 
-FaultMode = Literal["off", "transient", "terminal"]
+FaultMode = Literal["off", "transient", "terminal", "stall"]
 
 
 @dataclass
 class FaultPlan:
-    """Fail up to ``times`` flushes (0: no limit), each with ``probability``."""
+    """Fail up to ``times`` flushes (0: no limit), each with ``probability``; "stall" blocks
+    them ``stall_s`` seconds instead (a hung warehouse)."""
 
     mode: FaultMode = "off"
     times: int = 1
     probability: float = 1.0
     seed: int | None = None
+    stall_s: float = 0.0
     injected: int = 0
     rng: random.Random = field(init=False, repr=False)
 
@@ -36,6 +39,9 @@ class FaultPlan:
             return
         self.injected += 1
         message = f"injected {self.mode} warehouse fault #{self.injected} at {point}"
+        if self.mode == "stall":
+            time.sleep(self.stall_s)
+            return
         if self.mode == "transient":
             raise TransientWarehouseError(message)
         raise TerminalWarehouseError(message)

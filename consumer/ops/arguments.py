@@ -45,3 +45,11 @@ def parse_count(text: str) -> int:
     if value < 0:
         raise ValueError(f"must be >= 0, not {value}")
     return value
+
+
+def parse_positive(text: str) -> int:
+    """An integer of at least 1 (a number of partitions)."""
+    value = parse_count(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, not {value}")
+    return value

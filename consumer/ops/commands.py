@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
 from prometheus_client import write_to_textfile
 
 from batcher.ranges import PartitionRange
@@ -38,13 +41,20 @@ from consumer.ops.ledger import READ_RETRY_S, LastBatch, last_batch
 from consumer.ops.offsets import KafkaOffsets
 from consumer.ops.offsets_file import backup_path, read_offsets, render_csv, write_private
 from consumer.ops.replay import Reset, ResetKind
-from consumer.ops.sample import produce_sample, sample_encoder
-from consumer.run.loop import StopRun
+from consumer.ops.sample import check_partitions, produce_sample, sample_encoder
+from consumer.run.loop import StopRun, SyncLoop
 from consumer.run.retry import RetriesExhausted
 from consumer.settings import Settings
 from consumer.source.client import new_producer
 from consumer.source.deadletters import DeadLetterError
-from consumer.source.topics import TopicError, ensure_topic, preflight
+from consumer.source.topics import (
+    StartAbandoned,
+    TopicError,
+    admin_client,
+    ensure_topic,
+    partition_count,
+    preflight,
+)
 from consumer.telemetry.metrics import exposing, serving
 from consumer.telemetry.progress import Progress, show_bar
 from schemas.columns import KEY
@@ -61,21 +71,60 @@ log = logging.getLogger("kyc_sync")
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """``kyc-sync run``: exit 0 when stopped cleanly or caught up, 1 on a terminal error."""
     log.info("settings %s", json.dumps(settings.redacted(), sort_keys=True))
+    loop: SyncLoop | None = None
+    stop = threading.Event()
     try:
-        with serving(settings.metrics, settings.kafka.topic) as metrics:
-            preflight(settings.kafka, settings.decoding.on_invalid == "dlq")
-            loop = build_loop(settings, args.until_caught_up, [metrics] if metrics else [])
+        with serving(settings.metrics, settings.kafka.topic,
+                     settings.kafka.max_poll_interval_s) as metrics:
+
+            def waiting() -> bool:
+                """Between attempts to reach Kafka at start: alive, unless asked to stop."""
+                if metrics is not None:
+                    metrics.polled()
+                return stop.is_set()
+
+            with _stop_sets(stop):
+                topics = preflight(settings.kafka, settings.decoding.on_invalid == "dlq",
+                                   timeout_s=None, stopped=waiting)
+            loop = build_loop(settings, args.until_caught_up, [metrics] if metrics else [],
+                              topics=topics)
             loop.install_signal_handlers()
             return loop.run()
+    except StartAbandoned as err:
+        log.info("%s", err)
+        return 0
     except KycSyncError as err:
-        log.error("stopped without committing the open window: %s", err)
+        dropped = 0 if loop is None else loop.dropped_events
+        if dropped:
+            log.error("stopped without committing the open window (%d event(s), read again "
+                      "at the next start): %s", dropped, err)
+        else:
+            log.error("stopped: %s", err)
         return 1
+
+
+@contextmanager
+def _stop_sets(stop: threading.Event) -> Iterator[None]:
+    """While starting: SIGTERM or SIGINT sets ``stop`` (the run loop installs its own)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda _signum, _frame: stop.set()) for s in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def sample(settings: Settings, args: argparse.Namespace) -> int:
     partitions: int = args.partitions
+    topic = settings.kafka.topic
     if args.create_topic:
-        ensure_topic(settings.kafka, settings.kafka.topic, partitions)
+        ensure_topic(settings.kafka, topic, partitions)
+    try:
+        available = partition_count(admin_client(settings.kafka), topic)
+    except KafkaException as err:
+        raise TopicError(f"cannot read metadata of topic {topic!r}: {err}") from None
+    check_partitions(topic, partitions, available)
     try:
         registry = build_registry(settings) if settings.decoding.format == "confluent" else None
         encoder = sample_encoder(settings, writer_schema(settings), registry)
@@ -98,6 +147,9 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     if settings.warehouse.kind != "duckdb":
         raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake "
                          "(docs/operations.md has the as-of query)")
+    path = settings.duckdb.path
+    if path != ":memory:" and not Path(path).is_file():
+        raise TerminalError(f"no DuckDB database at {path} (duckdb.path): nothing synced yet?")
     as_of: datetime | None = getattr(args, "as_of", None)
     key: int | None = getattr(args, "id", None)
     names = table_names(settings, False, settings.duckdb.schema_name)
@@ -105,22 +157,24 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     if as_of is not None and names.history is None:
         raise UsageError("show --as-of reads the history table: set history.enabled "
                          "(KYC_SYNC_HISTORY__ENABLED=true)")
-    con = duckdb.connect(settings.duckdb.path, read_only=True)
     try:
-        if as_of is None or names.history is None:
-            only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
-            sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
-        else:
-            sql = as_of_sql(names.history, "duckdb", _as_of_columns(con, names.history),
-                            by_key=key is not None)
-            params = [as_of, as_of, *params]
-        cursor = con.execute(sql, params)
-        header = [d[0] for d in cursor.description]
-        print(format_table(header, cursor.fetchall()))
-    except duckdb.CatalogException as err:
-        raise TerminalError(f"cannot read the table: {err}") from None
-    finally:
-        con.close()
+        con = duckdb.connect(path, read_only=True)
+        try:
+            if as_of is None or names.history is None:
+                only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
+                sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
+            else:
+                sql = as_of_sql(names.history, "duckdb", _as_of_columns(con, names.history),
+                                by_key=key is not None)
+                params = [as_of, as_of, *params]
+            cursor = con.execute(sql, params)
+            header = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        finally:
+            con.close()
+    except duckdb.Error as err:
+        raise TerminalError(f"cannot read the table from {path}: {err}") from None
+    print(format_table(header, rows))
     return 0
 
 

@@ -20,7 +20,7 @@ from consumer.ops.durations import format_duration
 from consumer.ops.ledger import LastBatch
 from consumer.ops.offsets import GroupInfo, KafkaSide, PartitionOffsets
 from consumer.ops.render import text_table, utc_text
-from schemas.errors import UsageError
+from schemas.errors import TerminalError
 from warehouse.errors import WarehouseError
 
 
@@ -77,8 +77,14 @@ class LagReport:
         return max(known) if known else None
 
     def problems(self) -> list[str]:
-        """One line per threshold exceeded; empty means exit 0."""
-        found = []
+        """One line per threshold exceeded, and per partition holding messages the group has
+        never committed (a partition no member reads shows so, not as lag alone); empty means
+        exit 0."""
+        found = [
+            f"partition {p.offsets.partition}: no committed offset, {p.lag} message(s) never "
+            f"read by group {self.group}"
+            for p in self.partitions if p.offsets.committed is None and p.lag > 0
+        ]
         limits = self.thresholds
         if limits.max_lag is not None and self.total_lag > limits.max_lag:
             found.append(f"lag {self.total_lag} messages > --max-lag {limits.max_lag}")
@@ -195,7 +201,7 @@ def gather(
     batch, error = None, None
     try:
         batch = read_ledger()
-    except (WarehouseError, UsageError) as err:
+    except (WarehouseError, TerminalError) as err:  # unreadable, unanswered, unsupported
         error = str(err)
     return LagReport(kafka.topic, group, partitions, now_ms, batch, error,
                      thresholds or Thresholds(), info, show_members)

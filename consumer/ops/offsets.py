@@ -162,10 +162,10 @@ def _admin_call(
 class KafkaOffsets:
     """``KafkaSide`` on a real cluster, for one topic."""
 
-    def __init__(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+    def __init__(self, kafka: KafkaSettings, timeout_s: float | None = None) -> None:
         self.kafka = kafka
         self.topic = kafka.topic
-        self.timeout_s = timeout_s
+        self.timeout_s = kafka.request_timeout_s if timeout_s is None else timeout_s
         self.admin = AdminClient(common_config(kafka))
         self._probe: Consumer | None = None
 

@@ -340,9 +340,10 @@ def _build(
 ) -> FlushCollector:
     """Run the loop over the planned ranges into the rebuild objects."""
     overridden = rebuild_settings(settings, rebuild_group)
-    preflight(overridden.kafka, overridden.decoding.on_invalid == "dlq")
+    topics = preflight(overridden.kafka, overridden.decoding.on_invalid == "dlq")
     collector = FlushCollector()
-    loop = build_loop(overridden, observers=[collector, progress], bounds=ranges)
+    loop = build_loop(overridden, observers=[collector, progress], bounds=ranges,
+                      topics=topics)
     loop.install_signal_handlers()
     log.info("full refresh: reading %s from the planned offsets as %s",
              settings.kafka.topic, rebuild_group)

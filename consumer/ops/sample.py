@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from consumer.decode.encoder import AuditEncoder, message_key
 from consumer.decode.registry import SchemaRegistry
 from consumer.settings import Settings
+from schemas.errors import TerminalError
 
 DAY = datetime(2024, 1, 15, tzinfo=UTC)
 
@@ -65,24 +66,52 @@ def expected_current() -> dict[int, dict[str, Any]]:
     return {k: v for k, v in latest.items() if v["op_type"] != "DELETE"}
 
 
+class SampleError(TerminalError):
+    """The sample could not be produced as asked."""
+
+
+def check_partitions(topic: str, asked: int, available: int | None) -> None:
+    """Refuse to spread the sample over partitions the topic does not have: the broker would
+    reject those events (``None``: the topic does not exist)."""
+    if available is None:
+        raise SampleError(f"topic {topic!r} does not exist: add --create-topic")
+    if asked > available:
+        raise SampleError(
+            f"topic {topic!r} has {available} partition(s), --partitions {asked} asks for more: "
+            f"use --partitions {available} or fewer"
+        )
+
+
 def produce_sample(
     producer: Producer, topic: str, encoder: AuditEncoder, partitions: int, seed: int | None = None
 ) -> int:
     """Produce the seed events shuffled, each to a random partition, so that neither arrival
-    order nor partition decides the result — op_time does. Returns the number produced."""
+    order nor partition decides the result — op_time does. Returns the number produced; raises
+    ``SampleError`` unless every event's delivery report is a success."""
     rng = random.Random(seed)
     events = seed_events()
     rng.shuffle(events)
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
     for event in events:
         producer.produce(
             topic,
             key=message_key(event["kyc_profile_id"]),
             value=encoder.encode(event),
             partition=rng.randrange(partitions),
+            on_delivery=delivered,
         )
     remaining = producer.flush(30)
     if remaining:
-        raise RuntimeError(f"{remaining} sample events were not acknowledged")
+        raise SampleError(f"{remaining} of {len(events)} sample events were not acknowledged "
+                          "within 30s")
+    if failures:
+        raise SampleError(f"{len(failures)} of {len(events)} sample events were not delivered: "
+                          f"{failures[0]}")
     return len(events)
 
 

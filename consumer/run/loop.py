@@ -49,6 +49,7 @@ from consumer.decode.decoder import (
 )
 from consumer.run.observer import FlushReport, Observer
 from consumer.run.partitions import Partitions, first_offsets
+from consumer.run.progress import GroupProgress, describe
 from consumer.run.retry import RetriesExhausted, retry_transient
 from consumer.source.deadletters import DeadLetterSink
 from schemas.errors import InvalidEvent, TerminalError
@@ -80,6 +81,11 @@ class LoopOptions:
     commit nothing, stop when each is read. None: join the group and consume."""
     history: bool = False
     """Keep every distinct version of the window and stage them for the history table."""
+    caught_up_wait_s: float = 300.0
+    """``until_caught_up``: how long the group may stay without moving forward while this
+    instance waits for partitions other members hold; then it stops naming them."""
+    progress_check_s: float = 1.0
+    """``until_caught_up``: how often the group's offsets are asked for while waiting."""
 
     @property
     def stops(self) -> dict[int, int] | None:
@@ -132,6 +138,16 @@ class SyncLoop:
         self.registry_failures = 0
         self.last_warning: dict[int, float] = {}
         self.stops = options.stops
+        self.partitions.on_poll = self.observer.polled
+        self.progress = GroupProgress(options.topic)
+        self.next_progress_check = 0.0
+        self.last_waiting_log = -1e9
+        self.flushing_events = 0
+        """Events of the window being flushed, until its offsets are committed."""
+        self.dropped_events = 0
+        """Events of the open window when the run stopped on an error (not committed)."""
+        self.commit_pending: dict[int, int] = {}
+        """Applied offsets whose commit failed, per partition: committed with the next one."""
 
     @property
     def consumer(self) -> Consumer | None:
@@ -187,9 +203,9 @@ class SyncLoop:
                     self.flush(FlushReason.CAUGHT_UP)
                     log.info("read every planned offset range")
                     break
-                if self.options.until_caught_up and self.partitions.caught_up():
-                    self.flush(FlushReason.CAUGHT_UP)
-                    log.info("caught up with the end of every assigned partition")
+                if self.options.until_caught_up and self._group_caught_up():
+                    log.info("caught up: the group has committed every partition of %s to its "
+                             "end", self.options.topic)
                     break
             else:
                 self.flush(FlushReason.SHUTDOWN)
@@ -209,6 +225,7 @@ class SyncLoop:
         consumer = self.consumer
         assert consumer is not None
         messages = consumer.consume(self.options.consume_batch, self.options.poll_timeout_s)
+        self.observer.polled()
         if self.fatal is not None:
             raise StopRun(self.fatal)
         if messages:
@@ -216,6 +233,7 @@ class SyncLoop:
         self.observer.tick(consumer)
 
     def caught_up(self) -> bool:
+        """Every partition this instance owns is read to its end (and it owns some)."""
         return self.partitions.caught_up()
 
     def _assign_bounds(self, consumer: Consumer, bounds: tuple[PartitionRange, ...]) -> None:
@@ -229,6 +247,44 @@ class SyncLoop:
         log.info("reading planned offsets %s",
                  ", ".join(f"{r.partition}:{r.first}-{r.next_offset}" for r in bounds))
         self.observer.assignment(frozenset(self.partitions.assigned))
+
+    def _group_caught_up(self) -> bool:
+        """``until_caught_up``: once this instance's own partitions are read to their end (it
+        may own none), flush them, then ask whether the group has committed every partition of
+        the topic to its end (``consumer.run.progress``). Raises ``StopRun`` naming the
+        partitions when the group stays without moving forward for ``caught_up_wait_s``."""
+        if not self.partitions.assigned <= self.partitions.at_end:
+            self.progress.restart_wait()
+            return False
+        self.flush(FlushReason.CAUGHT_UP)
+        now = time.monotonic()
+        if now < self.next_progress_check:
+            return False
+        self.retry_pending_commit()
+        self.next_progress_check = now + self.options.progress_check_s
+        consumer = self.consumer
+        assert consumer is not None
+        try:
+            behind = self.progress.behind(consumer)
+        except (KafkaException, LookupError) as err:
+            log.warning("cannot read the group's progress, asking again: %s", err)
+            return False
+        if not behind:
+            return True
+        stalled = self.progress.stalled_s()
+        if stalled >= self.options.caught_up_wait_s:
+            raise StopRun(
+                f"not caught up: the group committed nothing for {stalled:.0f}s while "
+                f"partition(s) {describe(behind)} of {self.options.topic} are not read to their "
+                "end (held by another member, or by a stopped one until session.timeout.ms "
+                "expires?)"
+            )
+        if now - self.last_waiting_log >= 10.0:
+            self.last_waiting_log = now
+            owned = sorted(self.partitions.assigned)
+            mine = f"own partitions {owned} read to their end" if owned else "no partition assigned"
+            log.info("%s; waiting for the group to commit partition(s) %s", mine, describe(behind))
+        return False
 
     # -- ingest ------------------------------------------------------------------------------
 
@@ -246,7 +302,9 @@ class SyncLoop:
         for msg in messages:
             error = msg.error()
             if error is not None:
-                self._on_message_error(msg, error)  # end of a partition: after its messages
+                # The end of a partition comes after its messages; anything else at a position
+                # stops the run before that position is processed (or committed).
+                self._on_message_error(msg, error)
                 continue
             partition: int = msg.partition()  # type: ignore[assignment]
             offset: int = msg.offset()  # type: ignore[assignment]
@@ -332,6 +390,15 @@ class SyncLoop:
             return
         if error.fatal():
             raise StopRun(f"fatal Kafka error: {error}")
+        partition, offset = msg.partition(), msg.offset()
+        if partition is not None and partition >= 0 and offset is not None and offset >= 0:
+            # A message set the client cannot deliver (failed CRC, cannot decompress, ...):
+            # its bytes never reach kyc-sync, so it cannot be dead-lettered; going on would
+            # commit past it.
+            raise StopRun(
+                f"Kafka cannot deliver {msg.topic()}[{partition}]@{offset}: {error.str()}; "
+                "nothing from that offset on is committed"
+            )
         self._warn_once(error)
 
     def _on_client_error(self, error: KafkaError) -> None:
@@ -369,6 +436,7 @@ class SyncLoop:
         with self._in_flight():
             # Step 1
             drained = self._drain()
+            self.flushing_events = drained.window.events
             # Step 2
             if self.dead_letters is not None and drained.window.invalid:
                 self.retry(self.dead_letters.flush, "dead-letter flush", budget_s)
@@ -378,6 +446,7 @@ class SyncLoop:
             # Step 4
             with self._timed("commit"):
                 self.commit(drained.window.ranges)
+            self.flushing_events = 0
         # Step 5
         return self._report(reason, drained, result, started)
 
@@ -465,13 +534,32 @@ class SyncLoop:
         owned = [r for r in ranges if r.partition in self.partitions.assigned]
         if self.consumer is None or not owned or self.stops is not None:
             return
-        offsets = [TopicPartition(self.options.topic, r.partition, r.next_offset) for r in owned]
+        self._commit_offsets({r.partition: r.next_offset for r in owned})
+
+    def _commit_offsets(self, offsets: dict[int, int]) -> None:
+        """Commit ``offsets`` (all applied). A failure (a rebalance under way) is kept and
+        retried with the next commit, or when ``until_caught_up`` finds the group behind."""
+        assert self.consumer is not None
+        pending = {p: o for p, o in self.commit_pending.items() if p in self.partitions.assigned}
+        for partition, offset in offsets.items():
+            pending[partition] = max(offset, pending.get(partition, offset))
+        tps = [TopicPartition(self.options.topic, p, o) for p, o in sorted(pending.items())]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=tps, asynchronous=False)
         except KafkaException as err:
-            # The batch is in the warehouse; a failed commit only means it will be re-read and
-            # re-applied as a no-op by the guard (at-least-once).
-            log.warning("offset commit failed, the batch will be re-read: %s", err)
+            # The batch is in the warehouse; a commit that never succeeds only means it is
+            # re-read and re-applied as a no-op by the guard (at-least-once).
+            log.warning("offset commit failed, retried with the next one: %s", err)
+            self.commit_pending = pending
+            return
+        self.commit_pending = {}
+
+    def retry_pending_commit(self) -> None:
+        """Commit again what a failed commit left (partitions still owned only)."""
+        pending = {p: o for p, o in self.commit_pending.items() if p in self.partitions.assigned}
+        self.commit_pending = pending
+        if pending and self.consumer is not None and self.stops is None:
+            self._commit_offsets({})
 
     def wait_in_group(self, seconds: float, rewind: dict[int, int] | None = None) -> None:
         """Wait with the partitions paused, staying in the group (``Partitions.wait``)."""
@@ -482,12 +570,14 @@ class SyncLoop:
     def abandon(self) -> None:
         """Drop the buffer; nothing more is flushed or committed by this instance."""
         self.abandoned = True
+        self.dropped_events = self.reducer.events + self.flushing_events
         self.reducer.clear()
         self.window.reset()
 
     def _drop_buffer(self, why: str, ranges: Iterable[PartitionRange]) -> None:
         """Forget buffered events without writing them; owned partitions re-read them."""
         self.reducer.clear()
+        self.flushing_events = 0
         self.window.reset()
         rewind = {r.partition: r.first for r in ranges if r.partition in self.partitions.assigned}
         log.warning("%s: dropped the buffer uncommitted; re-reading %s", why, rewind or "nothing")

@@ -67,6 +67,10 @@ class Observer:
     def tick(self, consumer: Consumer) -> None:
         """Called once per loop iteration; may query the consumer (watermarks) when due."""
 
+    def polled(self) -> None:
+        """A ``consume()`` call returned, in the loop or while it waits to retry: the loop is
+        alive (``/healthz``)."""
+
 
 class Observers(Observer):
     """Every hook, passed on to each observer in order."""
@@ -109,6 +113,10 @@ class Observers(Observer):
     def tick(self, consumer: Consumer) -> None:
         for observer in self.observers:
             observer.tick(consumer)
+
+    def polled(self) -> None:
+        for observer in self.observers:
+            observer.polled()
 
 
 class FlushCollector(Observer):

@@ -41,6 +41,8 @@ class Partitions:
         """Inside a rebalance callback, i.e. inside ``consumer.consume()``."""
         self._rewinds: dict[int, int] | None = None
         """While ``wait`` runs: where each owned partition must be re-read from afterwards."""
+        self.on_poll: Callable[[], None] = lambda: None
+        """Called after each ``consume()`` of a wait: the loop is alive while it waits."""
 
     def assign(self, partitions: Iterable[int]) -> None:
         self.assigned |= set(partitions)
@@ -110,6 +112,7 @@ class Partitions:
             deadline = time.monotonic() + seconds
             while (left := deadline - time.monotonic()) > 0 and not stop():
                 polled = consumer.consume(self.consume_batch, min(left, 0.5))
+                self.on_poll()
                 ended |= _ends(polled)
                 delivered = [m for m in polled if m.error() is None]
                 if delivered:

@@ -7,12 +7,15 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 from consumer.settings import KafkaSettings
+from consumer.source.kafka_log import kafka_logger
 
 
 def common_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """What every client shares: the brokers, security, and the log (``kafka_log``)."""
     config: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "security.protocol": kafka.security_protocol,
+        "logger": kafka_logger(),
     }
     if kafka.sasl_mechanism:
         config["sasl.mechanism"] = kafka.sasl_mechanism
@@ -33,6 +36,8 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": True,
+            # A corrupt message set is reported (and stops the run) rather than decoded.
+            "check.crcs": True,
         }
     )
     config.update(kafka.client_options)
@@ -72,5 +77,10 @@ def new_consumer(kafka: KafkaSettings, **callbacks: Any) -> Consumer:
     return Consumer({**consumer_config(kafka), **callbacks})
 
 
-def new_producer(kafka: KafkaSettings) -> Producer:
-    return Producer(producer_config(kafka))
+def new_producer(kafka: KafkaSettings, max_message_bytes: int | None = None) -> Producer:
+    """A producer; ``max_message_bytes``: its ``message.max.bytes`` (the largest record it
+    sends, sized to the destination topic's limit)."""
+    config = producer_config(kafka)
+    if max_message_bytes is not None:
+        config["message.max.bytes"] = max_message_bytes
+    return Producer(config)

@@ -61,6 +61,17 @@ def setup_logging(level: str, log_format: LogFormat = "text", stream: IO[str] | 
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+    if level != "DEBUG":
+        for name, quiet in QUIET_LIBRARIES.items():
+            logging.getLogger(name).setLevel(quiet)
+
+
+QUIET_LIBRARIES: dict[str, int] = {
+    "snowflake.connector": logging.WARNING,
+    "snowflake.connector.vendored.urllib3": logging.ERROR,
+}
+"""Libraries whose routine lines (connector version, each retried HTTP request) are left out
+unless log_level is DEBUG: kyc-sync reports the outcome itself."""
 
 
 class FlushLog(Observer):

@@ -10,8 +10,10 @@ Freshness is the age of the oldest event consumed and not applied yet, not the a
 newest ``op_time``: a quiet source is fresh, a stuck sync is not (the sample's op_times are from
 2024 and must not look stale).
 
-``MetricsServer`` serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz``
-(partitions assigned and the last flush succeeded) on 127.0.0.1:9464 by default.
+``MetricsServer`` serves ``/metrics``, ``/healthz`` (the loop is alive: it completed a poll of
+Kafka within ``stall_after_s``, by default ``max.poll.interval.ms``; always 200 for what has no
+loop) and ``/readyz`` (partitions assigned and the last flush succeeded) on 127.0.0.1:9464 by
+default.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,8 +65,11 @@ class PrometheusObserver(Observer):
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        stall_after_s: float = 300.0,
     ) -> None:
         self.topic = topic
+        self.stall_after_s = stall_after_s
+        self.last_poll = monotonic()
         self.registry = registry or CollectorRegistry()
         self.clock = clock
         self.monotonic = monotonic
@@ -231,7 +236,21 @@ class PrometheusObserver(Observer):
                 if partition in self.assigned:
                     self.committed.setdefault(partition, start)
 
-    # -- readiness ---------------------------------------------------------------------------
+    def polled(self) -> None:
+        self.last_poll = self.monotonic()
+
+    # -- liveness and readiness --------------------------------------------------------------
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive while the loop completes a poll within ``stall_after_s``: it polls at least
+        every ``kafka.poll_timeout_s`` when idle and while it waits to retry, so only a call
+        that hangs (a warehouse statement, a commit) stops it — past ``max.poll.interval.ms``
+        the group has dropped this member anyway."""
+        quiet = self.monotonic() - self.last_poll
+        if quiet > self.stall_after_s:
+            return False, (f"the loop has not polled Kafka for {quiet:.0f}s "
+                           f"(limit {self.stall_after_s:g}s)")
+        return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
         with self.lock:
@@ -313,6 +332,13 @@ class Exposed(Protocol):
     def readiness(self) -> tuple[bool, str]: ...
 
 
+@runtime_checkable
+class Live(Protocol):
+    """What has a loop that can hang answers /healthz from ``liveness`` (others: 200)."""
+
+    def liveness(self) -> tuple[bool, str]: ...
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -331,7 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._reply(200, encoder(observer.registry), content_type)
         elif path == "/healthz":
-            self._reply(200, b"ok\n")
+            alive, reason = observer.liveness() if isinstance(observer, Live) else (True, "ok")
+            self._reply(200 if alive else 503, f"{reason}\n".encode())
         elif path == "/readyz":
             ready, reason = observer.readiness()
             self._reply(200 if ready else 503, f"{reason}\n".encode())
@@ -385,13 +412,16 @@ class MetricsServer:
 
 
 @contextmanager
-def serving(settings: MetricsSettings, topic: str) -> Iterator[PrometheusObserver | None]:
+def serving(
+    settings: MetricsSettings, topic: str, stall_after_s: float = 300.0
+) -> Iterator[PrometheusObserver | None]:
     """The observer for ``SyncLoop`` with its endpoint running; None when metrics are off.
-    A port that cannot be bound is logged as an error and the sync runs on without it."""
+    ``/healthz`` answers 503 once the loop has not polled for ``stall_after_s``. A port that
+    cannot be bound is logged as an error and the sync runs on without it."""
     if not settings.enabled:
         yield None
         return
-    observer = PrometheusObserver(topic)
+    observer = PrometheusObserver(topic, stall_after_s=stall_after_s)
     with exposing(settings, observer):
         yield observer
 

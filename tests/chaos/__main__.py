@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workdir: Path = args.dir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, mode=0o700)  # profile data and offsets: owner only
     broker: LocalKafka | None = None
     if args.bootstrap:
         bootstrap: str = args.bootstrap

@@ -83,6 +83,20 @@ def test_unknown_age_fails_max_age() -> None:
     ]
 
 
+def test_partitions_never_committed_are_flagged() -> None:
+    never = report(
+        PartitionLag(PartitionOffsets(0, 100, 0, 100)),
+        PartitionLag(PartitionOffsets(1, None, 0, 40), NOW_MS - 1_000),
+        PartitionLag(PartitionOffsets(2, None, 0, 0)),    # empty: nothing to commit
+        PartitionLag(PartitionOffsets(3, None, 30, 30)),  # emptied by retention
+    )
+
+    assert never.problems() == [
+        "partition 1: no committed offset, 40 message(s) never read by group g"]
+    assert never.to_json()["ok"] is False
+    assert "FAIL partition 1: no committed offset" in never.render()
+
+
 def test_json_output() -> None:
     data = report(*LAGGING, thresholds=Thresholds(max_lag=5)).to_json()
 

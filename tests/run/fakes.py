@@ -16,6 +16,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -180,11 +181,17 @@ class FakeConsumer:
         self.on_revoke: Callback | None = None
         self.on_lost: Callback | None = None
         self.assigned: set[int] = set()
+        self.ever_assigned: set[int] = set()
+        self.partition_count: int | None = None
+        """Partitions of the topic; None: every partition with a log or ever assigned."""
         self.paused: set[int] = set()
         self.positions: dict[int, int] = {}
         self.eof_at: dict[int, int] = {}
-        self.committed: dict[int, int] = {}
+        self.group_offsets: dict[int, int] = {}
+        """The group's committed offsets."""
         self.commits: list[dict[int, int]] = []
+        self.failing_commits = 0
+        """How many of the next commits fail, as during a rebalance (ILLEGAL_GENERATION)."""
         self.seeks: list[tuple[int, int]] = []
         self.callback_s: list[tuple[str, float]] = []
         """How long each rebalance callback took: ``(kind, seconds)``."""
@@ -205,6 +212,13 @@ class FakeConsumer:
         """Add a record to a partition's log; returns its offset."""
         log = self.logs[partition]
         log.append(FakeMessage(self.topic, partition, len(log), key, value))
+        return len(log) - 1
+
+    def append_error(self, partition: int, error: KafkaError) -> int:
+        """A position of the log the client cannot deliver (a corrupt message set): reading it
+        returns an error event carrying the partition and offset. Returns the offset."""
+        log = self.logs[partition]
+        log.append(FakeMessage(self.topic, partition, len(log), None, None, error=error))
         return len(log) - 1
 
     def produce(self, events: Iterable[Event], sink: Produced | None = None) -> Produced:
@@ -264,6 +278,34 @@ class FakeConsumer:
         self._open()
         return [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
 
+    def topic_partitions(self) -> list[int]:
+        if self.partition_count is not None:
+            return list(range(self.partition_count))
+        return sorted(set(self.logs) | self.ever_assigned)
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
+        """Cluster metadata, as far as the loop reads it: the topic's partitions."""
+        self._open()
+        meta = SimpleNamespace(
+            partitions={p: SimpleNamespace(id=p) for p in self.topic_partitions()}, error=None)
+        return SimpleNamespace(topics={self.topic: meta})
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        self._open()
+        return 0, len(self.logs.get(partition.partition, []))
+
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]:
+        """The group's committed offsets, of any partition (-1001: none)."""
+        self._open()
+        return [
+            TopicPartition(self.topic, tp.partition, self.group_offsets.get(tp.partition, -1001))
+            for tp in partitions
+        ]
+
     def pause(self, partitions: list[TopicPartition]) -> None:
         self._open()
         parts = {tp.partition for tp in partitions}
@@ -297,10 +339,14 @@ class FakeConsumer:
         if asynchronous:
             raise ContractViolation("an asynchronous commit may be lost: commit synchronously")
         done = {tp.partition: tp.offset for tp in offsets}
+        if self.failing_commits:
+            self.failing_commits -= 1
+            self.journal.add("commit failed", done)
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation changed"))
         unowned = sorted(set(done) - self.assigned)
         if unowned or any(tp.topic != self.topic for tp in offsets):
             raise ContractViolation(f"commit of partitions not owned: {unowned} in {done}")
-        self.committed.update(done)
+        self.group_offsets.update(done)
         self.commits.append(done)
         self.journal.add("commit", done)
 
@@ -332,7 +378,8 @@ class FakeConsumer:
                 self.on_assign(self, tps)
             for p in parts:
                 self.assigned.add(p)
-                self.positions[p] = self.committed.get(p, 0)
+                self.ever_assigned.add(p)
+                self.positions[p] = self.group_offsets.get(p, 0)
                 self.eof_at.pop(p, None)
             return
         if isinstance(step, Revoke):

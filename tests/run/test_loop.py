@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 import consumer.run.loop as run_loop
 from batcher.ranges import PartitionRange
@@ -23,8 +23,9 @@ from batcher.window import FlushReason, WindowPolicy
 from consumer.decode.contract import Contract
 from consumer.decode.decoder import Decoder, PlainAvroDecoder
 from consumer.decode.encoder import AuditEncoder, message_key
-from consumer.run.loop import LoopOptions, SyncLoop
+from consumer.run.loop import LoopOptions, StopRun, SyncLoop
 from consumer.run.observer import FlushReport, Observer
+from consumer.run.partitions import Partitions
 from consumer.run.retry import RetriesExhausted
 from consumer.source.deadletters import DeadLetterError, DeadLetters
 from schemas import audit_schema
@@ -36,6 +37,7 @@ from tests.run.fakes import (
     Call,
     FakeClock,
     FakeConsumer,
+    FakeMessage,
     FakeProducer,
     Journal,
     Lose,
@@ -57,6 +59,10 @@ class Recorder(Observer):
     def __init__(self) -> None:
         self.reports: list[FlushReport] = []
         self.failures: list[BaseException] = []
+        self.polls = 0
+
+    def polled(self) -> None:
+        self.polls += 1
 
     def flushed(self, report: FlushReport) -> None:
         self.reports.append(report)
@@ -101,6 +107,7 @@ class Rigs:
         self, *, policy: WindowPolicy | None = None, decoder: Decoder | None = None,
         dead_letters: str | None = None, until_caught_up: bool = False,
         retry_max_s: float = 2.0, revoke_budget_s: float = 0.3, lock_wait_max_s: float = 2.0,
+        caught_up_wait_s: float = 5.0,
         bounds: tuple[PartitionRange, ...] | None = None, keep_history: bool = False,
     ) -> Rig:
         journal = Journal()
@@ -112,7 +119,8 @@ class Rigs:
         options = LoopOptions(
             topic=TOPIC, group_id=GROUP, until_caught_up=until_caught_up, consume_batch=100,
             poll_timeout_s=0.01, retry_max_s=retry_max_s, revoke_budget_s=revoke_budget_s,
-            lock_wait_max_s=lock_wait_max_s, shutdown_timeout_s=7.0, bounds=bounds,
+            lock_wait_max_s=lock_wait_max_s, shutdown_timeout_s=7.0,
+            caught_up_wait_s=caught_up_wait_s, progress_check_s=0.01, bounds=bounds,
             history=keep_history,
         )
 
@@ -330,6 +338,8 @@ def test_revocation_over_budget_rewinds_owned_partitions_which_are_not_caught_up
         Call(lambda: setattr(rig.warehouse, "fail_with", None)),
         IDLE,                      # nothing re-read yet: partition 0 is not caught up
         Call(lambda: caught_up.append(rig.loop.caught_up())),
+        deliver(0),                # partition 0 re-read; partition 1's new owner commits it:
+        Call(lambda: rig.consumer.group_offsets.update({1: 3})),
     )
 
     assert rig.loop.run() == 0
@@ -420,7 +430,8 @@ def test_buffer_dropped_during_a_registry_backoff_is_re_read(rigs: Rigs, how: st
         Revoke((0,)),
         Call(lambda: setattr(rig.warehouse, "fail_with", None)),
     ]
-    rig.consumer.play(Assign((0, 1)), deliver(), *goes)
+    other_member_commits_0 = Call(lambda: rig.consumer.group_offsets.update({0: 2}))
+    rig.consumer.play(Assign((0, 1)), deliver(), *goes, other_member_commits_0)
 
     assert rig.loop.run() == 0
 
@@ -632,7 +643,7 @@ def test_latest_per_key_equals_the_oracle_over_many_batches(rigs: Rigs, seed: in
     assert rig.loop.run() == 0
 
     assert rig.warehouse.current() == oracle(produced)
-    assert rig.consumer.committed == {p: len(rig.consumer.logs[p]) for p in (0, 1, 2)}
+    assert rig.consumer.group_offsets == {p: len(rig.consumer.logs[p]) for p in (0, 1, 2)}
     assert len(rig.warehouse.applied) > 3
     assert_commits_follow_applies(rig.journal)
 
@@ -646,7 +657,7 @@ def test_bounded_reads_exactly_the_planned_ranges_from_their_first_offsets(rigs:
     bounds = (PartitionRange(0, 1, 3), PartitionRange(1, 0, 2), PartitionRange(2, 0, 0))
     rig = rigs.new(bounds=bounds, policy=WindowPolicy(max_events=2))
     produced = rig.produce(updates(0, 1, 2, 3, 4) + updates(1, 11, 12, 13))
-    rig.consumer.committed.update({0: 4, 1: 3})  # the group's own offsets: not where it reads
+    rig.consumer.group_offsets.update({0: 4, 1: 3})  # the group's own offsets: not where it reads
 
     assert rig.loop.run() == 0
 
@@ -737,3 +748,174 @@ def test_history_keeps_every_version_over_many_batches(rigs: Rigs, seed: int) ->
     assert rig.warehouse.history() == expected
     batches = rig.warehouse.applied
     assert any(b.history is not None and b.history.num_rows > b.rows.num_rows for b in batches)
+
+
+# -- 13. until_caught_up: the group, not this instance, has read every partition --------------
+
+
+def test_partitions_held_by_another_member_are_waited_for(rigs: Rigs) -> None:
+    """A killed member still holds 1 and 3 until its session times out: reading 0 and 2 to
+    their end is not caught up. Then the group hands 1 and 3 over; they are read, and only
+    then the run ends."""
+    rig = rigs.new(until_caught_up=True)
+    produced = rig.produce(history(random.Random(4), 60, 20, 4))
+    waited: list[bool] = []
+    rig.consumer.play(
+        Assign((0, 2)), deliver(), IDLE, IDLE,
+        Call(lambda: waited.append(rig.loop.caught_up())),  # own partitions: done
+        Assign((1, 3)),                                   # the session of the other expired
+    )
+
+    assert rig.loop.run() == 0
+
+    assert waited == [True]
+    assert rig.consumer.group_offsets == {p: len(rig.consumer.logs[p]) for p in range(4)}
+    assert rig.warehouse.current() == oracle(produced)
+    assert rig.observer.reasons[0] == FlushReason.CAUGHT_UP
+
+
+def test_partitions_nobody_reads_stop_the_run_naming_them(rigs: Rigs) -> None:
+    rig = rigs.new(until_caught_up=True, caught_up_wait_s=0.3)
+    rig.produce(updates(0, 1, 2) + updates(1, 11) + updates(2, 21, 22))
+    rig.consumer.idle_limit_s = 10.0
+    rig.consumer.play(Assign((0,)), deliver())
+
+    with pytest.raises(StopRun) as stopped:
+        rig.loop.run()
+
+    message = str(stopped.value)
+    assert "not caught up" in message
+    assert "1 (committed none, end 1), 2 (committed none, end 2)" in message
+    assert rig.consumer.commits == [{0: 2}]  # its own partition is committed
+    assert rig.loop.dropped_events == 0
+
+
+def test_the_wait_for_other_members_restarts_while_they_commit(rigs: Rigs) -> None:
+    """Another member commits partition 1 in steps, each within the wait but all together
+    longer than it: the run waits for it to finish."""
+    rig = rigs.new(until_caught_up=True, caught_up_wait_s=0.4)
+    produced = rig.produce(updates(0, 1) + updates(1, 11, 12, 13))
+    steps: list[Step] = [Assign((0,)), deliver()]
+    def other_member_commits(offset: int) -> Call:
+        return Call(lambda: rig.consumer.group_offsets.update({1: offset}))
+
+    for offset in (1, 2, 3):
+        steps += [Call(lambda: time.sleep(0.25)), other_member_commits(offset), IDLE]
+    rig.consumer.play(*steps)
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.group_offsets == {0: 1, 1: 3}
+    assert rig.warehouse.current() == oracle(on(produced, 0))
+
+
+def test_empty_partitions_nobody_owns_are_caught_up(rigs: Rigs) -> None:
+    rig = rigs.new(until_caught_up=True)
+    rig.consumer.partition_count = 3
+    produced = rig.produce(updates(0, 1, 2))
+    rig.consumer.play(Assign((0,)), deliver())
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.commits == [{0: 2}]
+    assert rig.warehouse.current() == oracle(produced)
+
+
+# -- 14. a position the client cannot deliver stops the run before it ------------------------
+
+
+def test_undeliverable_message_set_stops_without_committing_past_it(rigs: Rigs) -> None:
+    rig = rigs.new(policy=WindowPolicy(max_events=2))
+    rig.produce(updates(0, 1, 2))                           # 0@0, 0@1: flushed and committed
+    bad = rig.consumer.append_error(0, KafkaError(KafkaError._BAD_COMPRESSION))
+    rig.produce(updates(0, 3, 4, start=2))
+    rig.produce(updates(1, 11))
+    rig.consumer.play(Assign((0, 1)), deliver(0, limit=2), deliver(1), deliver(0))
+
+    with pytest.raises(StopRun) as stopped:
+        rig.loop.run()
+
+    assert str(stopped.value).startswith(f"Kafka cannot deliver {TOPIC}[0]@{bad}: ")
+    assert all(offsets.get(0, 0) <= bad for offsets in rig.consumer.commits)
+    assert rig.consumer.group_offsets.get(0) == 2
+    assert rig.loop.dropped_events == 1  # 1@0 was buffered, never committed
+
+
+def test_errors_without_a_position_are_only_logged(rigs: Rigs) -> None:
+    rig = rigs.new(until_caught_up=True)
+    produced = rig.produce(updates(0, 1))
+    transport = FakeMessage(TOPIC, -1, -1001, None, None,
+                            error=KafkaError(KafkaError._TRANSPORT))
+    rig.consumer.play(Assign((0,)), Call(lambda: rig.loop.ingest(
+        [cast("Message", transport)])), deliver())
+
+    assert rig.loop.run() == 0
+
+    assert rig.warehouse.current() == oracle(produced)
+
+
+# -- 15. liveness: every poll is reported, waits included ------------------------------------
+
+
+def test_polls_are_reported_while_waiting_to_retry(rigs: Rigs) -> None:
+    rig = rigs.new(policy=WindowPolicy(max_events=1), retry_max_s=1.0)
+    rig.warehouse.failures.extend([LOCKED, LOCKED])
+    rig.produce(updates(0, 1))
+    rig.consumer.play(Assign((0,)), deliver(), rig.stop())
+
+    assert rig.loop.run() == 0
+
+    assert rig.observer.polls >= rig.consumer.polls > rig.consumer.paused_polls > 0
+
+
+def test_a_dropped_buffer_is_re_read_even_if_its_partition_looked_read(
+    rigs: Rigs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 item 6, the other way round: with the rewind not taking the partition out of
+    ``at_end`` (the old defect, put back here), the loop still does not end before the dropped
+    events are re-read and committed, because the group's commits decide."""
+    monkeypatch.setattr(Partitions, "unread", lambda self, partitions: None)
+    rig = rigs.new(until_caught_up=True, revoke_budget_s=0.3)
+    produced = rig.produce(updates(0, 1, 2, 3) + updates(1, 11, 12, 13))
+    rig.consumer.play(
+        Assign((0, 1)),
+        deliver(0),                # partition 0 read to its end (EOF)
+        deliver(1, limit=2),
+        Call(lambda: setattr(rig.warehouse, "fail_with", LOCKED)),
+        Revoke((1,)),              # the buffer of 0 and 1 is dropped, 0 rewound
+        Call(lambda: setattr(rig.warehouse, "fail_with", None)),
+        Call(lambda: rig.consumer.group_offsets.update({1: 3})),  # 1's new owner is done
+    )
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.seeks == [(0, 0)]
+    assert rig.consumer.commits == [{0: 3}]
+    assert rig.warehouse.current() == oracle(on(produced, 0))
+
+
+def test_a_failed_commit_is_made_again_before_the_run_counts_as_caught_up(rigs: Rigs) -> None:
+    """The batch is in the warehouse but its commit failed (a rebalance under way): the group
+    is behind on a partition this instance has read to its end. The commit is made again; the
+    run neither ends with the group behind nor waits for a commit that never comes."""
+    rig = rigs.new(until_caught_up=True, caught_up_wait_s=2.0)
+    produced = rig.produce(updates(0, 1, 2, 3) + updates(1, 11, 12))
+    rig.consumer.failing_commits = 1
+    rig.consumer.play(Assign((0, 1)), deliver())
+
+    assert rig.loop.run() == 0
+
+    assert rig.journal.kinds("commit failed", "commit") == ["commit failed", "commit"]
+    assert rig.consumer.group_offsets == {0: 3, 1: 2}
+    assert rig.warehouse.current() == oracle(produced)
+
+
+def test_a_failed_commit_goes_with_the_next_one(rigs: Rigs) -> None:
+    rig = rigs.new(policy=WindowPolicy(max_events=2))
+    rig.produce(updates(0, 1, 2) + updates(1, 11, 12))
+    rig.consumer.failing_commits = 1
+    rig.consumer.play(Assign((0, 1)), deliver(0), deliver(1), rig.stop())
+
+    assert rig.loop.run() == 0
+
+    assert rig.consumer.commits == [{0: 2, 1: 2}]

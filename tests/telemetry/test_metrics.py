@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from batcher.ranges import PartitionRange
 from batcher.window import FlushReason
 from consumer.run.observer import FlushReport, Observer
-from consumer.settings import MetricsSettings
+from consumer.settings import KafkaSettings, MetricsSettings
 from consumer.telemetry.metrics import MetricsServer, PrometheusObserver, serving
 from warehouse.base import ApplyResult
 
@@ -324,3 +324,29 @@ def test_serving_survives_a_taken_port(caplog: pytest.LogCaptureFixture) -> None
         with serving(MetricsSettings(port=taken), "audit") as second:
             assert isinstance(second, PrometheusObserver)  # the sync runs on without it
         assert "metrics endpoint not started" in caplog.text
+
+
+def test_healthz_fails_once_the_loop_stops_polling() -> None:
+    monotonic = Clock(100.0)
+    obs = PrometheusObserver("audit", CollectorRegistry(), monotonic=monotonic, stall_after_s=30)
+    server = MetricsServer(obs, "127.0.0.1", 0)
+    server.start()
+    try:
+        monotonic.now = 129.0
+        assert get(f"{server.url}/healthz")[0::2] == (200, "ok\n")
+        monotonic.now = 131.0
+        assert get(f"{server.url}/healthz")[0::2] == (
+            503, "the loop has not polled Kafka for 31s (limit 30s)\n")
+        obs.polled()
+        assert get(f"{server.url}/healthz")[0::2] == (200, "ok\n")
+    finally:
+        server.stop()
+
+
+def test_healthz_limit_is_max_poll_interval() -> None:
+    assert KafkaSettings().max_poll_interval_s == 300.0
+    tuned = KafkaSettings(client_options={"max.poll.interval.ms": 60_000})
+    assert tuned.max_poll_interval_s == 60.0
+    with serving(MetricsSettings(port=0), "audit", tuned.max_poll_interval_s) as obs:
+        assert obs is not None
+        assert obs.stall_after_s == 60.0
