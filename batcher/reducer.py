@@ -6,6 +6,11 @@ frames; they are kept as they are until they hold as many rows as the reduced st
 and batches are compacted in one sort: memory follows the number of distinct keys (at most twice
 it between compactions), and each event is sorted a bounded number of times.
 
+Frames decoded from different writer schemas may hold different columns (a field added or removed
+upstream): ``aligned`` lines them up by name before they are reduced, a column a frame lacks being
+null in its rows. A column's values have one type whatever the writer's (``int`` and ``long`` are
+both 64-bit integers until the warehouse stores them), so aligning never converts a value.
+
 With ``keep_versions`` (profile history on) the reducer keeps every distinct (key, version)
 instead of the latest per key: history needs each version the window saw, not only the winner.
 A compaction then only drops redeliveries (the same key and version, i.e. the same Kafka
@@ -13,7 +18,8 @@ position): the pending rows are made distinct and those the state already holds 
 (lookups that hash the pending side, on the position packed into one integer), and the rest is
 appended to the state without copying it. So memory follows the distinct
 versions of the window, plus at most a quarter of them pending; the winners are picked from the
-versions when the window drains.
+versions when the window drains. Versions of different writer schemas are aligned the same
+way: a version carries null in a column its writer schema lacked.
 """
 
 from __future__ import annotations
@@ -58,6 +64,15 @@ def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
         .get_column("_row")
     )
     return frame[winners]
+
+
+def aligned(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The frames as one, columns lined up by name (null where a frame lacks one); a column
+    with two types is a programming error (``polars`` raises)."""
+    first = frames[0].schema
+    if all(f.schema == first for f in frames[1:]):
+        return pl.concat(frames, how="vertical", rechunk=False)
+    return pl.concat(frames, how="diagonal", rechunk=False)
 
 
 def distinct_versions(frame: pl.DataFrame) -> pl.DataFrame:
@@ -105,7 +120,7 @@ def _append_new_versions(
 ) -> pl.DataFrame:
     """``state`` (distinct versions) with the versions of ``pending`` it lacks appended, without
     copying ``state``. The lookups hash the pending side only and scan the state side."""
-    new = pl.concat(pending, how="vertical", rechunk=False)
+    new = aligned(pending)
     if not packed:
         new = distinct_versions(new)
         if state is not None:
@@ -123,11 +138,12 @@ def _append_new_versions(
                 keep &= ~mine.is_in(seen.implode())
         if not keep.all():
             new = new.filter(keep)
-    return new if state is None else pl.concat([state, new], how="vertical", rechunk=False)
+    return new if state is None else aligned([state, new])
 
 
 class Reducer:
-    """Not thread-safe; one per consumer. Every added frame must have the same schema.
+    """Not thread-safe; one per consumer. Added frames hold the key and version columns and
+    any payload columns (``aligned``).
 
     ``keep_versions``: keep every distinct version of each key (for the history table), not only
     the latest."""
@@ -212,7 +228,7 @@ class Reducer:
             self._state = _append_new_versions(self._state, self._pending, self._packed)
         else:
             frames = ([] if self._state is None else [self._state]) + self._pending
-            self._state = latest_per_key(pl.concat(frames, how="vertical", rechunk=False))
+            self._state = latest_per_key(aligned(frames))
         self._pending = []
         self._pending_rows = 0
 

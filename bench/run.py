@@ -9,7 +9,8 @@ Steps, all on the same topic (loaded once, so warm in the page cache) and the sa
 1. load the topic (``bench.load``): ``events`` Avro events on ``partitions`` partitions;
 2. B0: a raw ``Consumer.consume(num_messages=10000)`` loop touching only key and value;
 3. decode + reduce: the consumer's real ingest path (``SyncLoop.ingest``) over the buffered
-   messages of the whole topic (consumed in chunks; only ``ingest`` is timed);
+   messages of the whole topic (consumed in chunks; only ``ingest`` is timed); then decode only,
+   in memory, of the packaged 8-field schema next to a 16-field evolved one (``bench.evolved``);
 4. end to end: ``kyc-sync run --until-caught-up`` with one window covering the topic, into a
    DuckDB file whose state table already holds ``profiles`` rows; process wall time, flush
    included; its peak RSS from ``wait4`` (exact ``ru_maxrss`` of the process);
@@ -52,6 +53,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from batcher.window import WindowPolicy
 from bench import wire_format
+from bench.evolved import decode_rates
 from bench.load import (
     LoadReport,
     Spec,
@@ -64,12 +66,15 @@ from bench.load import (
 from consumer.decode.decoder import PlainAvroDecoder
 from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
+from schemas.columns import BASE_SCHEMA
+from schemas.evolution import TableState
 from tools.localkafka import REPO_ROOT, LocalKafka
 from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch
 from warehouse.identifiers import QualifiedName
+from warehouse.schema_changes import physical_columns_sql, table_state
 from warehouse.sql import delete_superseded_sql, insert_new_sql, merge_sql
-from warehouse.tables import STATE_COLUMNS
+from warehouse.tables import STATE_COLUMNS, state_columns
 
 FULL = (5_000_000, 1_000_000)
 QUICK = (20_000, 5_000)
@@ -83,9 +88,14 @@ CONSUME_BATCH = 10_000
 BUFFER_CHUNK = 500_000
 """Messages buffered at a time for the decode + reduce measurement (bounds its memory)."""
 
+EVOLVED_EVENTS = 200_000
+"""Events of the in-memory 8- vs 16-field decode figure (fewer with --quick)."""
+EVOLVED_REPEAT = 3
+
 REQUIRED_KEYS: tuple[str, ...] = (
     "b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "peak_rss_bytes", "merge_s", "ctas_s",
     "peer_e2e_per_s", "events", "profiles", "e2e_history_per_s", "peak_rss_history_bytes",
+    "decode_8_fields_per_s", "decode_16_fields_per_s",
 )
 
 # Targets of the issue, as (label, key of the measured ratio, comparison, bound).
@@ -205,6 +215,9 @@ class _NoWarehouse:
 
     def open(self) -> None:
         return None
+
+    def table_state(self) -> TableState:
+        return TableState(BASE_SCHEMA, None, False)
 
     def apply(self, batch: Batch) -> ApplyResult:
         raise AssertionError("the benchmark's loop does not flush")
@@ -374,10 +387,14 @@ def history_findings(db: Path) -> tuple[int, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         count = con.execute(f"SELECT count(*) FROM {HISTORY_TABLE.sql()}").fetchone()
+        columns_sql, params = physical_columns_sql(state, "duckdb")
+        physical = con.execute(columns_sql, params).fetchall()
+        schema = table_state(physical, [], False, upper=False).schema
         found = sum(len(con.execute(sql).fetchall()) for sql in (
             history_sql.intervals_sql(HISTORY_TABLE, "duckdb"),
             history_sql.current_rows_sql(HISTORY_TABLE, state, "duckdb"),
-            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb"),
+            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb",
+                                            state_columns(schema)),
         ))
     finally:
         con.close()
@@ -431,6 +448,10 @@ def render(results: dict[str, Any]) -> str:
          fmt_ratio(r["decode_reduce_vs_b0"])),
         ("  decode only (decode_batch)", fmt_rate(r["decode_only_per_s"]),
          fmt_ratio(ratio(r["decode_only_per_s"], b0))),
+        ("  decode only, 8 fields, in memory", fmt_rate(r["decode_8_fields_per_s"]),
+         fmt_ratio(ratio(r["decode_8_fields_per_s"], b0))),
+        ("  decode only, 16-field evolved schema", fmt_rate(r["decode_16_fields_per_s"]),
+         fmt_ratio(ratio(r["decode_16_fields_per_s"], b0))),
         ("end to end (kyc-sync run)", fmt_rate(r["e2e_per_s"]), fmt_ratio(r["e2e_vs_b0"])),
         (f"peer end to end ({r['peer']})", fmt_rate(r["peer_e2e_per_s"]),
          fmt_ratio(ratio(r["peer_e2e_per_s"], b0))),
@@ -546,6 +567,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"  {decode_reduce_per_s:,.0f} events/s, {ingested.keys:,} keys; "
             f"staged in {ingested.stage_s:.2f}s")
 
+        evolved_events = min(spec.events, EVOLVED_EVENTS)
+        say(f"decode only, in memory: 8-field schema vs a 16-field evolved one "
+            f"({evolved_events:,} events, best of {EVOLVED_REPEAT})")
+        eight, sixteen = decode_rates(evolved_events, repeat=EVOLVED_REPEAT)
+        say(f"  {eight.per_s:,.0f} vs {sixteen.per_s:,.0f} events/s; one by one: "
+            f"{eight.singles} / {sixteen.singles}")
+
         say("end to end: kyc-sync run --until-caught-up")
         e2e_db = work / "e2e.duckdb"
         shutil.copyfile(seeded, e2e_db)
@@ -618,6 +646,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "decode_reduce_per_s": decode_reduce_per_s,
         "decode_reduce_s": ingested.ingest_s,
         "decode_only_per_s": ingested.decode_only_events / ingested.decode_only_s,
+        "decode_8_fields_per_s": eight.per_s,
+        "decode_16_fields_per_s": sixteen.per_s,
+        "decode_16_fields_one_by_one": sixteen.singles,
         "stage_s": ingested.stage_s,
         "e2e_per_s": e2e_per_s,
         "e2e_wall_s": run_e2e.wall_s,

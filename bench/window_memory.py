@@ -42,6 +42,7 @@ from bench.load import table_names
 from consumer.decode.decoder import PlainAvroDecoder
 from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
+from schemas.evolution import TableState
 from warehouse.base import ApplyResult, Batch
 from warehouse.duckdb_writer import DuckDBWarehouse
 
@@ -92,6 +93,9 @@ class _NoWarehouse:
 
     def open(self) -> None:
         return None
+
+    def table_state(self) -> TableState:
+        raise AssertionError("not used")
 
     def apply(self, batch: Batch) -> ApplyResult:
         raise AssertionError("not used")

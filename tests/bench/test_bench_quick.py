@@ -37,8 +37,9 @@ def test_quick_bench_reports_every_figure_and_syncs_the_table(
     events, profiles = bench_run.QUICK
     assert (results["events"], results["profiles"]) == (events, profiles)
     for key in ("b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "merge_s", "upsert_s",
-                "ctas_s"):
+                "ctas_s", "decode_8_fields_per_s", "decode_16_fields_per_s"):
         assert results[key] > 0, key
+    assert results["decode_16_fields_one_by_one"] == 0  # the evolved schema stays columnar
     assert results["peak_rss_bytes"] > 0
     assert results["e2e_mismatches"] == 0
     assert results["e2e_correct"] is True

@@ -47,6 +47,9 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 HOUR_US = 3_600 * 1_000_000
 
+LIVE_OBJECTS = {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger", "kyc_sync_columns"}
+"""The live objects kyc-sync creates (the rebuild's are gone once a refresh ends)."""
+
 
 def env_for(bootstrap: str, topic: str, db: Path, **extra: str) -> dict[str, str]:
     """The CLI's environment; the metrics endpoint on a free port (tests run side by side),
@@ -254,7 +257,7 @@ def test_full_refresh_rebuilds_the_table_and_swaps_it_in(
             "SELECT table_name FROM information_schema.tables").fetchall()}
     finally:
         con.close()
-    assert names == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert names == LIVE_OBJECTS
     groups = {b["consumer_group"] for b in ledger(db)}  # the run's batches and the rebuild's
     assert len(groups) == 2
     assert group in groups
