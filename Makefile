@@ -8,6 +8,10 @@ JARS := tools/kafka/lib/.fetched
 REGISTRY := tools/registry/dist/.fetched
 PEER_VENV := .local/bench/peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed
+## pytest-xdist workers of `make test`: each starts its own broker (and, for the tests that need
+## them, the Snowflake double and the registry) the first time one of its tests asks.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --durations=20
 
 .PHONY: demo test lint unit integration bench bench-quick bench-peer-env chaos chaos-snowflake soak env jars registry clean
 
@@ -40,13 +44,13 @@ lint: env
 
 ## Everything: lint, unit, property and integration tests (the suite starts its own broker).
 test: env jars registry lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 unit: env
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not integration"
 
 integration: env jars registry
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m integration
 
 ## Throughput benchmark, not part of `make test` (bench/README.md): 5M events over 1M profiles
 ## on a local broker; prints the table and writes bench/results/latest.json.

@@ -19,7 +19,8 @@ from schemas import audit_schema
 from tests.integration.harness import Event, cli_env, ledger, produce_raw, read_current, run_cli
 from tools.localkafka import create_topic
 
-pytestmark = pytest.mark.integration
+# One worker under xdist: the registry JVM starts once, not on every worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
 UNKNOWN_SCHEMA_ID = 2_000_000_000
 
