@@ -68,7 +68,8 @@ $(PEER_STAMP): bench/peer-requirements.txt
 	$(PEER_VENV)/bin/pip install -q -r bench/peer-requirements.txt
 	touch $(PEER_STAMP)
 
-## The chaos test alone (tests/chaos): 200k events, 3 consumers in one group SIGKILLed >= 20 times,
+## The chaos test alone (tests/chaos; the suite runs it with 100k events): 200k events, 3 consumers
+## in one group SIGKILLed >= 20 times,
 ## a broker restart, injected warehouse faults, profile history on; its own broker in .local/chaos;
 ## ends with one line `chaos: warehouse=duckdb events=... lost=0 stale=0 diff=0 history_diff=0`,
 ## exit status non-zero unless clean.
