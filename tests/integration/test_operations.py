@@ -96,7 +96,10 @@ def offsets_for_times(bootstrap: str, topic: str, partitions: int, ts_ms: int) -
     return {tp.partition: tp.offset if tp.offset >= 0 else high[tp.partition] for tp in found}
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120.0) -> T:
+    """Poll ``probe`` until it answers. The bound only decides how long a broken run takes to
+    fail: on a loaded machine (the suite's workers, other jobs) CLI start-ups alone take tens of
+    seconds."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = probe()
