@@ -34,7 +34,7 @@ from tests.integration.harness import (
 )
 from tests.integration.test_operations import log_match, scrape
 from tests.integration.test_operations import wait_for as wait_until
-from tools.localkafka import LocalKafka, create_topic
+from tools.localkafka import TEST_JVM_OPTS, LocalKafka, create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -299,7 +299,7 @@ def broker_with_files(local_kafka: LocalKafka | None, tmp_path: Path) -> Iterato
     if local_kafka is not None:
         yield local_kafka
         return
-    with LocalKafka(work_dir=tmp_path / "kafka") as private:
+    with LocalKafka(work_dir=tmp_path / "kafka", jvm_opts=TEST_JVM_OPTS) as private:
         yield private
 
 
