@@ -8,6 +8,10 @@ JARS := tools/kafka/lib/.fetched
 REGISTRY := tools/registry/dist/.fetched
 PEER_VENV := .local/bench/peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed
+## pytest-xdist workers of `make test`: each starts its own broker (and, for the tests that need
+## them, the Snowflake double and the registry) the first time one of its tests asks.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --durations=20
 
 .PHONY: demo test lint unit integration bench bench-quick bench-peer-env bench-scale \
 	bench-scaleout bench-scaleout-snowflake bench-latency chaos chaos-snowflake soak env jars registry clean
@@ -41,13 +45,13 @@ lint: env
 
 ## Everything: lint, unit, property and integration tests (the suite starts its own broker).
 test: env jars registry lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 unit: env
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not integration"
 
 integration: env jars registry
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m integration
 
 ## Throughput benchmark, not part of `make test` (bench/README.md): 5M events over 1M profiles
 ## on a local broker, plain Avro and the Confluent wire format (a local Schema Registry); prints
@@ -86,7 +90,8 @@ $(PEER_STAMP): bench/peer-requirements.txt
 	$(PEER_VENV)/bin/pip install -q -r bench/peer-requirements.txt
 	touch $(PEER_STAMP)
 
-## The chaos test alone (tests/chaos): 200k events, 3 consumers in one group SIGKILLed >= 20 times,
+## The chaos test alone (tests/chaos; the suite runs it with 100k events): 200k events, 3 consumers
+## in one group SIGKILLed >= 20 times,
 ## a broker restart, injected warehouse faults, profile history on; its own broker in .local/chaos;
 ## ends with one line `chaos: warehouse=duckdb events=... lost=0 stale=0 diff=0 history_diff=0`,
 ## exit status non-zero unless clean.

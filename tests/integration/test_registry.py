@@ -32,7 +32,8 @@ from tests.integration.harness import (
 from tests.warehouse.fakesnow_process import free_port
 from tools.localkafka import create_topic
 
-pytestmark = pytest.mark.integration
+# One worker under xdist: the registry JVM starts once, not on every worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
 UNKNOWN_SCHEMA_ID = 2_000_000_000
 
