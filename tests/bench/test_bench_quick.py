@@ -15,7 +15,7 @@ from bench import run as bench_run
 from bench.load import Spec, expected_current
 from tests.integration.harness import ledger, read_current
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
 
 def test_quick_bench_reports_every_figure_and_syncs_the_table(

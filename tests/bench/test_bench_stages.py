@@ -104,6 +104,7 @@ def test_latency_of_a_steady_producer(kafka_bootstrap: str, tmp_path: Path) -> N
         assert 0 < figures[f"committed_{q}_s"] <= figures[f"{q}_s"], q
 
 
+@pytest.mark.xdist_group("registry")  # the worker of the other registry tests: one JVM
 def test_wire_format_against_plain_avro(
     kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path
 ) -> None:
