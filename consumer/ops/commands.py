@@ -147,16 +147,16 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     if settings.warehouse.kind != "duckdb":
         raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake "
                          "(docs/operations.md has the as-of query)")
-    path = settings.duckdb.path
-    if path != ":memory:" and not Path(path).is_file():
-        raise TerminalError(f"no DuckDB database at {path} (duckdb.path): nothing synced yet?")
     as_of: datetime | None = getattr(args, "as_of", None)
     key: int | None = getattr(args, "id", None)
     names = table_names(settings, False, settings.duckdb.schema_name)
     params: list[object] = [] if key is None else [key]
-    if as_of is not None and names.history is None:
+    if as_of is not None and names.history is None:  # a usage mistake, whatever the file
         raise UsageError("show --as-of reads the history table: set history.enabled "
                          "(KYC_SYNC_HISTORY__ENABLED=true)")
+    path = settings.duckdb.path
+    if path != ":memory:" and not Path(path).is_file():
+        raise TerminalError(f"no DuckDB database at {path} (duckdb.path): nothing synced yet?")
     try:
         con = duckdb.connect(path, read_only=True)
         try:
