@@ -8,8 +8,13 @@ JARS := tools/kafka/lib/.fetched
 REGISTRY := tools/registry/dist/.fetched
 PEER_VENV := .local/bench/peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed
+## pytest-xdist workers of `make test`: each starts its own broker (and, for the tests that need
+## them, the Snowflake double and the registry) the first time one of its tests asks.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --durations=20
 
-.PHONY: demo test lint unit integration bench bench-quick bench-peer-env chaos chaos-snowflake soak env jars registry clean
+.PHONY: demo test lint unit integration bench bench-quick bench-peer-env bench-scale \
+	bench-scaleout bench-scaleout-snowflake bench-latency chaos chaos-snowflake soak env jars registry clean
 
 env: $(STAMP)
 $(STAMP): pyproject.toml
@@ -40,21 +45,42 @@ lint: env
 
 ## Everything: lint, unit, property and integration tests (the suite starts its own broker).
 test: env jars registry lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 unit: env
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not integration"
 
 integration: env jars registry
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m integration
 
 ## Throughput benchmark, not part of `make test` (bench/README.md): 5M events over 1M profiles
-## on a local broker; prints the table and writes bench/results/latest.json.
-bench: env jars bench-peer-env
+## on a local broker, plain Avro and the Confluent wire format (a local Schema Registry); prints
+## the table and writes bench/results/latest.json.
+bench: env jars registry bench-peer-env
 	$(BIN)/python -m bench.run
 
+## The stages below are outside CI too; each adds its keys to bench/results/latest.json.
+## ARGS passes flags, e.g. `make bench-scale ARGS="--divide 10"` for a smaller run.
+## How cost grows: 1M/100k, 5M/1M and 20M/4M events/profiles end to end, memory per profile,
+## and the plot bench/results/scale.png.
+bench-scale: env jars
+	$(BIN)/python -m bench.scale $(ARGS)
+
+## 1, 2 and 3 instances of one group over 6 partitions, one DuckDB file (5M events).
+bench-scaleout: env jars
+	$(BIN)/python -m bench.scale_out $(ARGS)
+
+## The same on the Snowflake test double (fakesnow's server with Snowflake's table locks), smaller.
+bench-scaleout-snowflake: env jars
+	$(BIN)/python -m bench.scale_out --warehouse snowflake --events 300000 --profiles 60000 \
+		--window-events 100000 $(ARGS)
+
+## Event produced -> row visible in kyc_profile_current at 20k events/s, 5 s windows.
+bench-latency: env jars
+	$(BIN)/python -m bench.latency $(ARGS)
+
 ## The benchmark's smoke size (20k events), peer included when bench-peer-env was made.
-bench-quick: env jars
+bench-quick: env jars registry
 	$(BIN)/python -m bench.run --quick
 
 ## The peer (Quix Streams) in its own virtualenv: it pins older confluent-kafka and pydantic.
@@ -64,7 +90,8 @@ $(PEER_STAMP): bench/peer-requirements.txt
 	$(PEER_VENV)/bin/pip install -q -r bench/peer-requirements.txt
 	touch $(PEER_STAMP)
 
-## The chaos test alone (tests/chaos): 200k events, 3 consumers in one group SIGKILLed >= 20 times,
+## The chaos test alone (tests/chaos; the suite runs it with 100k events): 200k events, 3 consumers
+## in one group SIGKILLed >= 20 times,
 ## a broker restart, injected warehouse faults, profile history on; its own broker in .local/chaos;
 ## ends with one line `chaos: warehouse=duckdb events=... lost=0 stale=0 diff=0 history_diff=0`,
 ## exit status non-zero unless clean.

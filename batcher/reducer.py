@@ -9,6 +9,11 @@ columns), and each event is sorted a bounded number of times. Half rather than a
 of a compaction is lower by a quarter of the state, for half as much sorting again (three rows
 sorted per event instead of two; a few per cent of the ingest's time).
 
+Frames decoded from different writer schemas may hold different columns (a field added or removed
+upstream): ``aligned`` lines them up by name before they are reduced, a column a frame lacks being
+null in its rows. A column's values have one type whatever the writer's (``int`` and ``long`` are
+both 64-bit integers until the warehouse stores them), so aligning never converts a value.
+
 With ``keep_versions`` (profile history on) the reducer keeps every distinct (key, version)
 instead of the latest per key: history needs each version the window saw, not only the winner.
 A compaction then only drops redeliveries (the same key and version, i.e. the same Kafka
@@ -16,7 +21,8 @@ position): the pending rows are made distinct and those the state already holds 
 (lookups that hash the pending side, on the position packed into one integer), and the rest is
 appended to the state without copying it. So memory follows the distinct
 versions of the window, plus at most a quarter of them pending; the winners are picked from the
-versions when the window drains.
+versions when the window drains. Versions of different writer schemas are aligned the same
+way: a version carries null in a column its writer schema lacked.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ def _latest_of(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """``latest_per_key`` of the frames stacked, taking them over (the list is emptied). The
     winners are gathered one column at a time and each column of the frames is released once
     gathered, so the peak is the frames plus one gathered column, not frames plus winners."""
-    frame = pl.concat(frames, how="vertical", rechunk=False)
+    frame = aligned(frames)
     frames.clear()
     rows = latest_rows(frame)
     columns: list[pl.Series] = []
@@ -92,6 +98,15 @@ def own_strings(frame: pl.DataFrame) -> pl.DataFrame:
     if not strings:
         return frame
     return frame.with_columns(pl.concat_str([pl.col(name), pl.lit("")]) for name in strings)
+
+
+def aligned(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The frames as one, columns lined up by name (null where a frame lacks one); a column
+    with two types is a programming error (``polars`` raises)."""
+    first = frames[0].schema
+    if all(f.schema == first for f in frames[1:]):
+        return pl.concat(frames, how="vertical", rechunk=False)
+    return pl.concat(frames, how="diagonal", rechunk=False)
 
 
 def distinct_versions(frame: pl.DataFrame) -> pl.DataFrame:
@@ -139,7 +154,7 @@ def _append_new_versions(
 ) -> pl.DataFrame:
     """``state`` (distinct versions) with the versions of ``pending`` it lacks appended, without
     copying ``state``. The lookups hash the pending side only and scan the state side."""
-    new = pl.concat(pending, how="vertical", rechunk=False)
+    new = aligned(pending)
     if not packed:
         new = distinct_versions(new)
         if state is not None:
@@ -157,11 +172,12 @@ def _append_new_versions(
                 keep &= ~mine.is_in(seen.implode())
         if not keep.all():
             new = new.filter(keep)
-    return new if state is None else pl.concat([state, new], how="vertical", rechunk=False)
+    return new if state is None else aligned([state, new])
 
 
 class Reducer:
-    """Not thread-safe; one per consumer. Every added frame must have the same schema.
+    """Not thread-safe; one per consumer. Added frames hold the key and version columns and
+    any payload columns (``aligned``).
 
     ``keep_versions``: keep every distinct version of each key (for the history table), not only
     the latest."""

@@ -248,10 +248,10 @@ def producer_config(bootstrap: str) -> dict[str, Any]:
     }
 
 
-def _produce_chunks(args: tuple[str, str, Spec, list[int]]) -> tuple[int, int]:
+def _produce_chunks(args: tuple[str, str, Spec, list[int], int | None]) -> tuple[int, int]:
     """Produce some chunks (one worker). Returns (events, payload bytes)."""
-    bootstrap, topic, spec, chunks = args
-    encode = AuditEncoder(audit_schema()).encode
+    bootstrap, topic, spec, chunks, schema_id = args
+    encode = AuditEncoder(audit_schema(), schema_id).encode
     producer = Producer(producer_config(bootstrap))
     produce = producer.produce
     count = size = 0
@@ -274,8 +274,11 @@ def _produce_chunks(args: tuple[str, str, Spec, list[int]]) -> tuple[int, int]:
     return count, size
 
 
-def load(bootstrap: str, topic: str, spec: Spec, workers: int = 2) -> LoadReport:
+def load(
+    bootstrap: str, topic: str, spec: Spec, workers: int = 2, schema_id: int | None = None
+) -> LoadReport:
     """Create ``topic`` and produce the history to it; ``workers`` processes share the chunks.
+    ``schema_id`` set: in the Confluent wire format, with that registry id in each message.
 
     Order within a partition follows the event index inside one worker's chunks only; the oracle
     does not depend on it (op_times are unique).
@@ -283,7 +286,8 @@ def load(bootstrap: str, topic: str, spec: Spec, workers: int = 2) -> LoadReport
     create_topic(bootstrap, topic, spec.partitions)
     n_chunks = (spec.events + CHUNK - 1) // CHUNK
     workers = max(1, min(workers, n_chunks))
-    plan = [(bootstrap, topic, spec, list(range(w, n_chunks, workers))) for w in range(workers)]
+    plan = [(bootstrap, topic, spec, list(range(w, n_chunks, workers)), schema_id)
+            for w in range(workers)]
     started = time.perf_counter()
     if workers == 1:
         results = [_produce_chunks(plan[0])]

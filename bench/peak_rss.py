@@ -7,12 +7,14 @@ oracle). Started from this small process instead, the measured command's figure 
 
     python -m bench.peak_rss OUT_FILE -- COMMAND [ARGS...]
 
-Exits with the command's exit code; its stdin, stdout and stderr are passed through.
+Exits with the command's exit code; its stdin, stdout and stderr are passed through, and so are
+SIGTERM and SIGINT sent to this process (a measured ``kyc-sync run`` is stopped as it would be).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out, command = Path(args[0]), args[2:]
     proc = subprocess.Popen(command)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: proc.send_signal(received))
     _, status, usage = os.wait4(proc.pid, 0)
     out.write_text(str(usage.ru_maxrss * 1024))
     return os.waitstatus_to_exitcode(status)

@@ -9,7 +9,8 @@ Steps, all on the same topic (loaded once, so warm in the page cache) and the sa
 1. load the topic (``bench.load``): ``events`` Avro events on ``partitions`` partitions;
 2. B0: a raw ``Consumer.consume(num_messages=10000)`` loop touching only key and value;
 3. decode + reduce: the consumer's real ingest path (``SyncLoop.ingest``) over the buffered
-   messages of the whole topic (consumed in chunks; only ``ingest`` is timed);
+   messages of the whole topic (consumed in chunks; only ``ingest`` is timed); then decode only,
+   in memory, of the packaged 8-field schema next to a 16-field evolved one (``bench.evolved``);
 4. end to end: ``kyc-sync run --until-caught-up`` with one window covering the topic, into a
    DuckDB file whose state table already holds ``profiles`` rows; process wall time, flush
    included; its peak RSS from ``wait4`` (exact ``ru_maxrss`` of the process);
@@ -52,6 +53,8 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from batcher.window import WindowPolicy
+from bench import wire_format
+from bench.evolved import decode_rates
 from bench.load import (
     LoadReport,
     Spec,
@@ -64,12 +67,15 @@ from bench.load import (
 from consumer.decode.decoder import PlainAvroDecoder
 from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
+from schemas.columns import BASE_SCHEMA
+from schemas.evolution import TableState
 from tools.localkafka import REPO_ROOT, LocalKafka
 from warehouse import history_sql
 from warehouse.base import ApplyResult, Batch
 from warehouse.identifiers import QualifiedName
+from warehouse.schema_changes import physical_columns_sql, table_state
 from warehouse.sql import delete_superseded_sql, insert_new_sql, merge_sql
-from warehouse.tables import STATE_COLUMNS
+from warehouse.tables import STATE_COLUMNS, state_columns
 
 FULL = (5_000_000, 1_000_000)
 QUICK = (20_000, 5_000)
@@ -83,13 +89,21 @@ CONSUME_BATCH = 10_000
 BUFFER_CHUNK = 500_000
 """Messages buffered at a time for the decode + reduce measurement (bounds its memory)."""
 
-STEPS: tuple[str, ...] = ("b0", "decode", "e2e", "windows", "history", "writes", "peer")
+STEPS: tuple[str, ...] = (
+    "b0", "decode", "evolved", "e2e", "wire", "windows", "history", "writes", "peer",
+)
 """The measuring steps ``--steps`` picks from (loading the topic and seeding the file always run,
-unless ``--topic`` names a topic already loaded). ``writes`` needs ``decode``'s staged table."""
+unless ``--topic`` names a topic already loaded). ``writes`` needs ``decode``'s staged table,
+``wire`` compares with ``e2e``."""
+
+EVOLVED_EVENTS = 200_000
+"""Events of the in-memory 8- vs 16-field decode figure (fewer with --quick)."""
+EVOLVED_REPEAT = 3
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "peak_rss_bytes", "merge_s", "ctas_s",
     "peer_e2e_per_s", "events", "profiles", "e2e_history_per_s", "peak_rss_history_bytes",
+    "decode_8_fields_per_s", "decode_16_fields_per_s",
 )
 
 # Targets of the issue, as (label, key of the measured ratio, comparison, bound).
@@ -214,6 +228,9 @@ class _NoWarehouse:
 
     def open(self) -> None:
         return None
+
+    def table_state(self) -> TableState:
+        return TableState(BASE_SCHEMA, None, False)
 
     def apply(self, batch: Batch) -> ApplyResult:
         raise AssertionError("the benchmark's loop does not flush")
@@ -410,10 +427,14 @@ def history_findings(db: Path) -> tuple[int, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         count = con.execute(f"SELECT count(*) FROM {HISTORY_TABLE.sql()}").fetchone()
+        columns_sql, params = physical_columns_sql(state, "duckdb")
+        physical = con.execute(columns_sql, params).fetchall()
+        schema = table_state(physical, [], False, upper=False).schema
         found = sum(len(con.execute(sql).fetchall()) for sql in (
             history_sql.intervals_sql(HISTORY_TABLE, "duckdb"),
             history_sql.current_rows_sql(HISTORY_TABLE, state, "duckdb"),
-            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb"),
+            history_sql.state_agreement_sql(HISTORY_TABLE, state, "duckdb",
+                                            state_columns(schema)),
         ))
     finally:
         con.close()
@@ -476,6 +497,10 @@ def render(results: dict[str, Any]) -> str:
          fmt_ratio(r["decode_reduce_vs_b0"])),
         ("  decode only (decode_batch)", fmt_rate(r["decode_only_per_s"]),
          fmt_ratio(ratio(r["decode_only_per_s"], b0))),
+        ("  decode only, 8 fields, in memory", fmt_rate(r["decode_8_fields_per_s"]),
+         fmt_ratio(ratio(r["decode_8_fields_per_s"], b0))),
+        ("  decode only, 16-field evolved schema", fmt_rate(r["decode_16_fields_per_s"]),
+         fmt_ratio(ratio(r["decode_16_fields_per_s"], b0))),
         ("end to end (kyc-sync run)", fmt_rate(r["e2e_per_s"]), fmt_ratio(r["e2e_vs_b0"])),
         ("  consuming: start to last event", fmt_rate(r["e2e_consume_per_s"]),
          fmt_ratio(r["e2e_consume_vs_b0"])),
@@ -553,7 +578,8 @@ def versions() -> dict[str, str]:
 
 def selected_steps(args: argparse.Namespace) -> set[str]:
     """The steps to run: ``--steps`` (all by default), less the history run with
-    ``--history off``; ``writes`` brings ``decode`` (it writes decode's staged table)."""
+    ``--history off``; ``writes`` brings ``decode`` (it writes decode's staged table), ``wire``
+    brings ``e2e`` (its figure is a ratio to it)."""
     steps = set(STEPS if args.steps is None else args.steps.split(","))
     unknown = steps - set(STEPS)
     if unknown:
@@ -562,6 +588,8 @@ def selected_steps(args: argparse.Namespace) -> set[str]:
         steps.discard("history")
     if "writes" in steps:
         steps.add("decode")
+    if "wire" in steps:
+        steps.add("e2e")
     return steps
 
 
@@ -589,7 +617,8 @@ def empty_results() -> dict[str, Any]:
         "e2e_consume_s", "e2e_consume_per_s", "e2e_final_flush_s", "window_events",
         "e2e_windows_per_s", "e2e_windows_wall_s", "e2e_windows_flushes", "e2e_windows_write_s",
         "e2e_windows_behind_s", "e2e_windows_final_flush_s", "peak_rss_windows_bytes",
-        "e2e_windows_mismatches", "e2e_windows_correct",
+        "e2e_windows_mismatches", "e2e_windows_correct", "decode_8_fields_per_s",
+        "decode_16_fields_per_s", "decode_16_fields_one_by_one",
     )
     return dict.fromkeys(keys)
 
@@ -664,6 +693,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"  {r['decode_reduce_per_s']:,.0f} events/s, {ingested.keys:,} keys; "
                 f"staged in {ingested.stage_s:.2f}s")
 
+        if "evolved" in steps:
+            evolved_events = min(spec.events, EVOLVED_EVENTS)
+            say(f"decode only, in memory: 8-field schema vs a 16-field evolved one "
+                f"({evolved_events:,} events, best of {EVOLVED_REPEAT})")
+            eight, sixteen = decode_rates(evolved_events, repeat=EVOLVED_REPEAT)
+            r.update(decode_8_fields_per_s=eight.per_s, decode_16_fields_per_s=sixteen.per_s,
+                     decode_16_fields_one_by_one=sixteen.singles)
+            say(f"  {eight.per_s:,.0f} vs {sixteen.per_s:,.0f} events/s; one by one: "
+                f"{eight.singles} / {sixteen.singles}")
+
         if "e2e" in steps:
             assert expected is not None
             say(f"end to end: kyc-sync run --until-caught-up (load average {_loadavg()})")
@@ -691,6 +730,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"  {r['e2e_per_s']:,.0f} events/s in {run_e2e.wall_s:.1f}s, peak RSS "
                 f"{run_e2e.peak_rss_bytes / 2**20:,.0f} MiB, {len(flushes)} flush(es), "
                 f"{e2e_bad} mismatching rows")
+
+        if "wire" in steps:
+            assert r["e2e_per_s"] is not None
+            r.update(wire_format.stage(bootstrap, spec, seeded, work, timeout, r["e2e_per_s"]))
 
         if "windows" in steps:
             assert expected is not None
@@ -805,6 +848,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "topic": topic,
         "work_dir": str(work),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **wire,
     }
     results["targets"] = targets(results)
     return results
@@ -849,7 +893,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args)
     results_path: Path = args.results
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    # The other stages' figures (bench.scale, bench.scale_out, bench.latency) stay beside.
+    kept: dict[str, Any] = (json.loads(results_path.read_text())
+                            if results_path.exists() else {})
+    results_path.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
     print(render(results))
     print(f"\nresults: {results_path}")
     return 0

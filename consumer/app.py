@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from batcher.ranges import PartitionRange
 from batcher.window import WindowPolicy
+from consumer.decode.contract import Contract
 from consumer.decode.decoder import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from consumer.decode.registry import SchemaRegistry
 from consumer.run.loop import LoopOptions, SyncLoop
@@ -28,11 +29,14 @@ from consumer.source.topics import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from consumer.telemetry.logs import FlushLog
 from schemas import audit_schema
 from schemas.errors import TerminalError, UsageError
+from schemas.evolution import TableState
 from warehouse.base import Inspector, Refresher, Warehouse
 from warehouse.duckdb_writer import DuckDBWarehouse
 from warehouse.faults import FaultPlan
 from warehouse.identifiers import QualifiedName
 from warehouse.tables import TableNames
+
+T = TypeVar("T")
 
 log = logging.getLogger("kyc_sync")
 
@@ -44,16 +48,67 @@ def writer_schema(settings: Settings) -> dict[str, Any]:
     return audit_schema()
 
 
-def build_decoder(settings: Settings) -> Decoder:
+def registry_options(settings: Settings) -> dict[str, Any]:
+    """TLS and bearer-auth properties of the registry client, from ``schema_registry``."""
+    sr = settings.schema_registry
+    options: dict[str, Any] = {
+        "ssl.ca.location": sr.ssl_ca_location,
+        "ssl.certificate.location": sr.ssl_certificate_location,
+        "ssl.key.location": sr.ssl_key_location,
+        "ssl.key.password": sr.ssl_key_password.get_secret_value(),
+    }
+    if sr.bearer_auth:
+        options |= {
+            "bearer.auth.credentials.source": sr.bearer_auth,
+            "bearer.auth.logical.cluster": sr.logical_cluster,
+            "bearer.auth.identity.pool.id": sr.identity_pool_id,
+        }
+    if sr.bearer_auth == "STATIC_TOKEN":
+        options["bearer.auth.token"] = sr.bearer_token.get_secret_value()
+    elif sr.bearer_auth == "OAUTHBEARER":
+        options |= {
+            "bearer.auth.client.id": sr.oauth_client_id,
+            "bearer.auth.client.secret": sr.oauth_client_secret.get_secret_value(),
+            "bearer.auth.scope": sr.oauth_scope,
+            "bearer.auth.issuer.endpoint.url": sr.oauth_issuer_url,
+        }
+    return options
+
+
+def build_registry(settings: Settings) -> SchemaRegistry:
+    """The Schema Registry client of ``decoding.format=confluent``; ``UsageError`` when its
+    settings do not make a client."""
     decoding = settings.decoding
-    if decoding.format == "confluent":
-        registry = SchemaRegistry(
+    try:
+        return SchemaRegistry(
             decoding.schema_registry_url,
             decoding.schema_registry_user or None,
             decoding.schema_registry_password.get_secret_value() or None,
+            settings.schema_registry.timeout_s,
+            registry_options(settings),
         )
-        return ConfluentAvroDecoder(registry.schema)
-    return PlainAvroDecoder(writer_schema(settings))
+    except ValueError as err:
+        raise UsageError(f"invalid settings: {err}") from None
+
+
+def build_contract(settings: Settings) -> Contract:
+    """The column contract: evolution policy and column policy (the table's columns are read
+    when the run loop opens the warehouse)."""
+    columns = settings.columns
+    return Contract(
+        settings.decoding.schema_evolution, columns.policy(),
+        columns.hash_key.get_secret_value().encode(),
+    )
+
+
+def build_decoder(settings: Settings, contract: Contract | None = None) -> Decoder:
+    decoding = settings.decoding
+    contract = contract or build_contract(settings)
+    if decoding.format == "confluent":
+        return ConfluentAvroDecoder(build_registry(settings), contract)
+    return PlainAvroDecoder(
+        writer_schema(settings), contract, schema_file=decoding.schema_file is not None
+    )
 
 
 def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableNames:
@@ -62,6 +117,7 @@ def table_names(settings: Settings, upper: bool = False, *prefix: str) -> TableN
         state=QualifiedName.of(*prefix, wh.state_table, upper=upper),
         current=QualifiedName.of(*prefix, wh.table, upper=upper),
         ledger=QualifiedName.of(*prefix, wh.ledger_table, upper=upper),
+        columns=QualifiedName.of(*prefix, wh.columns_table, upper=upper),
         history=QualifiedName.of(*prefix, history.table, upper=upper) if history.enabled else None,
     )
 
@@ -76,7 +132,8 @@ def build_warehouse(settings: Settings) -> Warehouse:
         schema = settings.duckdb.schema_name
         return DuckDBWarehouse(
             settings.duckdb.path, table_names(settings, False, schema), schema,
-            fault_plan(settings), memory_limit=settings.duckdb.memory_limit,
+            fault_plan(settings), settings.columns.policy(),
+            memory_limit=settings.duckdb.memory_limit,
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
     try:
@@ -91,7 +148,7 @@ def build_warehouse(settings: Settings) -> Warehouse:
     return SnowflakeWarehouse(
         settings.snowflake,
         table_names(settings, True, sf.database, sf.schema_name),
-        fault_plan(settings),
+        fault_plan(settings), settings.columns.policy(),
     )
 
 
@@ -169,15 +226,22 @@ class BoundedInspector:
         self.last_error: BaseException | None = None
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._bounded(lambda: self.inner.fetch(sql, params))
+
+    def table_state(self) -> TableState:
+        return self._bounded(self.inner.table_state)
+
+    def _bounded(self, call: Callable[[], T]) -> T:
+        """``call`` on a daemon thread, waited for until the deadline."""
         left = self.deadline - self.clock()
         if left <= 0:
             raise self._unanswered()
-        outcome: list[list[tuple[Any, ...]]] = []
+        outcome: list[T] = []
         failure: list[BaseException] = []
 
         def read() -> None:
             try:
-                outcome.append(self.inner.fetch(sql, params))
+                outcome.append(call())
             except BaseException as err:  # handed to the caller's thread
                 failure.append(err)
 

@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--id", metavar="N", type=_arg_type(parse_count, "id"),
                       help="only this kyc_profile_id")
     _operations(command)
+    _dead_letters(sub, common)
     command("settings", _print_settings, "print the effective settings, secrets redacted",
             kafka=False)
     return parser
@@ -152,6 +153,32 @@ def _operations(command: Callable[..., argparse.ArgumentParser]) -> None:
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.add_argument("--textfile", metavar="PATH", type=Path, help="also write the verdict "
                         "as Prometheus metrics to PATH (node exporter's textfile collector)")
+
+
+def _dead_letters(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """dlq inspect, dlq redrive: see docs/operations.md."""
+    from consumer.decode.decoder import ERROR_CLASSES
+    from consumer.ops import commands
+
+    dlq = sub.add_parser("dlq", help="the dead-letter topic: inspect it, redrive what now "
+                         "decodes", parents=[common])
+    actions = dlq.add_subparsers(dest="dlq_command", required=True)
+    inspect = actions.add_parser("inspect", parents=[common], help="counts by class and "
+                                 "reason, source offsets and failure times")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(handler=commands.dlq_inspect)
+    redrive = actions.add_parser(
+        "redrive", parents=[common], help="apply the dead letters that now decode (a dry run "
+        "unless --execute); the still invalid stay in the topic")
+    redrive.add_argument("--class", dest="error_class", choices=ERROR_CLASSES,
+                         help="only dead letters of this class")
+    redrive.add_argument("--execute", action="store_true", help="apply; without it: dry run")
+    redrive.add_argument("--from-start", action="store_true", help="read the whole topic, not "
+                         "from where the last redrive of this class stopped")
+    redrive.add_argument("--json", action="store_true", help="machine-readable output")
+    redrive.set_defaults(handler=commands.dlq_redrive)
 
 
 def _arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:

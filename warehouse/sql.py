@@ -12,7 +12,9 @@ greater than the version the state row already holds, deleted rows included.
 
 from __future__ import annotations
 
-from schemas.columns import KEY
+from collections.abc import Collection
+
+from schemas.columns import KEY, Column
 from warehouse.identifiers import QualifiedName
 from warehouse.tables import LEDGER_COLUMNS, STATE_COLUMNS, Dialect, col
 
@@ -26,18 +28,37 @@ def newer_sql(new: str, old: str, dialect: Dialect) -> str:
     )
 
 
-def merge_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
-    """Guarded upsert of the staged rows (one per key) into the state table."""
+def staged_values(
+    columns: tuple[Column, ...], staged: Collection[str] | None, dialect: Dialect
+) -> list[tuple[str, str]]:
+    """(column, value) of each state column: the staged value, or NULL for a column the staged
+    rows lack (a column their writer schemas did not have, or one another instance added).
+    Names match regardless of case, as the warehouses resolve them (Snowflake reads them back
+    upper-cased; no two fields may differ only in case)."""
+    held = None if staged is None else {name.lower() for name in staged}
+    return [
+        (col(c.name, dialect),
+         f"s.{col(c.name, dialect)}" if held is None or c.name.lower() in held else "NULL")
+        for c in columns
+    ]
+
+
+def merge_sql(
+    state: QualifiedName, staged: str, dialect: Dialect,
+    columns: tuple[Column, ...] = STATE_COLUMNS, present: Collection[str] | None = None,
+) -> str:
+    """Guarded upsert of the staged rows (one per key) into the state table's ``columns``;
+    ``present``: the staged columns (default: all of ``columns``)."""
     key = col(KEY, dialect)
-    cols = [col(c.name, dialect) for c in STATE_COLUMNS]
-    updates = ", ".join(f"{c} = s.{c}" for c in cols if c != key)
+    pairs = staged_values(columns, present, dialect)
+    updates = ", ".join(f"{c} = {v}" for c, v in pairs if c != key)
     return (
         f"MERGE INTO {state.sql()} AS t\n"
         f"USING {staged} AS s\n"
         f"ON t.{key} = s.{key}\n"
         f"WHEN MATCHED AND {newer_sql('s', 't', dialect)} THEN UPDATE SET {updates}\n"
-        f"WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) "
-        f"VALUES ({', '.join('s.' + c for c in cols)})"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(c for c, _ in pairs)}) "
+        f"VALUES ({', '.join(v for _, v in pairs)})"
     )
 
 
@@ -53,13 +74,16 @@ def delete_superseded_sql(state: QualifiedName, staged: str, dialect: Dialect) -
     )
 
 
-def insert_new_sql(state: QualifiedName, staged: str, dialect: Dialect) -> str:
+def insert_new_sql(
+    state: QualifiedName, staged: str, dialect: Dialect,
+    columns: tuple[Column, ...] = STATE_COLUMNS, present: Collection[str] | None = None,
+) -> str:
     """The NOT MATCHED half of ``merge_sql``: staged rows whose key the state table lacks."""
     key = col(KEY, dialect)
-    cols = ", ".join(col(c.name, dialect) for c in STATE_COLUMNS)
+    pairs = staged_values(columns, present, dialect)
     return (
-        f"INSERT INTO {state.sql()} ({cols})\n"
-        f"SELECT {', '.join('s.' + col(c.name, dialect) for c in STATE_COLUMNS)}\n"
+        f"INSERT INTO {state.sql()} ({', '.join(c for c, _ in pairs)})\n"
+        f"SELECT {', '.join(v for _, v in pairs)}\n"
         f"FROM {staged} AS s\n"
         f"WHERE NOT EXISTS (SELECT 1 FROM {state.sql()} AS t WHERE t.{key} = s.{key})"
     )

@@ -1,7 +1,8 @@
-"""Build the staged Arrow table of a batch: one row per winning event, ``STATE_COLUMNS``.
+"""Build the staged Arrow table of a batch: one row per winning event, the state table's columns
+for the batch's ``TableSchema`` (``tables.state_columns``).
 
-With history on, the window's distinct versions are staged the same way (same columns), one row
-per (key, version)."""
+With history on, the window's distinct versions are staged the same way (same columns, same
+schema), one row per (key, version)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,41 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.columns import BUSINESS_COLUMNS, ColumnType
+from schemas.columns import BASE_SCHEMA, Column, TableSchema
 from warehouse.base import Batch
 from warehouse.errors import TerminalWarehouseError
-from warehouse.tables import STATE_COLUMNS, TableNames
+from warehouse.tables import TableNames, state_columns
 
-ARROW_TYPES: dict[ColumnType, pa.DataType] = {
-    "int": pa.int32(),
-    "bigint": pa.int64(),
-    "text": pa.string(),
-    "timestamp": pa.timestamp("us"),
-    "bool": pa.bool_(),
-}
 
-STAGED_SCHEMA = pa.schema(
-    [pa.field(c.name, ARROW_TYPES[c.type], nullable=c.nullable) for c in STATE_COLUMNS]
-)
+def arrow_type(column: Column) -> pa.DataType:
+    """The Arrow type a column is staged as."""
+    kind = column.type
+    if kind == "decimal":
+        return pa.decimal128(column.precision, column.scale)
+    return {
+        "bool": pa.bool_(),
+        "int": pa.int32(),
+        "bigint": pa.int64(),
+        "float": pa.float32(),
+        "double": pa.float64(),
+        "text": pa.string(),
+        "binary": pa.binary(),
+        "date": pa.date32(),
+        "time": pa.time64("us"),
+        "timestamp": pa.timestamp("us"),
+        "uuid": pa.string(),
+        "json": pa.string(),
+    }[kind]
+
+
+def staged_schema(schema: TableSchema = BASE_SCHEMA) -> pa.Schema:
+    return pa.schema(
+        [pa.field(c.name, arrow_type(c), nullable=c.nullable) for c in state_columns(schema)]
+    )
+
+
+STAGED_SCHEMA = staged_schema()
+
 
 def assert_unique_keys(rows: pa.Table) -> None:
     """A MERGE source must hold one row per key; the reducer guarantees it, this checks it."""
@@ -47,27 +67,48 @@ def assert_unique_versions(rows: pa.Table) -> None:
 
 def history_of(batch: Batch, names: TableNames) -> pa.Table | None:
     """The versions a writer adds to its history table: None when history is off; checked to be
-    distinct. History on and a batch without its versions is a programming error: refused, so
-    that history never silently misses versions."""
+    distinct and staged with the rows' columns (the batch's ``schema``). History on and a batch
+    without its versions is a programming error: refused, so that history never silently misses
+    versions."""
     if names.history is None:
         return None
     if batch.history is None:
         raise TerminalWarehouseError(
             f"history is on ({names.history.sql()}) but batch {batch.batch_id} carries no versions"
         )
+    if batch.history.column_names != batch.rows.column_names:
+        raise TerminalWarehouseError(
+            f"batch {batch.batch_id}: staged versions have columns {batch.history.column_names}, "
+            f"its rows {batch.rows.column_names}"
+        )
     assert_unique_versions(batch.history)
     return batch.history
 
 
-def stage_frame(rows: pl.DataFrame, batch_id: str, synced_at_us: int) -> pa.Table:
-    """The staged table of a reduced frame: ``BUSINESS_COLUMNS`` with integer timestamps, then
-    op_type, op_time, src_partition, src_offset (any extra column is ignored)."""
+def _business(rows: pl.DataFrame, column: Column) -> pl.Expr:
+    """One business column of the reduced frame as staged: null where no event of the window
+    had the field; timestamps, dates and times from their integers."""
+    if column.name not in rows.columns:
+        return pl.lit(None, pl.Null).alias(column.name)
+    value = pl.col(column.name)
+    if column.type == "timestamp":
+        return value.cast(pl.Datetime("us"))
+    if column.type == "date":
+        return value.cast(pl.Int32).cast(pl.Date)
+    if column.type == "time":
+        return (value.cast(pl.Int64) * 1000).cast(pl.Time)
+    return value
+
+
+def stage_frame(
+    rows: pl.DataFrame, batch_id: str, synced_at_us: int, schema: TableSchema = BASE_SCHEMA
+) -> pa.Table:
+    """The staged table of a reduced frame: the business columns of ``schema`` (values as
+    decoded: timestamps as integers), then op_type, op_time, src_partition, src_offset (any
+    extra column is ignored)."""
     timestamp = pl.Datetime("us")
     staged = rows.select(
-        *(
-            pl.col(c.name).cast(timestamp) if c.type == "timestamp" else pl.col(c.name)
-            for c in BUSINESS_COLUMNS
-        ),
+        *(_business(rows, c) for c in schema.columns),
         pl.col("op_type").cast(pl.String),
         pl.col("op_time").cast(timestamp),
         pl.col("src_partition").cast(pl.Int32),
@@ -76,7 +117,8 @@ def stage_frame(rows: pl.DataFrame, batch_id: str, synced_at_us: int) -> pa.Tabl
         pl.lit(batch_id, pl.String).alias("batch_id"),
         pl.lit(synced_at_us, pl.Int64).cast(timestamp).alias("synced_at"),
     ).to_arrow(compat_level=pl.CompatLevel.oldest())
+    target = staged_schema(schema)
     columns = [
-        column.cast(field.type) for column, field in zip(staged.columns, STAGED_SCHEMA, strict=True)
+        column.cast(field.type) for column, field in zip(staged.columns, target, strict=True)
     ]
-    return pa.Table.from_arrays(columns, schema=STAGED_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=target)

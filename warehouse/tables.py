@@ -5,8 +5,17 @@
   or late INSERT older than the DELETE can never bring the profile back.
 - ``<table>`` (``kyc_profile_current``): a view of the live profiles only.
 - ``<ledger>`` (``kyc_sync_ledger``): one row per applied batch, written in the batch's transaction.
+- ``<columns>`` (``kyc_sync_columns``): the column metadata of the state table: each column a
+  writer schema added or widened (which schema, which batch, when, its logical type), and the
+  column policy the table was built with (``COLUMNS_COLUMNS``).
 - ``<history>`` (``kyc_profile_history``, only with ``history.enabled``): one row per distinct
-  version of each profile, with the interval it was valid in (``HISTORY_COLUMNS``).
+  version of each profile, with the interval it was valid in (``history_columns``).
+
+The business columns are not fixed: every function that renders them takes the table's
+``TableSchema`` (default: ``BASE_SCHEMA``, the packaged schema's), so that any table whose
+columns follow the state table's (the state table itself, its staged batches, the view, the
+history table) is created and altered from the same column list (``add_column_sql``,
+``widen_column_sql``).
 """
 
 from __future__ import annotations
@@ -14,27 +23,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.columns import BUSINESS_COLUMNS, VERSION_COLUMNS, Column, ColumnType
+from schemas.columns import BASE_SCHEMA, VERSION_COLUMNS, Column, ColumnType, TableSchema
 from warehouse.identifiers import QualifiedName
 
 Dialect = Literal["duckdb", "snowflake"]
 
 _TYPES: dict[Dialect, dict[ColumnType, str]] = {
     "duckdb": {
+        "bool": "BOOLEAN",
         "int": "INTEGER",
         "bigint": "BIGINT",
+        "float": "REAL",
+        "double": "DOUBLE",
+        "decimal": "DECIMAL",
         "text": "VARCHAR",
+        "binary": "BLOB",
+        "date": "DATE",
+        "time": "TIME",
         "timestamp": "TIMESTAMP",
-        "bool": "BOOLEAN",
+        "uuid": "UUID",
+        "json": "JSON",
     },
     "snowflake": {
+        "bool": "BOOLEAN",
         "int": "NUMBER(10,0)",
         "bigint": "NUMBER(19,0)",
+        "float": "FLOAT",
+        "double": "FLOAT",
+        "decimal": "NUMBER",
         "text": "VARCHAR",
+        "binary": "BINARY",
+        "date": "DATE",
+        "time": "TIME(6)",
         "timestamp": "TIMESTAMP_NTZ(6)",
-        "bool": "BOOLEAN",
+        "uuid": "VARCHAR(36)",
+        "json": "VARIANT",
     },
 }
+"""Column types per dialect. Snowflake has one floating-point type and no UUID type; a
+decimal renders with its precision and scale (``sql_type``)."""
 
 BOOKKEEPING_COLUMNS: tuple[Column, ...] = (
     Column("is_deleted", "bool", nullable=False),
@@ -43,8 +70,15 @@ BOOKKEEPING_COLUMNS: tuple[Column, ...] = (
 )
 """What the writer adds to each row: tombstone flag, the batch that wrote it, when."""
 
-STATE_COLUMNS: tuple[Column, ...] = BUSINESS_COLUMNS + VERSION_COLUMNS + BOOKKEEPING_COLUMNS
-"""Columns of the state table and, in the same order, of every staged batch."""
+
+
+def state_columns(schema: TableSchema = BASE_SCHEMA) -> tuple[Column, ...]:
+    """Columns of the state table and, in the same order, of every staged batch."""
+    return schema.columns + VERSION_COLUMNS + BOOKKEEPING_COLUMNS
+
+
+STATE_COLUMNS: tuple[Column, ...] = state_columns()
+"""The state table's columns before any writer schema changed them."""
 
 PER_WRITE_COLUMNS: frozenset[str] = frozenset({"batch_id", "synced_at"})
 """State columns that say which write put a row there, not what the row holds."""
@@ -57,6 +91,11 @@ INTERVAL_COLUMNS: tuple[Column, ...] = (
 """What the history table adds to a version: valid from its op_time until the next version's
 (NULL while it is the latest: ``is_current``)."""
 
+NOT_BUSINESS: frozenset[str] = frozenset(
+    c.name for c in VERSION_COLUMNS + BOOKKEEPING_COLUMNS + INTERVAL_COLUMNS
+)
+"""Columns of the state and history tables that are not business columns."""
+
 
 def history_columns(state: tuple[Column, ...] = STATE_COLUMNS) -> tuple[Column, ...]:
     """The history table's columns: the state table's, whatever they are, then the interval.
@@ -65,8 +104,28 @@ def history_columns(state: tuple[Column, ...] = STATE_COLUMNS) -> tuple[Column, 
 
 
 HISTORY_COLUMNS: tuple[Column, ...] = history_columns()
+"""The history table's columns before any writer schema changed them."""
 
-VIEW_COLUMNS: tuple[str, ...] = (*(c.name for c in BUSINESS_COLUMNS), "op_time", "synced_at")
+
+def view_columns(schema: TableSchema = BASE_SCHEMA) -> tuple[str, ...]:
+    """The view's columns: the business columns, then op_time and synced_at."""
+    return (*schema.names, "op_time", "synced_at")
+
+
+VIEW_COLUMNS: tuple[str, ...] = view_columns()
+
+COLUMNS_COLUMNS: tuple[Column, ...] = (
+    Column("column_name", "text", nullable=False),
+    Column("change", "text", nullable=False),
+    Column("column_type", "text", nullable=False),
+    Column("source_schema", "text", nullable=False),
+    Column("schema_id", "bigint"),
+    Column("batch_id", "text"),
+    Column("recorded_at", "timestamp", nullable=False),
+)
+"""The column metadata table. ``change``: ``add`` / ``widen`` (a writer schema changed the
+column: ``source_schema`` names it, ``schema_id`` its registry id), ``hash`` / ``exclude`` (the
+column policy; ``policy`` with an empty column name marks that a policy was recorded)."""
 
 LEDGER_COLUMNS: tuple[Column, ...] = (
     Column("batch_id", "text", nullable=False),
@@ -96,6 +155,8 @@ class TableNames:
     state: QualifiedName
     current: QualifiedName
     ledger: QualifiedName
+    columns: QualifiedName | None = None
+    """The column metadata table; None: nothing is recorded (no schema change is possible)."""
     history: QualifiedName | None = None
     """The history table; None when history is off (nothing of it is created or written)."""
 
@@ -106,13 +167,16 @@ def column_list(columns: tuple[Column, ...], dialect: Dialect) -> str:
     for column in columns:
         name = column.name.upper() if upper else column.name
         null = "" if column.nullable else " NOT NULL"
-        rendered.append(f'    "{name}" {_TYPES[dialect][column.type]}{null}')
+        rendered.append(f'    "{name}" {sql_type(column, dialect)}{null}')
     return ",\n".join(rendered)
 
 
 def sql_type(column: Column, dialect: Dialect) -> str:
     """The column's type in the dialect."""
-    return _TYPES[dialect][column.type]
+    rendered = _TYPES[dialect][column.type]
+    if column.type == "decimal":
+        return f"{rendered}({column.precision},{column.scale})"
+    return rendered
 
 
 def col(name: str, dialect: Dialect) -> str:
@@ -127,9 +191,11 @@ def create_table_sql(
     return f"{head} {name.sql()} (\n{column_list(columns, dialect)}\n)"
 
 
-def create_view_sql(names: TableNames, dialect: Dialect) -> str:
+def create_view_sql(
+    names: TableNames, dialect: Dialect, schema: TableSchema = BASE_SCHEMA
+) -> str:
     """Snowflake: ``COPY GRANTS`` keeps the readers' grants on the view when it is replaced."""
-    cols = ", ".join(col(c, dialect) for c in VIEW_COLUMNS)
+    cols = ", ".join(col(c, dialect) for c in view_columns(schema))
     grants = " COPY GRANTS" if dialect == "snowflake" else ""
     return (
         f"CREATE OR REPLACE VIEW {names.current.sql()}{grants} AS\n"
@@ -137,13 +203,48 @@ def create_view_sql(names: TableNames, dialect: Dialect) -> str:
     )
 
 
-def ddl(names: TableNames, dialect: Dialect) -> list[str]:
-    """Statements that create every object if missing; safe to run on every start."""
-    statements = [
-        create_table_sql(names.state, STATE_COLUMNS, dialect),
-        create_table_sql(names.ledger, LEDGER_COLUMNS, dialect),
-        create_view_sql(names, dialect),
+def add_column_sql(table: QualifiedName, column: Column, dialect: Dialect) -> str:
+    """Add a nullable column; a no-op where it exists (two instances may race to add it)."""
+    return (
+        f"ALTER TABLE {table.sql()} ADD COLUMN IF NOT EXISTS {col(column.name, dialect)} "
+        f"{sql_type(column, dialect)}"
+    )
+
+
+def widen_column_sql(
+    table: QualifiedName, old: Column, new: Column, dialect: Dialect
+) -> list[str]:
+    """Change a column to a wider type; nothing when the dialect renders both alike (Snowflake's
+    FLOAT is already double). Repeating it is harmless."""
+    if sql_type(old, dialect) == sql_type(new, dialect):
+        return []
+    return [
+        f"ALTER TABLE {table.sql()} ALTER COLUMN {col(new.name, dialect)} SET DATA TYPE "
+        f"{sql_type(new, dialect)}"
     ]
+
+
+def table_ddl(
+    names: TableNames, dialect: Dialect, schema: TableSchema = BASE_SCHEMA
+) -> list[str]:
+    """The tables, created if missing; ``schema``: the business columns of a state table (and
+    history table) created now (an existing one keeps its own). The view follows, from the
+    columns the state table then has (``create_view_sql``)."""
+    statements = [
+        create_table_sql(names.state, state_columns(schema), dialect),
+        create_table_sql(names.ledger, LEDGER_COLUMNS, dialect),
+    ]
+    if names.columns is not None:
+        statements.append(create_table_sql(names.columns, COLUMNS_COLUMNS, dialect))
     if names.history is not None:
-        statements.append(create_table_sql(names.history, HISTORY_COLUMNS, dialect))
+        statements.append(
+            create_table_sql(names.history, history_columns(state_columns(schema)), dialect)
+        )
     return statements
+
+
+def ddl(names: TableNames, dialect: Dialect, schema: TableSchema = BASE_SCHEMA) -> list[str]:
+    """Every object of a new table of ``schema``: state table, ledger, view, then the column
+    metadata table and the history table if named."""
+    tables = table_ddl(names, dialect, schema)
+    return [*tables[:2], create_view_sql(names, dialect, schema), *tables[2:]]

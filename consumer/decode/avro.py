@@ -1,15 +1,18 @@
-"""Avro readers for the audit record, built from a writer schema.
+"""Avro readers for audit records, built from a writer schema.
 
-Timestamps stay integers (microseconds since the epoch, UTC): logical types are stripped from the
-schema and the values scaled by their unit, which avoids building ``datetime`` objects per event.
-Records are read with the writer schema alone: measured here, a projecting reader schema is slower
-in fastavro than reading every field (schema resolution costs more than the fields it skips), and
-reading every field validates the whole event when it arrives.
+Top-level logical types are stripped from the schema the reader parses: timestamps and times stay
+integers (scaled to microseconds by ``values.column_value``), decimals stay their bytes, which
+avoids building ``datetime`` and ``Decimal`` objects per event, and both decode paths read the
+same underlying values. Records are read with the writer schema alone: measured here, a
+projecting reader schema is slower in fastavro than reading every field (schema resolution costs
+more than the fields it skips), and reading every field validates the whole event when it
+arrives.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 from collections.abc import Mapping
@@ -18,16 +21,9 @@ from typing import Any
 
 import fastavro
 
-from schemas.columns import REQUIRED_FIELDS
+from schemas.avro_types import FieldSpec
 from schemas.errors import TerminalError
-
-_SCALE_TO_MICROS: dict[str, int] = {
-    "timestamp-micros": 1,
-    "local-timestamp-micros": 1,
-    "timestamp-millis": 1000,
-    "local-timestamp-millis": 1000,
-    "date": 86_400_000_000,
-}
+from schemas.evolution import required_problem, writer_specs
 
 
 class AvroSchemaError(TerminalError):
@@ -35,27 +31,17 @@ class AvroSchemaError(TerminalError):
     schema makes its events dead letters instead)."""
 
 
-def _strip(field_type: Any) -> tuple[Any, int]:
-    """The field type without logical types, and the factor that turns its value into micros."""
-    if isinstance(field_type, list):
-        stripped = [_strip(branch) for branch in field_type]
-        scales = {s for _, s in stripped if s != 1}
-        return [t for t, _ in stripped], (scales.pop() if len(scales) == 1 else 1)
-    if isinstance(field_type, dict) and "logicalType" in field_type:
-        scale = _SCALE_TO_MICROS.get(str(field_type["logicalType"]), 1)
-        plain = {k: v for k, v in field_type.items() if k != "logicalType"}
-        return (plain["type"] if len(plain) == 1 else plain), scale
-    return field_type, 1
-
-
 @dataclass(frozen=True, slots=True)
 class RecordReader:
-    """Reads one record with a parsed writer schema and rescales timestamps to microseconds."""
+    """Reads one record with a parsed writer schema (top-level logical types stripped)."""
 
     schema: Any
-    scales: tuple[tuple[str, int], ...]
+    specs: tuple[FieldSpec, ...]
     plain: str
-    """The writer schema as JSON, logical types stripped (what ``schema`` was parsed from)."""
+    """The writer schema as JSON, top-level logical types stripped (what ``schema`` was parsed
+    from, and the header of a columnar block)."""
+    fingerprint: str
+    """sha256 of the writer schema's canonical form: names a schema that has no registry id."""
 
     def read(self, payload: bytes, start: int = 0) -> dict[str, Any]:
         buf = io.BytesIO(payload)
@@ -66,32 +52,31 @@ class RecordReader:
             raise TypeError("the writer schema does not describe a record")
         if buf.tell() != len(payload):
             raise ValueError(f"{len(payload) - buf.tell()} trailing bytes after the record")
-        for name, factor in self.scales:
-            value = record.get(name)
-            if value is not None:
-                record[name] = value * factor
         return record
 
 
 def reader_for(writer_schema: Mapping[str, Any]) -> RecordReader:
-    """The reader of one writer schema, which must carry the fields the reducer needs."""
-    if writer_schema.get("type") != "record" or not isinstance(writer_schema.get("fields"), list):
-        raise AvroSchemaError("the writer schema is not an Avro record")
-    plain = copy.deepcopy(dict(writer_schema))
-    scales: list[tuple[str, int]] = []
+    """The reader of one writer schema; ``AvroSchemaError`` if it is no readable record."""
+    if not isinstance(writer_schema, Mapping):
+        raise AvroSchemaError(
+            f"the writer schema is not an Avro record but {json.dumps(writer_schema)[:80]}"
+        )
     try:
-        for field in plain["fields"]:
-            field["type"], scale = _strip(field["type"])
-            if scale != 1:
-                scales.append((field["name"], scale))
-        names = {f["name"] for f in plain["fields"]}
-    except (KeyError, TypeError) as err:
-        raise AvroSchemaError(f"invalid writer schema: field without {err}") from err
-    missing = [f for f in REQUIRED_FIELDS if f not in names]
-    if missing:
-        raise AvroSchemaError(f"the writer schema lacks field(s) {', '.join(missing)}")
+        specs = writer_specs(writer_schema)
+    except ValueError as err:
+        raise AvroSchemaError(str(err)) from None
+    problem = required_problem(specs)
+    if problem is not None:
+        raise AvroSchemaError(problem)
+    plain = copy.deepcopy(dict(writer_schema))
+    for field, spec in zip(plain["fields"], specs, strict=True):
+        field["type"] = spec.value_type
+        field.pop("default", None)  # reading with the writer schema never uses it (and the
+        # columnar reader refuses some defaults)
     try:
         parsed = fastavro.parse_schema(plain)
+        canonical = fastavro.schema.to_parsing_canonical_form(dict(writer_schema))
     except Exception as err:  # fastavro raises several types for bad schemas
         raise AvroSchemaError(f"invalid writer schema: {err}") from err
-    return RecordReader(parsed, tuple(scales), json.dumps(plain))
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+    return RecordReader(parsed, specs, json.dumps(plain), fingerprint)

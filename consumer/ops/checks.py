@@ -15,7 +15,9 @@ and with history on (``history.enabled``), the invariants of the history table:
   ``is_current``);
 - ``history_current``: every profile ever seen (state table or history) has exactly one current
   history row;
-- ``history_state``: each current history row agrees with the profile's state row.
+- ``history_state``: each current history row agrees with the profile's state row, in every
+  column the state table has now (read from the table: schema changes included); a state
+  column the history table lacks fails it, named.
 
 Evaluation is pure (``freshness``, ``unique_key``, ``not_null``, ``history_*``); ``run_checks``
 feeds them the rows of ``warehouse.inspect`` and ``warehouse.history_sql`` queries.
@@ -31,12 +33,14 @@ from consumer.ops.durations import format_duration
 from consumer.ops.lag import PartitionLag
 from consumer.ops.ledger import LastBatch, fetch, last_batch
 from consumer.ops.render import utc_text
-from schemas.columns import KEY
+from schemas.columns import KEY, TableSchema
 from warehouse import history_sql
 from warehouse.base import Inspector
 from warehouse.errors import WarehouseError
+from warehouse.identifiers import QualifiedName
 from warehouse.inspect import duplicate_keys_sql, null_counts_sql
-from warehouse.tables import Dialect
+from warehouse.schema_changes import physical_columns_sql, table_state
+from warehouse.tables import Dialect, state_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +180,43 @@ def run_checks(
                 fetch(inspector, history_sql.intervals_sql(history, dialect)))),
             _guarded("history_current", lambda: history_current(
                 fetch(inspector, history_sql.current_rows_sql(history, names.state, dialect)))),
-            _guarded("history_state", lambda: history_state(fetch(
-                inspector, history_sql.state_agreement_sql(history, names.state, dialect)))),
+            _guarded("history_state", lambda: _history_state(inspector, dialect, history)),
         ]
     return results
+
+
+def _history_state(inspector: Inspector, dialect: Dialect, history: QualifiedName) -> CheckResult:
+    """``history_state`` over the columns the state table has now: read from both tables (a
+    read-only query each), compared by ``history_state`` when the history table holds them."""
+    state = inspector.names.state
+
+    def columns(table: QualifiedName) -> list[tuple[Any, ...]]:
+        sql, params = physical_columns_sql(table, dialect)
+        return fetch(inspector, sql, tuple(params))
+
+    state_physical, history_physical = columns(state), columns(history)
+    missing = [t.sql() for t, rows in ((state, state_physical), (history, history_physical))
+               if not rows]
+    if missing:
+        return CheckResult("history_state", False, f"{' and '.join(missing)} not found")
+    upper = dialect == "snowflake"
+    schema = table_state(state_physical, [], False, upper).schema
+    problem = history_lacks(schema, table_state(history_physical, [], False, upper).schema)
+    if problem is not None:
+        return CheckResult("history_state", False, problem)
+    return history_state(fetch(inspector, history_sql.state_agreement_sql(
+        history, state, dialect, state_columns(schema))))
+
+
+def history_lacks(state: TableSchema, history: TableSchema) -> str | None:
+    """Why the current history rows cannot be compared with the state rows: the state table's
+    business columns the history table lacks (the next flush or start adds them)."""
+    held = {c.name.lower() for c in history.columns}
+    lacking = [c.name for c in state.columns if c.name.lower() not in held]
+    if not lacking:
+        return None
+    return (f"the history table lacks column(s) {', '.join(lacking)} of the state table "
+            "(added by the next flush, or when kyc-sync starts with history on)")
 
 
 def render(results: Sequence[CheckResult]) -> str:

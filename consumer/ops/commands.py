@@ -22,6 +22,7 @@ from prometheus_client import write_to_textfile
 from batcher.ranges import PartitionRange
 from consumer.app import (
     build_loop,
+    build_registry,
     open_inspector,
     table_names,
     writer_schema,
@@ -59,8 +60,10 @@ from consumer.telemetry.progress import Progress, show_bar
 from schemas.columns import KEY
 from schemas.errors import KycSyncError, TerminalError, UsageError
 from warehouse.errors import WarehouseError
-from warehouse.history_sql import as_of_sql
-from warehouse.tables import col
+from warehouse.history_sql import as_of_columns, as_of_sql
+from warehouse.identifiers import QualifiedName
+from warehouse.schema_changes import physical_columns_sql, table_state
+from warehouse.tables import col, state_columns
 
 log = logging.getLogger("kyc_sync")
 
@@ -123,7 +126,8 @@ def sample(settings: Settings, args: argparse.Namespace) -> int:
         raise TopicError(f"cannot read metadata of topic {topic!r}: {err}") from None
     check_partitions(topic, partitions, available)
     try:
-        encoder = sample_encoder(settings, writer_schema(settings))
+        registry = build_registry(settings) if settings.decoding.format == "confluent" else None
+        encoder = sample_encoder(settings, writer_schema(settings), registry)
     except OSError as err:
         print(f"kyc-sync: registering the schema failed: {err}", file=sys.stderr)
         return 1
@@ -143,25 +147,26 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     if settings.warehouse.kind != "duckdb":
         raise UsageError("show reads the DuckDB table; use your Snowflake client for Snowflake "
                          "(docs/operations.md has the as-of query)")
-    path = settings.duckdb.path
-    if path != ":memory:" and not Path(path).is_file():
-        raise TerminalError(f"no DuckDB database at {path} (duckdb.path): nothing synced yet?")
     as_of: datetime | None = getattr(args, "as_of", None)
     key: int | None = getattr(args, "id", None)
     names = table_names(settings, False, settings.duckdb.schema_name)
     params: list[object] = [] if key is None else [key]
-    if as_of is None:
-        only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
-        sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
-    elif names.history is None:
+    if as_of is not None and names.history is None:  # a usage error before the file is looked at
         raise UsageError("show --as-of reads the history table: set history.enabled "
                          "(KYC_SYNC_HISTORY__ENABLED=true)")
-    else:
-        sql = as_of_sql(names.history, "duckdb", by_key=key is not None)
-        params = [as_of, as_of, *params]
+    path = settings.duckdb.path
+    if path != ":memory:" and not Path(path).is_file():
+        raise TerminalError(f"no DuckDB database at {path} (duckdb.path): nothing synced yet?")
     try:
         con = duckdb.connect(path, read_only=True)
         try:
+            if as_of is None or names.history is None:
+                only = "" if key is None else f" WHERE {col(KEY, 'duckdb')} = ?"
+                sql = f"SELECT * FROM {names.current.sql()}{only} ORDER BY {col(KEY, 'duckdb')}"
+            else:
+                sql = as_of_sql(names.history, "duckdb", _as_of_columns(con, names.history),
+                                by_key=key is not None)
+                params = [as_of, as_of, *params]
             cursor = con.execute(sql, params)
             header = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
@@ -171,6 +176,18 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
         raise TerminalError(f"cannot read the table from {path}: {err}") from None
     print(format_table(header, rows))
     return 0
+
+
+def _as_of_columns(con: Any, history: QualifiedName) -> tuple[str, ...]:
+    """What ``show --as-of`` prints of the history table as it is: its columns follow the state
+    table's (schema changes, column policy), read from the table, not from the packaged
+    schema."""
+    sql, params = physical_columns_sql(history, "duckdb")
+    physical = con.execute(sql, params).fetchall()
+    if not physical:
+        raise TerminalError(f"cannot read the table: {history.sql()} does not exist (kyc-sync "
+                            "run with history on creates it)")
+    return as_of_columns(state_columns(table_state(physical, [], False, upper=False).schema))
 
 
 def format_table(header: list[str], rows: list[tuple[object, ...]]) -> str:
@@ -379,3 +396,27 @@ def verify(settings: Settings, args: argparse.Namespace) -> int:
                 kafka_settings.topic, kafka_settings.group_id, result, time.time()))
     _emit(args.json, result.to_json(), result.render())
     return 0 if result.ok else 1
+
+
+# -- the dead-letter topic: inspect, redrive (docs/operations.md) -----------------------------
+
+
+def dlq_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.ops import dlq
+
+    summary = dlq.inspect(settings)
+    _emit(args.json, summary.to_json(), summary.render())
+    return 0
+
+
+def dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0: planned or applied (still-invalid messages are not a failure); 1: failed."""
+    from consumer.app import build_decoder, build_warehouse
+    from consumer.ops import dlq
+
+    plan = dlq.redrive(
+        settings, build_decoder(settings), build_warehouse(settings), args.error_class,
+        args.from_start, args.execute,
+    )
+    _emit(args.json, plan.to_json(args.execute), plan.render(args.execute))
+    return 0

@@ -9,7 +9,8 @@ keep running. The live group is never stopped and its offsets are never moved.
    the writes that raced it), then dropped.
 3. **Build**: a run loop reads each planned range from its planned start offset, assigned
    explicitly (never through ``auto.offset.reset``), up to the planned end, and writes it into
-   the rebuild objects (``<name>__rebuild``) under a one-off group name
+   the rebuild objects (``<name>__rebuild``, its own column metadata included: the rebuilt
+   table takes the column policy of the settings) under a one-off group name
    ``<group>.full-refresh.<id>`` that never joins a group nor commits. Readers keep seeing the
    live table.
 4. **Check**: per partition, the events read — applied or dead-lettered — must equal the
@@ -42,6 +43,7 @@ from consumer.settings import Settings
 from consumer.source.topics import preflight
 from consumer.telemetry.progress import Progress
 from schemas.errors import TerminalError
+from schemas.evolution import ColumnPolicy, TableState
 from warehouse.base import Refresher
 from warehouse.errors import WarehouseError
 from warehouse.swap import REBUILD_SUFFIX
@@ -216,6 +218,7 @@ def rebuild_settings(settings: Settings, rebuild_group: str) -> Settings:
             "table": wh.table + REBUILD_SUFFIX,
             "state_table": wh.state_table + REBUILD_SUFFIX,
             "ledger_table": wh.ledger_table + REBUILD_SUFFIX,
+            "columns_table": wh.columns_table + REBUILD_SUFFIX,
         }),
         "history": settings.history.model_copy(
             update={"table": settings.history.table + REBUILD_SUFFIX}),
@@ -242,6 +245,8 @@ def full_refresh(
     with open_refresher(settings) as live:
         phases.phase("recover")
         _recover(live, step)
+        changed = _policy_change(settings, step(
+            "read the live table", live.table_state))
         phases.phase("build")
         try:
             collector = _build(settings, rebuild_group, plan.ranges, phases)
@@ -251,6 +256,8 @@ def full_refresh(
             if problem is not None:
                 raise RefreshError(problem)
             phases.phase("level")
+            if changed is not None:
+                _refuse_old_policy_rows(live, plan, changed, step)
             step("bring the rebuild level", lambda: live.level(plan.ranges, into_live=False))
         except BaseException:
             _discard_quietly(live, step)
@@ -284,6 +291,32 @@ def full_refresh(
         batches=sum(1 for r in reports if r.result is not None),
         reads=reads,
     )
+
+
+def _policy_change(settings: Settings, state: TableState) -> str | None:
+    """How the settings' column policy differs from the live table's; None when it does not."""
+    recorded = state.policy or ColumnPolicy()
+    wanted = settings.columns.policy()
+    if recorded == wanted:
+        return None
+    return f"from {recorded.describe()} to {wanted.describe()}"
+
+
+def _refuse_old_policy_rows(
+    live: Refresher, plan: RefreshPlan, changed: str,
+    step: Callable[[str, Callable[[], int]], int],
+) -> None:
+    """A refresh that changes the column policy may not copy live rows into the rebuild, nor
+    history versions: they hold values under the old policy (plain where they must be
+    hashed)."""
+    outside = step("count the live rows outside the plan", lambda: live.outside_rows(plan.ranges))
+    if outside:
+        raise RefreshError(
+            f"the column policy changes {changed}, but {outside} live row(s) (history versions "
+            "included) lie outside the rebuilt ranges (events applied after the plan by running "
+            "instances, or dropped by retention) and hold values under the old policy; stop "
+            "every instance and run the full refresh again (the topic must hold every event)"
+        )
 
 
 def _recover(live: Refresher, step: Callable[[str, Callable[[], None]], None]) -> None:

@@ -120,16 +120,15 @@ def value_subject(topic: str) -> str:
     return f"{topic}-value"
 
 
-def sample_encoder(settings: Settings, schema: Mapping[str, Any]) -> AuditEncoder:
+def sample_encoder(
+    settings: Settings, schema: Mapping[str, Any], registry: SchemaRegistry | None = None
+) -> AuditEncoder:
     """How the sample producer encodes: schemaless Avro, or with ``decoding.format=confluent``
     the registry's wire format, ``schema`` registered under ``<topic>-value`` first (an
     identical schema keeps its id). Raises ``OSError`` when the registry refuses or is down."""
     decoding = settings.decoding
     if decoding.format != "confluent":
         return AuditEncoder(schema)
-    registry = SchemaRegistry(
-        decoding.schema_registry_url,
-        decoding.schema_registry_user or None,
-        decoding.schema_registry_password.get_secret_value() or None,
-    )
+    if registry is None:
+        raise ValueError("decoding.format confluent needs the registry client")
     return AuditEncoder(schema, registry.register(value_subject(settings.kafka.topic), schema))

@@ -39,8 +39,9 @@ from consumer.run.observer import FlushCollector
 from consumer.settings import Settings
 from consumer.source.deadletters import CountedDeadLetters
 from consumer.telemetry.progress import Progress
-from schemas.columns import BUSINESS_COLUMNS, KEY
+from schemas.columns import BASE_SCHEMA, BUSINESS_COLUMNS, KEY
 from schemas.errors import TerminalError
+from schemas.evolution import TableState
 from warehouse.base import ApplyResult, Batch
 from warehouse.inspect import COMPARED_COLUMNS, state_rows_sql
 
@@ -95,11 +96,16 @@ class StreamState:
     """A ``Warehouse`` that keeps in memory what the guarded MERGE would leave: per key, the
     row of the greatest version among every batch applied."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: TableState | None = None) -> None:
         self.frame: pl.DataFrame | None = None
+        self.table = table or TableState(BASE_SCHEMA, None, False)
 
     def open(self) -> None:
         """Nothing to open."""
+
+    def table_state(self) -> TableState:
+        """The live table's columns: the stream is decoded against them, as the run does."""
+        return self.table
 
     def apply(self, batch: Batch) -> ApplyResult:
         rows = pl.from_arrow(batch.rows)
@@ -307,7 +313,9 @@ def verify(settings: Settings, plan: VerifyPlan, progress: Progress | None = Non
         "decoding": settings.decoding.model_copy(update={"on_invalid": "dlq"}),
     })
     progress.phase("read")
-    state, sink, collector = StreamState(), CountedDeadLetters(), FlushCollector()
+    with open_inspector(settings) as inspector:
+        table = inspector.table_state()
+    state, sink, collector = StreamState(table), CountedDeadLetters(), FlushCollector()
     loop = build_loop(overridden, observers=[collector, progress], bounds=plan.ranges,
                       warehouse=state, dead_letters=sink)
     loop.install_signal_handlers()

@@ -47,7 +47,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from batcher.ranges import PartitionRange
 from batcher.reducer import Reduced, Reducer
 from batcher.window import Clock, FlushReason, Window, WindowPolicy
-from consumer.decode.decoder import INDEX, Decoded, Decoder, RegistryUnavailable, rows_of
+from consumer.decode.decoder import (
+    INDEX,
+    Decoded,
+    Decoder,
+    RegistryUnavailable,
+    concat_rows,
+    rows_of,
+)
 from consumer.run.observer import FlushReport, Observer
 from consumer.run.partitions import Partitions, first_offsets
 from consumer.run.progress import GroupProgress, describe
@@ -246,6 +253,8 @@ class SyncLoop:
 
     def run(self) -> int:
         self.retry(self.warehouse.open, "warehouse open")
+        # The table's columns and column policy, as the decoder's starting point.
+        self.decoder.contract.start(self.retry(self.warehouse.table_state, "warehouse read"))
         consumer = self.new_consumer(error_cb=self._on_client_error)
         self.partitions.consumer = consumer
         if self.options.bounds is not None:
@@ -522,13 +531,15 @@ class SyncLoop:
         if stop < len(kept):
             rows = rows.filter(pl.col(INDEX) < stop)
         if singles:
-            rows = pl.concat([rows, rows_of(s for s in singles if s[0] < stop)], how="vertical")
+            rows = concat_rows([rows, rows_of(s for s in singles if s[0] < stop)])
         if rows.height:
             where = rows.get_column(INDEX).to_numpy()
             self.reducer.add(rows.drop(INDEX).with_columns(
                 pl.Series("src_partition", np.asarray(partitions)[where], dtype=pl.Int32),
                 pl.Series("src_offset", np.asarray(offsets)[where], dtype=pl.Int64),
             ))
+        for name, events in self.decoder.contract.take_discarded().items():
+            self.observer.discarded(name, events)
         return (stop, decoded.error) if stop < len(kept) else (len(kept), None)
 
     def _invalid(self, msg: Message, partition: int, offset: int, invalid: InvalidEvent) -> None:
@@ -737,19 +748,21 @@ class SyncLoop:
             return None
         now = datetime.now(UTC).replace(tzinfo=None)
         batch_id = uuid.uuid4().hex
+        schema = self.decoder.contract.table
         synced_at = _utc_micros(now)
         return Batch(
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=stage_frame(window.rows, batch_id, synced_at),
+            rows=stage_frame(window.rows, batch_id, synced_at, schema),
+            schema=schema,
             ranges=window.ranges,
             events_in=window.events,
             invalid_events=window.invalid,
             started_at=now,
             decode_ms=int(decode_s * 1000),
             history=None if window.versions is None
-            else stage_frame(window.versions, batch_id, synced_at),
+            else stage_frame(window.versions, batch_id, synced_at, schema),
         )
 
     def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:

@@ -50,6 +50,10 @@ class Observer:
     def buffered(self, events: int, keys: int) -> None:
         """The open window now holds ``events`` events over ``keys`` distinct keys."""
 
+    def discarded(self, field: str, events: int) -> None:
+        """``events`` events carried ``field``, which the table lacks and
+        ``schema_evolution=discard`` dropped."""
+
     def flushed(self, report: FlushReport) -> None:
         """A batch was applied and its offsets committed."""
 
@@ -93,6 +97,10 @@ class Observers(Observer):
     def buffered(self, events: int, keys: int) -> None:
         for observer in self.observers:
             observer.buffered(events, keys)
+
+    def discarded(self, field: str, events: int) -> None:
+        for observer in self.observers:
+            observer.discarded(field, events)
 
     def flushed(self, report: FlushReport) -> None:
         for observer in self.observers:

@@ -83,6 +83,10 @@ class PrometheusObserver(Observer):
             ["error_class"], registry=r)
         for error_class in ERROR_CLASSES:  # present at 0, so that increase() sees the first one
             self.events_dead_lettered.labels(error_class)
+        self.fields_discarded = Counter(
+            PREFIX + "fields_discarded",
+            "Values of fields the table lacks, dropped by schema_evolution=discard (one per "
+            "event and field).", ["field"], registry=r)
         self.batches = Counter(
             PREFIX + "batches", "Flushes by outcome: ok (applied and committed) or failed.",
             ["outcome"], registry=r)
@@ -161,6 +165,9 @@ class PrometheusObserver(Observer):
 
     def dead_lettered(self, error_class: str) -> None:
         self.events_dead_lettered.labels(error_class).inc()
+
+    def discarded(self, field: str, events: int) -> None:
+        self.fields_discarded.labels(field).inc(events)
 
     def buffered(self, events: int, keys: int) -> None:
         self.buffered_events.set(events)

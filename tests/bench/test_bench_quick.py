@@ -15,12 +15,14 @@ from bench import run as bench_run
 from bench.load import Spec, expected_current
 from tests.integration.harness import ledger, read_current
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
 
 def test_quick_bench_reports_every_figure_and_syncs_the_table(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", schema_registry_url)  # the wire-format step's
     results_path = tmp_path / "latest.json"
     work = tmp_path / "work"
 
@@ -35,8 +37,9 @@ def test_quick_bench_reports_every_figure_and_syncs_the_table(
     events, profiles = bench_run.QUICK
     assert (results["events"], results["profiles"]) == (events, profiles)
     for key in ("b0_msgs_per_s", "decode_reduce_per_s", "e2e_per_s", "merge_s", "upsert_s",
-                "ctas_s"):
+                "ctas_s", "decode_8_fields_per_s", "decode_16_fields_per_s"):
         assert results[key] > 0, key
+    assert results["decode_16_fields_one_by_one"] == 0  # the evolved schema stays columnar
     assert results["peak_rss_bytes"] > 0
     assert results["e2e_mismatches"] == 0
     assert results["e2e_correct"] is True
@@ -49,6 +52,10 @@ def test_quick_bench_reports_every_figure_and_syncs_the_table(
         assert results["peer_e2e_per_s"] > 0
     else:
         assert results["peer_e2e_per_s"] is None
+    assert results["e2e_confluent_per_s"] > 0
+    assert results["e2e_confluent_correct"] is True
+    assert results["e2e_confluent_vs_plain"] == (
+        results["e2e_confluent_per_s"] / results["e2e_per_s"])
     assert [t["target"] for t in results["targets"]] == [t[0] for t in bench_run.TARGETS]
 
     # The table after the run equals the oracle, read independently of the harness's check.

@@ -1,6 +1,6 @@
 """``make chaos`` / ``make soak``: the chaos scenario on a broker of its own.
 
-    python -m tests.chaos                                   # 200 000 events, as in the suite
+    python -m tests.chaos                                   # 200 000 events (the suite: 100 000)
     python -m tests.chaos --events 1000000 --profiles 100000  # the soak
     python -m tests.chaos --warehouse snowflake             # on the Snowflake test double
     python -m tests.chaos --no-history                      # without the history table

@@ -1,8 +1,11 @@
-"""The chaos test of the reliability issue: 200 000 events, 6 partitions, 20 000 profiles, three
-``kyc-sync run`` processes in one group writing one DuckDB file, ≥ 20 SIGKILLs, one broker restart,
-injected transient warehouse faults, profile history on — and afterwards the table equals the
-oracle, the history table equals the history oracle, every poison event is dead-lettered,
-nothing is lost or stale. ``make chaos`` runs the same scenario alone.
+"""The chaos test of the reliability issue: 6 partitions, three ``kyc-sync run`` processes in one
+group writing one DuckDB file, ≥ 20 SIGKILLs, one broker restart, injected transient warehouse
+faults, profile history on — and afterwards the table equals the oracle, the history table equals
+the history oracle, every poison event is dead-lettered, nothing is lost or stale.
+
+``make chaos`` runs it alone with 200 000 events over 20 000 profiles; the suite with half of
+that (``SUITE_EVENTS``): the same kills, broker restart, faults, poison and history, with half
+the events to produce, apply and compare (the suite's other workers share the CPUs).
 
 The Snowflake variant (``make chaos-snowflake``) is smaller: two consumers writing through the
 real Snowflake connector to the Snowflake test double, SIGKILLed, with injected transient faults
@@ -20,11 +23,14 @@ from tools.localkafka import LocalKafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+SUITE_EVENTS = 100_000
+SUITE_PROFILES = 10_000
+
 
 def test_chaos(kafka_bootstrap: str, local_kafka: LocalKafka | None, tmp_path: Path) -> None:
     result = run_chaos(
-        kafka_bootstrap, local_kafka, tmp_path, events=200_000, profiles=20_000, partitions=6,
-        consumers=3, kills=20, poison_rate=0.01,
+        kafka_bootstrap, local_kafka, tmp_path, events=SUITE_EVENTS, profiles=SUITE_PROFILES,
+        partitions=6, consumers=3, kills=20, poison_rate=0.01,
     )
 
     print(result.details())
@@ -33,7 +39,7 @@ def test_chaos(kafka_bootstrap: str, local_kafka: LocalKafka | None, tmp_path: P
     assert not result.crashes, result.details()
     assert not result.hangs, result.details()
     assert result.final_exit == 0, result.details()
-    assert result.events >= 200_000
+    assert result.events >= SUITE_EVENTS
     assert result.kills >= 20
     assert result.broker_restarts == (1 if local_kafka is not None else 0)
     assert result.warehouse_faults >= 3, result.details()

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from consumer.decode.columnar import plan_for
 from consumer.decode.decoder import (
     INDEX,
-    ROW_FIELDS,
     SPLIT_BELOW,
     WIRE_HEADER,
     ConfluentAvroDecoder,
@@ -51,7 +50,15 @@ def one_by_one(decoder: Decoders, value: bytes | None, key: bytes | None) -> Out
         event = decoder.decode(value, key)
     except InvalidEvent as err:
         return err.error_class
-    return (event.key, event.op_type, event.op_time, event.row)
+    assert event.shape is not None
+    row = dict(zip(event.shape.columns, event.row, strict=True))
+    return (event.key, event.op_type, event.op_time, _present(row))
+
+
+def _present(row: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The non-null values of a row by column name (a column of the batch that the event's
+    schema lacks is null in its row)."""
+    return tuple(sorted((k, v) for k, v in row.items() if v is not None))
 
 
 def batched(
@@ -65,7 +72,8 @@ def batched(
     for row in result.rows.iter_rows(named=True):
         index = row[INDEX]
         assert out[index] is None, "a message decoded twice"
-        out[index] = (row[KEY], row["op_type"], row["op_time"], tuple(row[f] for f in ROW_FIELDS))
+        business = {k: v for k, v in row.items() if k not in (INDEX, "op_type", "op_time")}
+        out[index] = (row[KEY], row["op_type"], row["op_time"], _present(business))
     for index in result.singles:
         assert out[index] is None, "a single that also has a row"
         out[index] = one_by_one(decoder, values[index], keys[index])
@@ -86,6 +94,11 @@ def valid(i: int) -> dict[str, Any]:
         kyc_profile_id=i, goldtier_id=f"GT-{i}", cid=None if i % 3 else f"C{i}",
         op_type=("INSERT", "UPDATE", "DELETE")[i % 3], op_time=T0 + i,
     )
+
+
+def valid_millis(i: int) -> dict[str, Any]:
+    """``valid(i)`` for the MILLIS schema: its timestamps in milliseconds."""
+    return valid(i) | {"op_time": T0 // 1000 + i, "created_date": T0 // 1000}
 
 
 # --------------------------------------------------------------------------- examples
@@ -138,8 +151,8 @@ def test_non_canonical_varint_is_decoded_one_by_one() -> None:
 
 def test_other_timestamp_units_are_scaled_like_one_by_one() -> None:
     for schema, rec, singles in (
-        (MILLIS, valid(5) | {"op_time": T0 // 1000}, ()),
-        (DATE, valid(6) | {"created_date": 19_000}, (0, 1, 2)),  # an int field: one by one
+        (MILLIS, valid_millis(5), ()),
+        (DATE, valid(6) | {"created_date": 19_000}, ()),
     ):
         decoder = PlainAvroDecoder(schema)
         values: list[bytes | None] = [plain(rec, schema)] * 3
@@ -161,9 +174,10 @@ def test_extra_fields_of_fixed_size_types_are_sized() -> None:
     schema["fields"] += [
         {"name": "score", "type": "double"}, {"name": "flag", "type": ["null", "double"]},
         {"name": "blob", "type": "bytes"}, {"name": "ratio", "type": "float"},
+        {"name": "fx", "type": {"type": "fixed", "name": "Four", "size": 4}},
     ]
     decoder = PlainAvroDecoder(schema)
-    extra = {"score": 1.5, "flag": None, "blob": b"\x00\x01", "ratio": 0.25}
+    extra = {"score": 1.5, "flag": None, "blob": b"\x00\x01", "ratio": 0.25, "fx": b"abcd"}
     values: list[bytes | None] = [plain(valid(i) | extra, schema) for i in range(10)]
     assert assert_same_as_one_by_one(decoder, values, [None] * 10) == ()
 
@@ -171,7 +185,7 @@ def test_extra_fields_of_fixed_size_types_are_sized() -> None:
 def test_confluent_mixed_schema_ids_and_unknown_id() -> None:
     decoder = ConfluentAvroDecoder(Fetcher(REGISTRY))
     values: list[bytes | None] = [
-        wire(valid(1)), wire(valid(2) | {"op_time": T0 // 1000}, MILLIS_ID),
+        wire(valid(1)), wire(valid_millis(2), MILLIS_ID),
         WIRE_HEADER.pack(0, 99) + plain(valid(3)), wire(valid(4)), b"\x01bad", b"\x00\x00",
     ]
     assert assert_same_as_one_by_one(decoder, values, [None] * len(values)) == (2, 4, 5)
@@ -261,30 +275,39 @@ def test_null_last_unions_are_checked_too() -> None:
     assert assert_same_as_one_by_one(decoder, values, [None] * 12) == ()
 
 
-def test_int_and_boolean_fields_are_decoded_one_by_one() -> None:
-    for extra in ({"name": "n", "type": "int"}, {"name": "b", "type": "boolean"}):
+def test_int_and_boolean_fields_are_decoded_in_columns_and_checked_in_place() -> None:
+    """An int wider than 32 bits (fastavro reads it, the native reader wraps it) and a boolean
+    byte other than 0 or 1 (fastavro reads it as true) go one by one, which decides them."""
+    for extra, good, bad in (
+        ({"name": "n", "type": "int"}, b"\x02", b"\x80\x80\x80\x80\x10"),
+        ({"name": "b", "type": "boolean"}, b"\x01", b"\x02"),
+    ):
         schema = variant({})
         schema["fields"].append(extra)
-        assert plan_for(PlainAvroDecoder(schema).reader) is None
+        decoder = PlainAvroDecoder(schema)
+        assert plan_for(decoder.reader) is not None
+        body = plain(valid(1) | {extra["name"]: 1 if extra["type"] == "int" else True}, schema)
+        assert body.endswith(good)
+        values: list[bytes | None] = [*([body] * 9), body[: -len(good)] + bad]
+        assert assert_same_as_one_by_one(decoder, values, [None] * 10) == (9,)
 
 
 def test_scaled_timestamp_beyond_int64_is_a_validation_error() -> None:
     decoder = PlainAvroDecoder(MILLIS)
-    huge = plain(valid(3) | {"op_time": 2**62}, MILLIS)
-    values: list[bytes | None] = [plain(valid(i) | {"op_time": T0 // 1000}, MILLIS)
-                                  for i in range(9)]
+    huge = plain(valid_millis(3) | {"op_time": 2**62}, MILLIS)
+    values: list[bytes | None] = [plain(valid_millis(i), MILLIS) for i in range(9)]
     values.append(huge)
     assert 9 in assert_same_as_one_by_one(decoder, values, [None] * len(values))
     assert one_by_one(decoder, huge, None) == "validation"
 
 
-def test_values_of_the_wrong_type_are_a_validation_error() -> None:
+def test_a_field_of_another_type_than_its_column_is_a_schema_error() -> None:
     schema = variant({"goldtier_id": ["null", "long"]})
     decoder = PlainAvroDecoder(schema)
     body = plain(valid(4) | {"goldtier_id": 7}, schema)
     values: list[bytes | None] = [body]
     assert assert_same_as_one_by_one(decoder, values, [None]) == (0,)
-    assert one_by_one(decoder, body, None) == "validation"
+    assert one_by_one(decoder, body, None) == "schema"
 
 
 def test_a_message_too_short_for_the_batch_can_still_meet_the_registry_down() -> None:

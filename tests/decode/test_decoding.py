@@ -87,7 +87,10 @@ class Fetcher:
         self.down = down
         self.calls: dict[int, int] = {}
 
-    def __call__(self, schema_id: int) -> Mapping[str, Any]:
+    def versions(self, schema_id: int) -> str:
+        return ""
+
+    def schema(self, schema_id: int) -> Mapping[str, Any]:
         self.calls[schema_id] = self.calls.get(schema_id, 0) + 1
         if self.down:
             raise RegistryUnavailable("registry down")
@@ -149,7 +152,8 @@ def test_confluent_fetches_each_schema_once() -> None:
     decoder = ConfluentAvroDecoder(fetch)
     for i in range(5):
         decoder.decode(wire(record(kyc_profile_id=i)), None)
-        decoder.decode(wire(record(kyc_profile_id=i, op_time=T0 // 1000), MILLIS_ID), None)
+        millis = record(kyc_profile_id=i, op_time=T0 // 1000, created_date=T0 // 1000)
+        decoder.decode(wire(millis, MILLIS_ID), None)
     assert fetch.calls == {AUDIT_ID: 1, MILLIS_ID: 1}
 
 
@@ -287,7 +291,7 @@ def test_registry_unavailable_propagates_and_is_retried() -> None:
     decoder = ConfluentAvroDecoder(fetch)
     with pytest.raises(RegistryUnavailable):
         decoder.decode(VALID_WIRE, None)
-    assert not decoder.cache
+    assert not decoder.shapes
     assert not decoder.rejected
     fetch.down = False
     assert decoder.decode(VALID_WIRE, None).key == 42

@@ -191,7 +191,7 @@ def test_questions_give_up_on_an_unreachable_broker_with_one_line(
         "kyc-sync: metadata of topic 'audit': KafkaError{code=_TRANSPORT,val=-195,"
         'str="Failed to get metadata: Local: Broker transport failure"}'
     ]
-    assert elapsed < 20
+    assert elapsed < 30  # the default request timeout alone is 30 s; start-up varies with load
 
 
 def test_check_gives_up_on_an_unreachable_broker_with_its_freshness_line(
@@ -208,7 +208,7 @@ def test_check_gives_up_on_an_unreachable_broker_with_its_freshness_line(
     assert stderr_lines(failed.stderr) == []
     assert ("FAIL freshness: cannot read the group's lag from Kafka: metadata of topic 'audit': "
             "KafkaError{code=_TRANSPORT,") in failed.stdout
-    assert elapsed < 20
+    assert elapsed < 30  # the default request timeout alone is 30 s; start-up varies with load
 
 
 def test_run_waits_for_an_unreachable_broker_with_one_warning_per_interval(
@@ -218,7 +218,9 @@ def test_run_waits_for_an_unreachable_broker_with_one_warning_per_interval(
                   KYC_SYNC_LOG_FORMAT="json")
     log = tmp_path / "run.log"
     proc = start_cli(env, "run", log=log)
-    time.sleep(25)
+    # From the first warning, not from the spawn: a start-up on a loaded machine takes seconds.
+    wait_for_line(log, "waiting for Kafka")
+    time.sleep(12)  # one more interval (10 s)
     proc.send_signal(signal.SIGTERM)
 
     assert proc.wait(timeout=30) == 0, log.read_text()

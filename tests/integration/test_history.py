@@ -181,4 +181,4 @@ def test_full_refresh_rebuilds_a_damaged_history(
     finally:
         con.close()
     assert tables == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger",
-                      "kyc_profile_history"}
+                      "kyc_sync_columns", "kyc_profile_history"}  # no rebuild leftovers

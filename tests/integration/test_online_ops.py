@@ -48,6 +48,9 @@ pytestmark = pytest.mark.integration
 
 HOUR_US = 3_600 * 1_000_000
 
+LIVE_OBJECTS = {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger", "kyc_sync_columns"}
+"""The live objects kyc-sync creates (the rebuild's are gone once a refresh ends)."""
+
 
 def env_for(bootstrap: str, topic: str, db: Path, **extra: str) -> dict[str, str]:
     return cli_env(bootstrap, topic, db, f"g-{topic}", KYC_SYNC_METRICS__PORT="0",
@@ -210,7 +213,7 @@ def test_full_refresh_beside_two_running_instances_and_a_producer(
     missing = [sorted(set(stable) - s)[:5] for s in sampler.samples if not set(stable) <= s]
     assert missing == []  # never empty, never without a profile live before and after
     assert read_current(db) == oracle(produced)
-    assert table_names(db) == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert table_names(db) == LIVE_OBJECTS
     clean = ok(run_cli(env, "verify"))
     assert clean.stdout.splitlines()[-1] == "OK: the table equals the stream"
 
@@ -243,7 +246,7 @@ def test_a_killed_full_refresh_leaves_the_live_table_and_the_next_one_completes(
     ok(run_cli(env, "replay", "--full-refresh", "--execute", timeout=300))
 
     assert read_current(db) == oracle(produced)
-    assert table_names(db) == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert table_names(db) == LIVE_OBJECTS
 
 
 def test_refresh_reads_its_planned_offsets_whatever_auto_offset_reset_says(
@@ -303,7 +306,7 @@ def test_a_short_read_refuses_the_swap_and_keeps_the_live_table(
            "read 0" in str(refused.value)
     assert "the live table and the group's offsets are unchanged" in str(refused.value)
     assert state_rows(db) == untouched
-    assert table_names(db) == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert table_names(db) == LIVE_OBJECTS
 
 
 # --------------------------------------------------------------------------- lag exporter

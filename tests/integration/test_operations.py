@@ -47,6 +47,9 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 HOUR_US = 3_600 * 1_000_000
 
+LIVE_OBJECTS = {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger", "kyc_sync_columns"}
+"""The live objects kyc-sync creates (the rebuild's are gone once a refresh ends)."""
+
 
 def env_for(bootstrap: str, topic: str, db: Path, **extra: str) -> dict[str, str]:
     """The CLI's environment; the metrics endpoint on a free port (tests run side by side),
@@ -96,7 +99,10 @@ def offsets_for_times(bootstrap: str, topic: str, partitions: int, ts_ms: int) -
     return {tp.partition: tp.offset if tp.offset >= 0 else high[tp.partition] for tp in found}
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120.0) -> T:
+    """Poll ``probe`` until it answers. The bound only decides how long a broken run takes to
+    fail: on a loaded machine (the suite's workers, other jobs) CLI start-ups alone take tens of
+    seconds."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = probe()
@@ -254,7 +260,7 @@ def test_full_refresh_rebuilds_the_table_and_swaps_it_in(
             "SELECT table_name FROM information_schema.tables").fetchall()}
     finally:
         con.close()
-    assert names == {"kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger"}
+    assert names == LIVE_OBJECTS
     groups = {b["consumer_group"] for b in ledger(db)}  # the run's batches and the rebuild's
     assert len(groups) == 2
     assert group in groups
@@ -305,9 +311,10 @@ def test_lag_reports_unconsumed_messages_and_their_age(
                 for k in range(12)]
     produce_timed(kafka_bootstrap, topic_name, consumed)
     ok(run_cli(env, "run", "--until-caught-up"))
-    # 7 more, unconsumed: the oldest of partition 0 is 90 s old, of partition 1 30 s
+    # 7 more, unconsumed: the oldest of partition 0 is 300 s old, of partition 1 30 s (far apart:
+    # the CLI runs below take a while on a busy machine, and the ages grow meanwhile)
     unconsumed = [(Event(k, "UPDATE", BASE_US + 100 + k, f"w-{k}", k % 2),
-                   now_ms - (90_000 if k % 2 == 0 else 30_000) + k) for k in range(7)]
+                   now_ms - (300_000 if k % 2 == 0 else 30_000) + k) for k in range(7)]
     produce_timed(kafka_bootstrap, topic_name, unconsumed)
 
     report = ok(run_cli(env, "lag", "--json"))
@@ -318,7 +325,7 @@ def test_lag_reports_unconsumed_messages_and_their_age(
     assert (rows[0]["committed"], rows[0]["log_end"], rows[0]["lag"]) == (6, 10, 4)
     assert (rows[1]["committed"], rows[1]["log_end"], rows[1]["lag"]) == (6, 9, 3)
     elapsed = time.time() - now_ms / 1000
-    assert 90 <= rows[0]["lag_seconds"] <= 90 + elapsed + 1
+    assert 300 <= rows[0]["lag_seconds"] <= 300 + elapsed + 1
     assert 30 <= rows[1]["lag_seconds"] <= 30 + elapsed + 1
     assert data["last_batch"]["batches"] == 1
     assert data["last_batch"]["newest_op_time"] == iso_us(BASE_US + 11)
@@ -327,11 +334,11 @@ def test_lag_reports_unconsumed_messages_and_their_age(
     over = run_cli(env, "lag", "--max-lag", "6", "--max-age", "1h")
     assert over.returncode == 1
     assert "FAIL lag 7 messages > --max-lag 6" in over.stdout
-    old = run_cli(env, "lag", "--max-lag", "7", "--max-age", "75s", "--json")
+    old = run_cli(env, "lag", "--max-lag", "7", "--max-age", "180s", "--json")
     assert old.returncode == 1
     assert json.loads(old.stdout)["problems"] == [
         "partition 0: oldest unconsumed message is "
-        f"{rows_age(json.loads(old.stdout), 0)} old > --max-age 1m15s"]
+        f"{rows_age(json.loads(old.stdout), 0)} old > --max-age {format_duration(180)}"]
 
 
 def iso_us(micros: int) -> str:
@@ -374,7 +381,7 @@ def test_check_passes_on_fresh_data_and_names_each_failure(
     assert [line.split(":")[0] for line in stale.stdout.splitlines()[:3]] == [
         "FAIL freshness", "ok   unique_key", "ok   not_null"]
     assert re.search(r"FAIL freshness: the oldest unapplied event \(partition \d, 2 event\(s\) "
-                     r"behind\) is 20m0\ds old > 15m00s: the sync is not keeping up",
+                     r"behind\) is 2[0-4]m\d\ds old > 15m00s: the sync is not keeping up",
                      stale.stdout), stale.stdout
 
     execute_sql(

@@ -3,10 +3,14 @@ register the schema, produce the seed sample in the registry's wire format, cons
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Consumer, Message
@@ -16,10 +20,20 @@ from consumer.decode.encoder import AuditEncoder, message_key
 from consumer.decode.registry import SchemaRegistry
 from consumer.ops.sample import expected_current, value_subject
 from schemas import audit_schema
-from tests.integration.harness import Event, cli_env, ledger, produce_raw, read_current, run_cli
+from tests.integration.harness import (
+    Event,
+    cli_env,
+    ledger,
+    produce_raw,
+    read_current,
+    run_cli,
+    start_cli,
+)
+from tests.warehouse.fakesnow_process import free_port
 from tools.localkafka import create_topic
 
-pytestmark = pytest.mark.integration
+# One worker under xdist: the registry JVM starts once, not on every worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
 UNKNOWN_SCHEMA_ID = 2_000_000_000
 
@@ -136,3 +150,85 @@ def test_unknown_schema_id_goes_to_the_dead_letter_topic(
     assert meta["kyc_sync.error_class"] == "schema"
     assert f"unknown schema id {UNKNOWN_SCHEMA_ID}" in meta["kyc_sync.reason"]
     assert sum(b["invalid_events"] for b in ledger(db)) == 1
+
+
+class Forwarder:
+    """A TCP forwarder to the registry that can be switched on later: until ``start``, its port
+    refuses connections (the registry is down for kyc-sync)."""
+
+    def __init__(self, target: str) -> None:
+        parsed = urlsplit(target)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.path = parsed.path
+        self.port = free_port()
+        self.server: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def start(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def test_registry_down_means_wait_and_never_dead_letter(
+    kafka_bootstrap: str, schema_registry_url: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, partitions=1)
+    db = tmp_path / "kyc.duckdb"
+    schema_id = SchemaRegistry(schema_registry_url).register(
+        value_subject(topic_name), audit_schema()
+    )
+    encoder = AuditEncoder(audit_schema(), schema_id)
+    events = [Event(k, "INSERT", 1_700_000_000_000_000 + k, f"GT-{k}", 0) for k in (1, 2, 3)]
+    produce_raw(kafka_bootstrap, topic_name,
+                [(message_key(e.kyc_profile_id), encoder.encode(e.record()), 0) for e in events])
+    forwarder = Forwarder(schema_registry_url)
+    env = registry_env(kafka_bootstrap, topic_name, db, forwarder.url)
+    log = tmp_path / "run.log"
+    proc = start_cli(env, "run", "--until-caught-up", log=log)
+    try:
+        deadline = time.monotonic() + 60
+        while "schema registry unreachable" not in log.read_text() or log.read_text().count(
+            "re-reading") < 2:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert read_topic(kafka_bootstrap, f"{topic_name}.dlq", 1, timeout_s=3) == []
+        forwarder.start()  # the registry is back
+        assert proc.wait(90) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        forwarder.stop()
+    assert read_current(db) == {e.kyc_profile_id: (e.goldtier_id, e.op_time) for e in events}
+    assert read_topic(kafka_bootstrap, f"{topic_name}.dlq", 1, timeout_s=3) == []

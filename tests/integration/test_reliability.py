@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,13 @@ from tests.integration.harness import (
     run_cli,
     start_cli,
 )
-from tools.localkafka import LocalKafka, create_topic
+from tests.integration.test_operations import log_match, scrape
+from tests.integration.test_operations import wait_for as wait_until
+from tools.localkafka import TEST_JVM_OPTS, LocalKafka, create_topic
 
 pytestmark = pytest.mark.integration
+
+METRICS_AT = r"metrics on http://127\.0\.0\.1:(\d+)/metrics"
 
 
 def poison(partition: int) -> list[tuple[bytes | None, bytes, int]]:
@@ -125,6 +130,19 @@ def wait_for(path: Path, text: str, timeout_s: float = 60) -> None:
     raise AssertionError(f"{text!r} not in {path}:\n{path.read_text() if path.exists() else ''}")
 
 
+def consumed(log: Path) -> float:
+    """``kyc_sync_events_consumed_total`` of the running instance that writes ``log``."""
+    port = wait_until("its metrics port", partial(log_match, log, METRICS_AT))[1]
+    return sum(v for (name, _), v in scrape(f"http://127.0.0.1:{port}/metrics").items()
+               if name == "kyc_sync_events_consumed_total")
+
+
+def wait_consumed(logs: list[Path], count: int, timeout_s: float = 60) -> None:
+    """Until the instances writing ``logs`` have read ``count`` messages between them."""
+    wait_until(f"{count} messages consumed",
+               lambda: sum(consumed(log) for log in logs) >= count or None, timeout_s)
+
+
 def test_sigterm_flushes_commits_and_leaves(
     kafka_bootstrap: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -136,7 +154,7 @@ def test_sigterm_flushes_commits_and_leaves(
     proc = start_cli(env, "run", log=log)
     wait_for(log, "assigned partitions")
     produced = produce(kafka_bootstrap, topic_name, history(random.Random(8), 300, 50, 2))
-    time.sleep(3)  # consumed into the open 10-minute window, nothing written yet
+    wait_consumed([log], 300)  # consumed into the open 10-minute window, nothing written yet
     assert not db.exists() or read_current(db) == {}
 
     proc.send_signal(signal.SIGTERM)
@@ -160,13 +178,13 @@ def test_rebalance_flushes_revoked_partitions_and_converges(
     wait_for(logs[0], "assigned partitions")
     rng = random.Random(9)
     produced = produce(kafka_bootstrap, topic_name, history(rng, 400, 60, 4))
-    time.sleep(2)
+    wait_consumed(logs[:1], 400)  # buffered in the open window
 
     second = start_cli(env, "run", log=logs[1])  # takes partitions away from the first
     wait_for(logs[0], "revoked: flushing what is buffered")
     wait_for(logs[1], "assigned partitions")
     produce(kafka_bootstrap, topic_name, history(rng, 400, 60, 4), produced)
-    time.sleep(3)
+    wait_consumed(logs, 800)  # the second 400 read by the two instances between them
     for proc in (first, second):
         proc.send_signal(signal.SIGTERM)
     codes = [first.wait(timeout=60), second.wait(timeout=60)]
@@ -190,11 +208,12 @@ def test_revocation_flush_that_retries_survives(
     first = start_cli(faulty, "run", log=logs[0])
     wait_for(logs[0], "assigned partitions")
     produced = produce(kafka_bootstrap, topic_name, history(random.Random(10), 400, 60, 4))
-    time.sleep(2)
+    wait_consumed(logs[:1], 400)  # buffered in the open window
 
     second = start_cli(env, "run", log=logs[1])
     wait_for(logs[0], "reason=revoke")
-    time.sleep(2)
+    wait_for(logs[1], "assigned partitions")
+    time.sleep(1)  # the first lives on after its retried flush
     assert first.poll() is None, logs[0].read_text()
     for proc in (first, second):
         proc.send_signal(signal.SIGTERM)
@@ -280,7 +299,7 @@ def broker_with_files(local_kafka: LocalKafka | None, tmp_path: Path) -> Iterato
     if local_kafka is not None:
         yield local_kafka
         return
-    with LocalKafka(work_dir=tmp_path / "kafka") as private:
+    with LocalKafka(work_dir=tmp_path / "kafka", jvm_opts=TEST_JVM_OPTS) as private:
         yield private
 
 

@@ -16,9 +16,16 @@ import pytest
 
 from consumer.ops.sample import expected_current
 from tests.integration.harness import cli_env, committed, ledger, read_current, run_cli
-from tools.localkafka import BrokerStartError, ExtraListener, LocalKafka, create_topic
+from tools.localkafka import (
+    TEST_JVM_OPTS,
+    BrokerStartError,
+    ExtraListener,
+    LocalKafka,
+    create_topic,
+)
 
-pytestmark = pytest.mark.integration
+# One worker under xdist: the SCRAM broker starts once.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("scram-broker")]
 
 LISTENER = "SASL"
 MECHANISM = "SCRAM-SHA-512"
@@ -39,6 +46,7 @@ def scram_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka
             f"listener.name.{LISTENER.lower()}.{MECHANISM.lower()}.sasl.jaas.config": SCRAM_LOGIN,
         },
         extra_format_args=["--add-scram", f"{MECHANISM}=[name={USER},password={PASSWORD}]"],
+        jvm_opts=TEST_JVM_OPTS,
     )
     try:
         broker.start()

@@ -17,6 +17,7 @@ from consumer.ops.checks import (
     freshness,
     history_current,
     history_intervals,
+    history_lacks,
     history_state,
     not_null,
     render,
@@ -27,6 +28,7 @@ from consumer.ops.checks import (
 from consumer.ops.lag import PartitionLag
 from consumer.ops.ledger import LastBatch
 from consumer.ops.offsets import PartitionOffsets
+from schemas.columns import BASE_SCHEMA, Column, ColumnChange, TableSchema
 from tests.oracles.reducer import ReferenceReducer
 from tests.oracles.staging import Row, build_staged
 from warehouse.base import Batch
@@ -271,3 +273,47 @@ def test_history_checks_run_when_history_is_on(
         "not exactly one current history row in 1 profile(s) (e.g. 1: 3 current)")
     assert results["history_state"].reason == (
         "the current history row differs from the state row in 2 profile(s) (e.g. 1, 2)")
+
+
+def test_history_state_compares_the_columns_the_state_table_has_now(
+    history_writer: DuckDBWarehouse,
+) -> None:
+    """A column added upstream: ``history_state`` compares it too (a drift in it alone fails
+    the check); a state column the history table lacks is named, not a query error."""
+    schema = BASE_SCHEMA.evolved([ColumnChange(Column("risk_rating", "text"), "add", "v2")])
+    reducer: ReferenceReducer[Row] = ReferenceReducer(keep_versions=True)
+    reducer.add(1, T0 + 10, 0, 10, "UPDATE", (1, "GT-9", None, None, None, None, "high"))
+    reduced = reducer.drain()
+    batch_id = uuid.uuid4().hex
+    history_writer.apply(Batch(
+        batch_id, "audit", "g", build_staged(reduced.winners, batch_id, T0, schema),
+        reduced.ranges, reduced.events, 0, NOW, schema=schema,
+        history=build_staged(reduced.versions, batch_id, T0, schema)))
+    assert checks(history_writer)["history_state"].ok
+
+    corrupt(history_writer, "UPDATE kyc_profile_state SET risk_rating = 'low'")
+    assert checks(history_writer)["history_state"].reason == (
+        "the current history row differs from the state row in 2 profile(s) (e.g. 1, 2)")
+
+    corrupt(history_writer, "ALTER TABLE kyc_profile_history DROP COLUMN risk_rating")
+    assert checks(history_writer)["history_state"] == CheckResult(
+        "history_state", False,
+        "the history table lacks column(s) risk_rating of the state table (added by the next "
+        "flush, or when kyc-sync starts with history on)")
+
+
+@pytest.mark.parametrize(("state", "history", "expected"), [
+    (("kyc_profile_id", "a"), ("kyc_profile_id", "a", "b"), None),
+    (("kyc_profile_id", "a", "B"), ("kyc_profile_id", "A"), "B"),
+    (("kyc_profile_id", "a", "b"), ("kyc_profile_id",), "a, b"),
+])
+def test_history_lacks(
+    state: tuple[str, ...], history: tuple[str, ...], expected: str | None
+) -> None:
+    def schema(names: tuple[str, ...]) -> TableSchema:
+        return TableSchema(tuple(Column(n, "text") for n in names))
+
+    found = history_lacks(schema(state), schema(history))
+    assert found == (None if expected is None else
+                     f"the history table lacks column(s) {expected} of the state table (added "
+                     "by the next flush, or when kyc-sync starts with history on)")

@@ -307,8 +307,9 @@ def test_rebuild_settings_rename_every_object_and_the_group() -> None:
     assert rebuilt.kafka.group_id == "kyc-sync.full-refresh.ab12"
     assert rebuilt.kafka.topic == settings.kafka.topic
     assert (rebuilt.warehouse.table, rebuilt.warehouse.state_table,
-            rebuilt.warehouse.ledger_table) == (
-        "kyc_profile_current__rebuild", "kyc_profile_state__rebuild", "kyc_sync_ledger__rebuild"
+            rebuilt.warehouse.ledger_table, rebuilt.warehouse.columns_table) == (
+        "kyc_profile_current__rebuild", "kyc_profile_state__rebuild", "kyc_sync_ledger__rebuild",
+        "kyc_sync_columns__rebuild",
     )
     assert settings.warehouse.state_table == "kyc_profile_state"  # the original is unchanged
 

@@ -10,25 +10,29 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.columns import BUSINESS_COLUMNS
+from schemas.columns import BASE_SCHEMA, TableSchema
 from tests.oracles.reducer import Winner
-from warehouse.staging import ARROW_TYPES, STAGED_SCHEMA
+from warehouse.staging import arrow_type, staged_schema
 
 Row = tuple[Any, ...]
-"""Values of ``BUSINESS_COLUMNS`` in order, timestamps as integers (microseconds, UTC)."""
+"""Values of the schema's business columns in order; timestamps, times and dates as integers
+(microseconds, microseconds since midnight, days; UTC)."""
 
 
-def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: int) -> pa.Table:
+def build_staged(
+    winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: int,
+    schema: TableSchema = BASE_SCHEMA,
+) -> pa.Table:
     """Column-wise build of the batch; timestamps stay integers until Arrow casts them."""
     n = len(winners)
     columns: list[Sequence[Any]] = (
         [list(c) for c in zip(*(w.payload for w in winners), strict=True)]
-        if n else [[] for _ in BUSINESS_COLUMNS]
+        if n else [[] for _ in schema.columns]
     )
     op_type = [w.op_type for w in winners]
     arrays: list[pa.Array] = [
-        pa.array(values, type=ARROW_TYPES[c.type])
-        for c, values in zip(BUSINESS_COLUMNS, columns, strict=True)
+        pa.array(values, type=arrow_type(c))
+        for c, values in zip(schema.columns, columns, strict=True)
     ]
     arrays += [
         pa.array(op_type, type=pa.string()),
@@ -39,4 +43,4 @@ def build_staged(winners: Sequence[Winner[Row]], batch_id: str, synced_at_us: in
         pa.array([batch_id] * n, type=pa.string()),
         pa.array([synced_at_us] * n, type=pa.timestamp("us")),
     ]
-    return pa.Table.from_arrays(arrays, schema=STAGED_SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=staged_schema(schema))

@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from consumer.decode.decoder import Decoded, DecodedBatch, Decoder, RegistryUnavailable
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
+from schemas.evolution import TableState
 from tests.integration.harness import Event, Produced
 from warehouse.base import ApplyResult, Batch
 from warehouse.duckdb_writer import DuckDBWarehouse
@@ -444,6 +445,7 @@ def memory_tables(history: bool = False) -> TableNames:
         state=QualifiedName.of("main", "kyc_profile_state"),
         current=QualifiedName.of("main", "kyc_profile_current"),
         ledger=QualifiedName.of("main", "kyc_sync_ledger"),
+        columns=QualifiedName.of("main", "kyc_sync_columns"),
         history=QualifiedName.of("main", "kyc_profile_history") if history else None,
     )
 
@@ -475,6 +477,9 @@ class RecordingWarehouse:
 
     def open(self) -> None:
         self.inner.open()
+
+    def table_state(self) -> TableState:
+        return self.inner.table_state()
 
     def apply(self, batch: Batch) -> ApplyResult:
         with self._lock:
@@ -583,6 +588,7 @@ class RegistryOutage:
         self, inner: Decoder, stops: Sequence[int], on_outage: Callable[[], object] | None = None
     ) -> None:
         self.inner = inner
+        self.contract = inner.contract
         self.stops = deque(stops)
         self.on_outage = on_outage
         self.outages = 0

@@ -21,8 +21,9 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 import consumer.run.loop as run_loop
 from batcher.ranges import PartitionRange
 from batcher.window import FlushReason, WindowPolicy
+from consumer.decode.contract import Contract
 from consumer.decode.decoder import Decoder, PlainAvroDecoder
-from consumer.decode.encoder import AuditEncoder
+from consumer.decode.encoder import AuditEncoder, message_key
 from consumer.run.loop import LoopOptions, StopRun, SyncLoop
 from consumer.run.observer import FlushReport, Observer, Observers
 from consumer.run.partitions import Partitions
@@ -30,6 +31,7 @@ from consumer.run.retry import RetriesExhausted
 from consumer.source.deadletters import DeadLetterError, DeadLetters
 from consumer.telemetry.metrics import PrometheusObserver
 from schemas import audit_schema
+from schemas.evolution import Policy
 from tests.integration.harness import BASE_US, Event, Produced, history, history_oracle, oracle
 from tests.run.fakes import (
     IDLE,
@@ -1000,6 +1002,43 @@ def test_bounded_finishes_when_every_range_is_read_even_if_the_log_grows(rigs: R
     assert rig.observer.reasons == [FlushReason.CAUGHT_UP]
 
 
+class Discards(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.discards: dict[str, int] = {}
+
+    def discarded(self, field: str, events: int) -> None:
+        self.discards[field] = self.discards.get(field, 0) + events
+
+
+def evolved_rig(rigs: Rigs, policy: Policy) -> tuple[Rig, Discards]:
+    schema = audit_schema()
+    schema["fields"] = [*schema["fields"],
+                        {"name": "risk_rating", "type": ["null", "string"], "default": None}]
+    rig = rigs.new(decoder=PlainAvroDecoder(schema, Contract(policy)), until_caught_up=True)
+    observer = Discards()
+    rig.loop.observer = observer
+    encoder = AuditEncoder(schema)
+    for key in (1, 2, 3):
+        record = Event(key, "INSERT", 1_700_000_000_000_000 + key, f"GT-{key}", 0).record()
+        rig.consumer.append(0, message_key(key), encoder.encode(record | {"risk_rating": "hi"}))
+    rig.consumer.play(Assign((0,)), deliver())
+    return rig, observer
+
+
+def test_discarded_fields_are_counted_and_an_evolved_column_is_written(rigs: Rigs) -> None:
+    rig, observer = evolved_rig(rigs, "discard")
+    assert rig.loop.run() == 0
+    assert observer.discards == {"risk_rating": 3}
+    assert "risk_rating" not in rig.warehouse.inner.table_state().schema.names
+
+    rig, observer = evolved_rig(rigs, "evolve")
+    assert rig.loop.run() == 0
+    assert observer.discards == {}
+    batch = rig.warehouse.applied[0]
+    assert [c.column.name for c in batch.schema.changes] == ["risk_rating"]
+    assert rig.warehouse.inner.fetch(
+        "SELECT DISTINCT risk_rating FROM main.kyc_profile_state") == [("hi",)]
 @pytest.mark.parametrize("seed", [1, 2])
 def test_history_keeps_every_version_over_many_batches(rigs: Rigs, seed: int) -> None:
     """With history on, each flush stages every distinct version the window saw, not only the

@@ -106,7 +106,8 @@ def test_it_is_an_observer_with_prefixed_conventional_names() -> None:
     names = {m.name for m in obs.registry.collect()}
     assert names == {
         "kyc_sync_events_consumed", "kyc_sync_events_decoded", "kyc_sync_events_dead_lettered",
-        "kyc_sync_batches", "kyc_sync_rows", "kyc_sync_phase_duration_seconds",
+        "kyc_sync_fields_discarded", "kyc_sync_batches", "kyc_sync_rows",
+        "kyc_sync_phase_duration_seconds",
         "kyc_sync_buffered_events", "kyc_sync_buffered_keys", "kyc_sync_assigned_partitions",
         "kyc_sync_last_success_timestamp_seconds", "kyc_sync_partition_lag_messages",
         "kyc_sync_partition_lag_seconds", "kyc_sync_freshness_seconds",
@@ -122,7 +123,10 @@ def test_counters_follow_the_hooks() -> None:
     obs.consumed(batch(Msg(0, 0), Msg(0, 1), Msg(1, 0), Msg(1, 1, eof=True)), decoded=2)
     obs.dead_lettered("schema")
     obs.buffered(2, 2)
+    obs.discarded("risk_rating", 5)
+    obs.discarded("risk_rating", 2)
 
+    assert value(obs, "kyc_sync_fields_discarded_total", field="risk_rating") == 7
     assert value(obs, "kyc_sync_events_consumed_total") == 3  # the EOF is not a message
     assert value(obs, "kyc_sync_events_decoded_total") == 2
     assert value(obs, "kyc_sync_events_dead_lettered_total", error_class="schema") == 1

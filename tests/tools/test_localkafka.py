@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tools import localkafka
 from tools.localkafka import (
+    TEST_JVM_OPTS,
     BrokerStartError,
     ExtraListener,
     KafkaJarsError,
@@ -223,7 +224,7 @@ def restartable_broker(local_kafka: LocalKafka | None, tmp_path: Path) -> Iterat
         yield local_kafka
         assert local_kafka.running
         return
-    with LocalKafka(work_dir=tmp_path / "kafka") as private:
+    with LocalKafka(work_dir=tmp_path / "kafka", jvm_opts=TEST_JVM_OPTS) as private:
         yield private
 
 
@@ -256,7 +257,8 @@ def test_start_failure_raises_with_broker_log(tmp_path: Path) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        kafka = LocalKafka(work_dir=tmp_path, port=blocker.getsockname()[1], startup_timeout=60)
+        kafka = LocalKafka(work_dir=tmp_path, port=blocker.getsockname()[1], startup_timeout=60,
+                           jvm_opts=TEST_JVM_OPTS)
         with pytest.raises(BrokerStartError, match="exited with code") as excinfo:
             kafka.start()
     assert "Address already in use" in str(excinfo.value)

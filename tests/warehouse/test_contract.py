@@ -34,6 +34,7 @@ from pydantic import SecretStr
 
 from batcher.ranges import PartitionRange
 from schemas.columns import KEY, OP_TYPES, Column
+from schemas.evolution import ColumnPolicy, TableState
 from tests.oracles.history import Interval, as_of, build_history
 from tests.oracles.reducer import ReferenceReducer, Version, Winner
 from tests.oracles.staging import Row, build_staged
@@ -51,6 +52,7 @@ from warehouse.tables import (
     Dialect,
     TableNames,
     col,
+    state_columns,
 )
 
 TOPIC = "kyc_profile_audit"
@@ -59,7 +61,7 @@ EPOCH = datetime(1970, 1, 1)
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
 SYNCED_AT_US = T0 + 10**12
 STARTED_AT = datetime(2026, 3, 1, 12, 0, 0, 123456)
-TABLES = ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger")
+TABLES = ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger", "kyc_sync_columns")
 HISTORY_TABLE = "kyc_profile_history"
 
 
@@ -142,6 +144,7 @@ class ContractWriter(Protocol):
     names: TableNames
 
     def open(self) -> None: ...
+    def table_state(self) -> TableState: ...
     def apply(self, batch: Batch) -> ApplyResult: ...
     def close(self) -> None: ...
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
@@ -150,6 +153,16 @@ class ContractWriter(Protocol):
     def level(self, built: Sequence[PartitionRange], into_live: bool) -> None: ...
     def swap_in(self, built: Sequence[PartitionRange]) -> None: ...
     def finish(self) -> None: ...
+    def outside_rows(self, built: Sequence[PartitionRange]) -> int: ...
+
+
+class NewWriter(Protocol):
+    """Another writer of the harness's kind (same database), on ``names``."""
+
+    def __call__(
+        self, names: TableNames, faults: FaultPlan | None = None,
+        policy: ColumnPolicy | None = None,
+    ) -> ContractWriter: ...
 
 
 COLUMNS_BY_NAME = {c.name: c for c in STATE_COLUMNS}
@@ -166,7 +179,7 @@ class Harness:
     faults: FaultPlan
     module: ModuleType
     examples: int
-    new_writer: Callable[[TableNames], ContractWriter]
+    new_writer: NewWriter
 
     @property
     def history_on(self) -> bool:
@@ -229,14 +242,16 @@ class Harness:
 
 
 def names_in(*prefix: str, upper: bool, history: bool = False) -> TableNames:
-    state, current, ledger, table = (
+    state, current, ledger, columns, table = (
         QualifiedName.of(*prefix, t, upper=upper) for t in (*TABLES, HISTORY_TABLE))
-    return TableNames(state, current, ledger, table if history else None)
+    return TableNames(state, current, ledger, columns, table if history else None)
 
 
 def duckdb_harness(path: Path, history: bool = False) -> Harness:
-    def new_writer(names: TableNames, faults: FaultPlan | None = None) -> ContractWriter:
-        return duckdb_writer.DuckDBWarehouse(str(path), names, "kyc", faults)
+    def new_writer(
+        names: TableNames, faults: FaultPlan | None = None, policy: ColumnPolicy | None = None
+    ) -> ContractWriter:
+        return duckdb_writer.DuckDBWarehouse(str(path), names, "kyc", faults, policy)
 
     faults = FaultPlan()
     writer = new_writer(names_in("kyc", upper=False, history=history), faults)
@@ -246,8 +261,10 @@ def duckdb_harness(path: Path, history: bool = False) -> Harness:
 def snowflake_harness(config: Any, examples: int, history: bool = False) -> Harness:
     from warehouse import snowflake_writer
 
-    def new_writer(names: TableNames, faults: FaultPlan | None = None) -> ContractWriter:
-        return snowflake_writer.SnowflakeWarehouse(config, names, faults)
+    def new_writer(
+        names: TableNames, faults: FaultPlan | None = None, policy: ColumnPolicy | None = None
+    ) -> ContractWriter:
+        return snowflake_writer.SnowflakeWarehouse(config, names, faults, policy)
 
     faults = FaultPlan()
     names = names_in(config.database, config.schema_name, upper=True, history=history)
@@ -730,8 +747,9 @@ def history_problems(harness: Harness) -> list[list[tuple[Any, ...]]]:
     return [
         harness.writer.fetch(history_sql.intervals_sql(names.history, dialect)),
         harness.writer.fetch(history_sql.current_rows_sql(names.history, names.state, dialect)),
-        harness.writer.fetch(history_sql.state_agreement_sql(names.history, names.state,
-                                                             dialect)),
+        harness.writer.fetch(history_sql.state_agreement_sql(
+            names.history, names.state, dialect,
+            state_columns(harness.writer.table_state().schema))),
     ]
 
 
@@ -740,8 +758,8 @@ def live_as_of(harness: Harness, moment_us: int, key: int | None = None) -> dict
     names = harness.writer.names
     assert names.history is not None
     moment = ts(moment_us)
-    sql = history_sql.as_of_sql(names.history, harness.dialect, by_key=key is not None,
-                                columns=(KEY, "op_time"))
+    sql = history_sql.as_of_sql(names.history, harness.dialect, (KEY, "op_time"),
+                                by_key=key is not None)
     params: list[object] = [moment, moment] + ([] if key is None else [key])
     return {int(k): int((t - EPOCH) / timedelta(microseconds=1))
             for k, t in harness.writer.fetch(sql, params)}

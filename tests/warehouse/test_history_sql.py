@@ -15,6 +15,7 @@ from batcher.ranges import PartitionRange
 from schemas.columns import Column
 from tests.warehouse.test_sql import STAGED, in_case, object_identifiers, parse
 from warehouse import history_sql
+from warehouse.history_sql import as_of_columns
 from warehouse.identifiers import QualifiedName
 from warehouse.swap import (
     discard_statements,
@@ -43,7 +44,7 @@ def names(dialect: Dialect, history: bool = True) -> TableNames:
         QualifiedName.of("kyc_db", "audit", t, upper=upper)
         for t in ("kyc_profile_state", "kyc_profile_current", "kyc_sync_ledger",
                   "kyc_profile_history"))
-    return TableNames(state, current, ledger, table if history else None)
+    return TableNames(state, current, ledger, history=table if history else None)
 
 
 def hist(d: Dialect) -> QualifiedName:
@@ -52,19 +53,22 @@ def hist(d: Dialect) -> QualifiedName:
     return found
 
 
+COLS = STATE_COLUMNS
+AS_OF = as_of_columns(STATE_COLUMNS)
 BUILDERS: dict[str, tuple[Callable[[Dialect], str], type[exp.Expression]]] = {
-    "insert_versions": (lambda d: history_sql.insert_versions_sql(hist(d), STAGED, d), exp.Insert),
+    "insert_versions": (lambda d: history_sql.insert_versions_sql(hist(d), STAGED, d, COLS),
+                        exp.Insert),
     "recompute": (lambda d: history_sql.recompute_intervals_sql(hist(d), STAGED, d), exp.Update),
-    "seed_close": (lambda d: history_sql.seed_statements(hist(d), names(d).state, d)[0],
+    "seed_close": (lambda d: history_sql.seed_statements(hist(d), names(d).state, d, COLS)[0],
                    exp.Update),
-    "seed_insert": (lambda d: history_sql.seed_statements(hist(d), names(d).state, d)[1],
+    "seed_insert": (lambda d: history_sql.seed_statements(hist(d), names(d).state, d, COLS)[1],
                     exp.Insert),
-    "as_of": (lambda d: history_sql.as_of_sql(hist(d), d, by_key=True), exp.Select),
+    "as_of": (lambda d: history_sql.as_of_sql(hist(d), d, AS_OF, by_key=True), exp.Select),
     "intervals": (lambda d: history_sql.intervals_sql(hist(d), d), exp.Select),
     "current_rows": (lambda d: history_sql.current_rows_sql(hist(d), names(d).state, d),
                      exp.Select),
-    "state_agreement": (lambda d: history_sql.state_agreement_sql(hist(d), names(d).state, d),
-                        exp.Select),
+    "state_agreement": (
+        lambda d: history_sql.state_agreement_sql(hist(d), names(d).state, d, COLS), exp.Select),
     "ddl": (lambda d: ddl(names(d), d)[-1], exp.Create),
 }
 STATEMENTS = [pytest.param(d, b, id=f"{d}-{b}") for d in DIALECTS for b in BUILDERS]
@@ -103,7 +107,7 @@ def test_ddl_has_the_history_table_only_when_on(dialect: Dialect) -> None:
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_as_of_binds_its_values(dialect: Dialect) -> None:
     for by_key, marks in ((False, 2), (True, 3)):
-        tree = parse(history_sql.as_of_sql(hist(dialect), dialect, by_key=by_key), dialect)
+        tree = parse(history_sql.as_of_sql(hist(dialect), dialect, AS_OF, by_key=by_key), dialect)
         assert len(list(tree.find_all(exp.Placeholder))) == marks
         assert not list(tree.find_all(exp.Literal))
 
@@ -139,7 +143,7 @@ def test_full_refresh_rebuilds_levels_and_swaps_history(dialect: Dialect) -> Non
 T0 = datetime(2024, 1, 15)
 HISTORY = QualifiedName.of("history")
 PLAIN = TableNames(QualifiedName.of("state"), QualifiedName.of("current"),
-                   QualifiedName.of("ledger"), HISTORY)
+                   QualifiedName.of("ledger"), history=HISTORY)
 
 
 @pytest.fixture
@@ -169,7 +173,8 @@ def findings(con: duckdb.DuckDBPyConnection) -> list[list[tuple[object, ...]]]:
     return [
         con.execute(history_sql.intervals_sql(HISTORY, "duckdb")).fetchall(),
         con.execute(history_sql.current_rows_sql(HISTORY, PLAIN.state, "duckdb")).fetchall(),
-        con.execute(history_sql.state_agreement_sql(HISTORY, PLAIN.state, "duckdb")).fetchall(),
+        con.execute(history_sql.state_agreement_sql(HISTORY, PLAIN.state, "duckdb", COLS))
+        .fetchall(),
     ]
 
 
@@ -206,6 +211,6 @@ def test_each_broken_invariant_is_found(
 
 def test_seeding_is_a_no_op_on_a_complete_history(con: duckdb.DuckDBPyConnection) -> None:
     before = con.execute("SELECT * FROM history ORDER BY ALL").fetchall()
-    for statement in history_sql.seed_statements(HISTORY, PLAIN.state, "duckdb"):
+    for statement in history_sql.seed_statements(HISTORY, PLAIN.state, "duckdb", STATE_COLUMNS):
         con.execute(statement)
     assert con.execute("SELECT * FROM history ORDER BY ALL").fetchall() == before

@@ -215,4 +215,4 @@ def test_full_refresh_beside_a_running_instance_and_a_producer(
     missing = [sorted(set(stable) - s)[:5] for s in sampler.samples if not set(stable) <= s]
     assert missing == []  # never empty, never without a profile live before and after
     assert current(fakesnow_server, snowflake_database) == oracle(produced)
-    assert tables == {"KYC_PROFILE_STATE", "KYC_SYNC_LEDGER"}
+    assert tables == {"KYC_PROFILE_STATE", "KYC_SYNC_LEDGER", "KYC_SYNC_COLUMNS"}

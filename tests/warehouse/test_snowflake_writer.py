@@ -464,16 +464,17 @@ def test_history_statements_parse_in_snowflake_dialect() -> None:
     """The second temporary table and file of a flush with history on, and the history
     statements it runs after the MERGE (the order is the contract suite's, on fakesnow)."""
     history = QualifiedName.of("kyc", "audit", "kyc_profile_history", upper=True)
-    staging = [create_staged_sql(STAGED_HISTORY), put_sql(HISTORY_FILE),
-               copy_sql(STAGED_HISTORY, HISTORY_FILE)]
+    staging = [create_staged_sql(table=STAGED_HISTORY), put_sql(HISTORY_FILE),
+               copy_sql(table=STAGED_HISTORY, file=HISTORY_FILE)]
     kinds = [type(sqlglot.parse_one(sql, read="snowflake")) for sql in staging]
     assert kinds == [exp.Create, exp.Put, exp.Copy]
     assert STAGED_HISTORY.sql() in staging[0]
     assert STAGED_HISTORY.sql() in staging[2]
     assert "file://history.parquet" in staging[1]
     assert "/history.parquet" in staging[2]
-    written = [*history_sql.flush_statements(history, STAGED_HISTORY.sql(), "snowflake"),
-               *history_sql.seed_statements(history, NAMES.state, "snowflake")]
+    written = [
+        *history_sql.flush_statements(history, STAGED_HISTORY.sql(), "snowflake", STATE_COLUMNS),
+        *history_sql.seed_statements(history, NAMES.state, "snowflake", STATE_COLUMNS)]
     kinds = [type(sqlglot.parse_one(sql, read="snowflake")) for sql in written]
     assert kinds == [exp.Insert, exp.Update, exp.Update, exp.Insert]
     for sql in written:
