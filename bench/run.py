@@ -848,7 +848,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "topic": topic,
         "work_dir": str(work),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **wire,
     }
     results["targets"] = targets(results)
     return results

@@ -332,8 +332,9 @@ class RunSettings(Section):
     )
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0,
-        description="After SIGTERM/SIGINT, how long flush + commit + leaving the group may take "
-        "before the process exits without committing.",
+        description="After SIGTERM/SIGINT, how long finishing the write in flight, flushing "
+        "the rest, committing and leaving the group may take before the process exits without "
+        "committing (what is not committed is re-read).",
     )
     caught_up_wait_s: float = Field(
         default=300.0, gt=0,

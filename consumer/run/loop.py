@@ -596,7 +596,7 @@ class SyncLoop:
 
     # -- the commit protocol -----------------------------------------------------------------
 
-    def flush(self, reason: FlushReason, budget_s: float | None = None,
+    def flush(self, reason: FlushReason, deadline: float | None = None,
               behind: bool = False) -> None:
         """Write the open window and commit the offsets it covers.
 
@@ -612,11 +612,12 @@ class SyncLoop:
         7. Report to the observers.
 
         A failure in steps 2-5 raises with nothing of the window committed; its events are
-        re-read, and so are all consumed after them.
+        re-read, and so are all consumed after them. With ``deadline`` (a revocation, on
+        ``time.monotonic``), no step waits past it: ``RetriesExhausted`` instead.
         """
         # Step 1
         self.settle_ingest()
-        self.finish_write(budget_s)
+        self.finish_write(deadline)
         if self.reducer.events == 0 or self.abandoned:
             self.window.reset()
             return
@@ -627,27 +628,28 @@ class SyncLoop:
             self.flushing_events = drained.window.events
             # Step 3
             if self.dead_letters is not None and drained.window.invalid:
-                self.retry(self.dead_letters.flush, "dead-letter flush", budget_s)
+                sink = self.dead_letters
+                self.retry(lambda: sink.flush(_left(deadline)), "dead-letter flush", deadline)
             # Step 4
             self.written = Writing(reason, drained, started)
             batch = drained.batch
             self.writing.start(lambda: None if batch is None else self.warehouse.apply(batch))
         if not behind:
-            self.finish_write(budget_s)
+            self.finish_write(deadline)
 
-    def finish_write(self, budget_s: float | None = None) -> FlushReport | None:
-        """Steps 5-7 of the flush whose write is in flight, if any. With ``budget_s`` (a
-        revocation), a write that does not end in time raises ``RetriesExhausted``: it is
-        given up on, its events re-read."""
+    def finish_write(self, deadline: float | None = None) -> FlushReport | None:
+        """Steps 5-7 of the flush whose write is in flight, if any. With ``deadline`` (a
+        revocation), a write that does not end by then raises ``RetriesExhausted``: it is given
+        up on, its events re-read."""
         written = self.written
         if written is None:
-            self._end_given_up_write(budget_s)
+            self._end_given_up_write(deadline)
             return None
         drained = written.drained
         with self._in_flight():
             # Step 5
             try:
-                result = self._write_result(drained.batch, budget_s)
+                result = self._write_result(drained.batch, deadline)
             finally:
                 self.written = None
             # Step 6
@@ -657,10 +659,9 @@ class SyncLoop:
         # Step 7
         return self._report(written.reason, drained, result, written.started)
 
-    def _write_result(self, batch: Batch | None, budget_s: float | None) -> ApplyResult | None:
+    def _write_result(self, batch: Batch | None, deadline: float | None) -> ApplyResult | None:
         """The outcome of the write in flight; a transient failure is retried, each attempt
-        on the write slot's thread. With ``budget_s``, no wait for an attempt outlasts it."""
-        deadline = None if budget_s is None else time.monotonic() + budget_s
+        on the write slot's thread. With ``deadline``, no wait for an attempt outlasts it."""
         attempts = 0
 
         def attempt() -> ApplyResult | None:
@@ -671,30 +672,28 @@ class SyncLoop:
                 self.writing.start(lambda: self.warehouse.apply(batch))
             return self._take_write(deadline)
 
-        return self.retry(attempt, "warehouse apply", budget_s)
+        return self.retry(attempt, "warehouse apply", deadline)
 
     def _take_write(self, deadline: float | None) -> ApplyResult | None:
         """The outcome of the write slot's task, waiting at most until ``deadline``. A write
         still running then is given up on (``RetriesExhausted``); the slot keeps it, and the
         next write waits for it to end (``_end_given_up_write``)."""
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return self.writing.take(timeout)
+            return self.writing.take(_left(deadline))
         except SlotTimeout as err:
             raise RetriesExhausted(f"warehouse apply: over its budget ({err})") from None
 
-    def _end_given_up_write(self, budget_s: float | None) -> None:
+    def _end_given_up_write(self, deadline: float | None) -> None:
         """Wait for a write given up on over its budget to end (its outcome is ignored: its
         events were rewound and are written again), before another write starts."""
         if not self.writing.busy:
             return
-        deadline = None if budget_s is None else time.monotonic() + budget_s
         try:
             self._take_write(deadline)
         except RetriesExhausted:
             raise
         except Exception as err:
-            log.info("the write given up on has ended: %s", err)
+            log.warning("the write given up on failed (its events are written again): %s", err)
 
     def _drain(self) -> Drained:
         """Empty the reducer and stage its rows. The reduced rows are released once staged:
@@ -765,13 +764,14 @@ class SyncLoop:
             else stage_frame(window.versions, batch_id, synced_at, schema),
         )
 
-    def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    def retry(self, call: Callable[[], T], what: str, deadline: float | None = None) -> T:
         """Retry ``call``'s transient failures, waiting in the group: for ``retry_max_s``, or
-        ``lock_wait_max_s`` while it waits on a lock; ``budget_s`` (revocation) bounds both."""
-        if budget_s is None:
+        ``lock_wait_max_s`` while it waits on a lock; ``deadline`` (revocation) bounds both."""
+        left = _left(deadline)
+        if left is None:
             budget, lock_budget = self.options.retry_max_s, self.options.lock_wait_max_s
         else:
-            budget = lock_budget = budget_s
+            budget = lock_budget = left
         return retry_transient(
             call, budget, what, sleep=self.wait_in_group, lock_wait_max_s=lock_budget
         )
@@ -894,16 +894,15 @@ class SyncLoop:
             with self._in_callback():
                 ranges = self._uncommitted()
                 try:
-                    self.finish_write(budget)
+                    self.finish_write(deadline)
                     ranges = self._uncommitted()  # the write in flight is committed
                     if revoked & self.reducer.partitions():
-                        left = deadline - time.monotonic()
-                        if left <= 0:
+                        if time.monotonic() >= deadline:
                             raise RetriesExhausted(
                                 f"no time left of {budget:g}s to write the buffer")
                         log.info("partitions %s revoked: flushing what is buffered",
                                  sorted(revoked))
-                        self.flush(FlushReason.REVOKE, budget_s=left)
+                        self.flush(FlushReason.REVOKE, deadline)
                     else:
                         log.info("partitions %s revoked", sorted(revoked))
                 except RetriesExhausted as err:
@@ -918,10 +917,11 @@ class SyncLoop:
         self.partitions.release(tp.partition for tp in partitions)
         if not self.abandoned and not self.in_flight:
             lost = sorted(tp.partition for tp in partitions)
+            deadline = time.monotonic() + self.options.revoke_budget_s
             with self._in_callback():
                 ranges = self._uncommitted()
                 try:
-                    self.finish_write(self.options.revoke_budget_s)
+                    self.finish_write(deadline)
                 except RetriesExhausted as err:
                     self._drop_buffer(f"partitions {lost} lost, write over budget ({err})",
                                       ranges)
@@ -929,6 +929,11 @@ class SyncLoop:
                     if self.reducer.events:
                         self._drop_buffer(f"partitions {lost} lost", self.reducer.ranges())
         self.observer.assignment(frozenset(self.partitions.assigned))
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (``time.monotonic``), at least 0; None without one."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _payload_bytes(values: list[bytes | None]) -> int:

@@ -11,13 +11,14 @@ newest ``op_time``: a quiet source is fresh, a stuck sync is not (the sample's o
 2024 and must not look stale).
 
 ``MetricsServer`` serves ``/metrics``, ``/healthz`` (the loop is alive: it completed a poll of
-Kafka within ``stall_after_s``, by default ``max.poll.interval.ms``; always 200 for what has no
-loop) and ``/readyz`` (partitions assigned and the last flush succeeded) on 127.0.0.1:9464 by
-default.
+Kafka within ``stall_after_s``, by default ``max.poll.interval.ms``, and no warehouse write has
+run longer; always 200 for what has no loop) and ``/readyz`` (partitions assigned and the last
+flush succeeded) on 127.0.0.1:9464 by default.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -70,6 +71,8 @@ class PrometheusObserver(Observer):
         self.topic = topic
         self.stall_after_s = stall_after_s
         self.last_poll = monotonic()
+        self.writing_since: float | None = None
+        """When the window being written was drained (None: no write in flight)."""
         self.registry = registry or CollectorRegistry()
         self.clock = clock
         self.monotonic = monotonic
@@ -121,7 +124,7 @@ class PrometheusObserver(Observer):
         self.high: dict[int, int] = {}
         self.pending: dict[int, list[tuple[int, int]]] = {}
         """Per partition, the (offset, timestamp ms) of the first message consumed into each
-        window not yet applied, oldest first: with a window written while the next one is
+        window not yet applied, in offset order: with a window written while the next one is
         consumed, two of them."""
         self.in_open_window: set[int] = set()
         """Partitions whose first message of the open window is in ``pending``."""
@@ -157,11 +160,13 @@ class PrometheusObserver(Observer):
                 for partition, entry in first.items():
                     if partition not in self.in_open_window:
                         self.in_open_window.add(partition)
-                        self.pending.setdefault(partition, []).append(entry)
+                        # In offset order: a rewind re-reads older offsets after newer ones.
+                        bisect.insort(self.pending.setdefault(partition, []), entry)
 
     def window_closed(self) -> None:
         with self.lock:
             self.in_open_window.clear()
+        self.writing_since = self.monotonic()
 
     def dead_lettered(self, error_class: str) -> None:
         self.events_dead_lettered.labels(error_class).inc()
@@ -177,6 +182,7 @@ class PrometheusObserver(Observer):
         self.durations.labels(phase).observe(seconds)
 
     def flushed(self, report: FlushReport) -> None:
+        self.writing_since = None
         self.batches.labels("ok").inc()
         self.durations.labels("decode").observe(report.decode_s)
         self.durations.labels("flush").observe(report.total_s)
@@ -210,6 +216,7 @@ class PrometheusObserver(Observer):
         self.last_success.set(self.clock())
 
     def flush_failed(self, error: BaseException) -> None:
+        self.writing_since = None
         self.batches.labels("failed").inc()
         with self.lock:
             self.last_flush_ok = False
@@ -267,13 +274,19 @@ class PrometheusObserver(Observer):
     # -- liveness and readiness --------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, str]:
-        """Alive while the loop completes a poll within ``stall_after_s``: it polls at least
-        every ``kafka.poll_timeout_s`` when idle and while it waits to retry, so only a call
-        that hangs (a warehouse statement, a commit) stops it — past ``max.poll.interval.ms``
-        the group has dropped this member anyway."""
-        quiet = self.monotonic() - self.last_poll
+        """Alive while the loop completes a poll within ``stall_after_s`` and no window's write
+        has run longer: it polls at least every ``kafka.poll_timeout_s`` when idle and while it
+        waits to retry, so only a call that hangs (a warehouse statement, a commit) stops it —
+        past ``max.poll.interval.ms`` the group has dropped this member anyway. The loop goes
+        on polling while a window is written, so a hung write is told apart by its age."""
+        now = self.monotonic()
+        quiet = now - self.last_poll
         if quiet > self.stall_after_s:
             return False, (f"the loop has not polled Kafka for {quiet:.0f}s "
+                           f"(limit {self.stall_after_s:g}s)")
+        since = self.writing_since
+        if since is not None and now - since > self.stall_after_s:
+            return False, (f"a window has been written for {now - since:.0f}s "
                            f"(limit {self.stall_after_s:g}s)")
         return True, "ok"
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from consumer.decode.contract import Contract
 from consumer.decode.decoder import Decoded, DecodedBatch, Decoder, RegistryUnavailable
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
@@ -615,6 +616,7 @@ class GatedDecoder:
 
     def __init__(self, inner: Decoder) -> None:
         self.inner = inner
+        self.contract: Contract = inner.contract
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.threads: list[str] = []

@@ -815,6 +815,35 @@ def test_a_revocation_does_not_start_writing_the_buffer_past_its_budget(rigs: Ri
     assert rig.consumer.commits == []
 
 
+def test_the_revocation_budget_is_one_deadline_for_every_step(rigs: Rigs) -> None:
+    """The dead-letter flush takes 0.4 s of a 0.5 s budget: the write gets what is left, not
+    the budget again; the buffer is dropped and re-read."""
+    rig = rigs.new(policy=WindowPolicy(max_events=100), revoke_budget_s=0.5,
+                   dead_letters="ack")
+    assert rig.producer is not None
+    acknowledge = rig.producer.flush
+
+    def slow_flush(timeout: float = -1) -> int:
+        time.sleep(0.4)
+        return acknowledge(timeout)
+
+    rig.producer.flush = slow_flush  # type: ignore[method-assign]
+    rig.produce(updates(1, 11, 12))
+    rig.consumer.append(1, b"k", b"\x00not avro")
+    rig.consumer.play(
+        Assign((0, 1)), deliver(1),
+        Call(lambda: setattr(rig.warehouse, "delay_s", 0.45)),
+        Revoke((1,)), IDLE, rig.stop(),
+    )
+
+    assert rig.loop.run() == 0
+
+    seconds = [s for k, s in rig.consumer.callback_s if k == "revoked"]
+    assert seconds[0] < 0.5 + 0.3, seconds
+    assert isinstance(rig.observer.failures[0], RetriesExhausted)
+    assert rig.consumer.commits == []
+
+
 def test_a_revocation_over_budget_rewinds_past_the_window_it_committed(rigs: Rigs) -> None:
     """The callback commits the write in flight, then the buffer's flush runs over budget: the
     partition kept is re-read from the first offset dropped, not from the committed window."""
