@@ -148,6 +148,7 @@ def measure(bootstrap: str, topic: str, partitions: int, db: Path) -> dict[str, 
                         at_end.add(msg.partition())  # type: ignore[arg-type]
                 if messages:
                     loop.ingest(messages)
+                    loop.settle_ingest()  # decoded and reduced here, as the loop does
             consumer.poll(0)  # a last statistics callback
             seconds["ingest_s"] = time.perf_counter() - started
         consumer.close()

@@ -133,6 +133,7 @@ def build_warehouse(settings: Settings) -> Warehouse:
         return DuckDBWarehouse(
             settings.duckdb.path, table_names(settings, False, schema), schema,
             fault_plan(settings), settings.columns.policy(),
+            memory_limit=settings.duckdb.memory_limit,
         )
     # Imported here: snowflake-connector-python is an optional extra (kyc-sync[snowflake]).
     try:

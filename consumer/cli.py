@@ -237,8 +237,22 @@ PRIVATE_UMASK = 0o077
 """Files kyc-sync creates (the DuckDB database, its write-ahead log) hold profile data and
 offsets: readable by their owner only."""
 
+ALLOCATOR_CONF = "muzzy_decay_ms:0"
+"""polars' allocator (jemalloc) hands freed pages back with ``MADV_FREE`` by default, and those
+pages count in the process's RSS until the kernel is short of memory: a window's compactions
+then leave the RSS about 100 MiB above what is in use. With this, pages it no longer needs go
+back at once after their half-second dirty decay (polars' own default), at no measurable CPU
+cost here. Applied only where ``_RJEM_MALLOC_CONF`` is not set already."""
+
+
+def use_allocator_defaults() -> None:
+    """Configure polars' allocator; effective only before polars is first imported, which the
+    command line does lazily, in the handlers."""
+    os.environ.setdefault("_RJEM_MALLOC_CONF", ALLOCATOR_CONF)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_allocator_defaults()
     args = _parser().parse_args(argv)
     previous = os.umask(PRIVATE_UMASK)
     try:

@@ -236,7 +236,11 @@ class ColumnsSettings(Section):
 
 class WindowSettings(Section):
     seconds: float = Field(default=600.0, gt=0, description="Window length, seconds.")
-    max_events: int = Field(default=1_000_000, gt=0, description="Flush early at this many events.")
+    max_events: int = Field(
+        default=1_000_000, gt=0,
+        description="Flush early at this many events. Bounds one window; the next one fills "
+        "while a window is written, so memory holds up to two.",
+    )
     max_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Flush early at this many payload bytes."
     )
@@ -288,6 +292,12 @@ class WarehouseSettings(Section):
 class DuckDBSettings(Section):
     path: str = Field(default="kyc.duckdb", description="Database file.")
     schema_name: str = Field(default="main", description="Schema of the tables.")
+    memory_limit: str = Field(
+        default="128MB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory limit while kyc-sync uses the file (e.g. 128MB, 1GiB): "
+        "what a flush's joins and checkpoint may hold before DuckDB spills to "
+        "<path>.tmp. DuckDB's own default is 80% of the machine's memory.",
+    )
 
     @field_validator("schema_name")
     @classmethod
@@ -322,8 +332,9 @@ class RunSettings(Section):
     )
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0,
-        description="After SIGTERM/SIGINT, how long flush + commit + leaving the group may take "
-        "before the process exits without committing.",
+        description="After SIGTERM/SIGINT, how long finishing the write in flight, flushing "
+        "the rest, committing and leaving the group may take before the process exits without "
+        "committing (what is not committed is re-read).",
     )
     caught_up_wait_s: float = Field(
         default=300.0, gt=0,

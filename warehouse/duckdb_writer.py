@@ -111,22 +111,27 @@ class DuckDBWarehouse:
 
     def __init__(
         self, path: str, names: TableNames, schema: str = "main", faults: FaultPlan | None = None,
-        policy: ColumnPolicy | None = None,
+        policy: ColumnPolicy | None = None, memory_limit: str | None = None,
     ) -> None:
         self.path = path
         self.names = names
         self.schema = Ident(schema)
         self.faults = faults or FaultPlan()
         self.policy = policy or ColumnPolicy()
+        self.config: dict[str, str | bool | int | float | list[str]] = (
+            {} if memory_limit is None else {"memory_limit": memory_limit})
+        """Every connection's DuckDB settings (one process must open a file with one config)."""
         self._memory: duckdb.DuckDBPyConnection | None = None
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         if self.path == ":memory:":
             if self._memory is None:
-                self._memory = duckdb.connect(":memory:")
+                self._memory = duckdb.connect(":memory:", config=self.config)
             return self._memory
+        if read_only:
+            return duckdb.connect(self.path, read_only=True, config=self.config)
         created = not os.path.exists(self.path)
-        con = duckdb.connect(self.path)
+        con = duckdb.connect(self.path, config=self.config)
         if created:
             private(self.path)
         return con
@@ -307,7 +312,7 @@ class DuckDBWarehouse:
     @translated()
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One read-only query; the file is opened read-only and released right after."""
-        con = self._memory or duckdb.connect(self.path, read_only=True)
+        con = self._connect(read_only=True)
         try:
             return con.execute(sql, list(params)).fetchall()
         finally:

@@ -360,7 +360,7 @@ def decode_block(plan: BlockPlan, bodies: Sequence[bytes | memoryview]) -> pl.Da
     decoded one by one."""
     if not bodies:
         return None
-    lengths = np.fromiter((len(b) for b in bodies), dtype=np.int64, count=len(bodies))
+    lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
     payload = b"".join(bodies)
     container = b"".join((
         plan.header,

@@ -3,11 +3,19 @@
 The commit protocol lives in ``SyncLoop.flush``: drain the window, write it in one warehouse
 transaction, then commit the Kafka offsets it covers — never before the warehouse committed.
 
+Two kinds of work overlap with consuming, each in a ``Slot`` (``consumer.run.slot``): a consume()
+batch is decoded and reduced while the next one is fetched, and a window is written while the
+next one is consumed. At most one of each is in flight; the loop's thread takes each outcome back
+before it depends on it, and alone commits, rewinds and decides.
+
 Rules the loop keeps so that nothing is lost:
 - an offset is committed only for events that are in the warehouse, or whose dead-letter copy
   was acknowledged, and only for partitions this instance still owns;
 - whenever buffered events are dropped without being written (a revocation over its time budget,
   lost partitions), the partitions still owned are rewound to the first dropped offset;
+- windows are committed in order, each once its write is done; a revocation, a loss of partitions
+  and a shutdown first wait for the write in flight; a failed write stops the run and nothing
+  consumed after it is committed;
 - while a flush waits to retry, the partitions are paused and the consumer keeps polling, so the
   instance stays in its group; anything delivered meanwhile is rewound, not processed.
 
@@ -51,6 +59,7 @@ from consumer.run.observer import FlushReport, Observer
 from consumer.run.partitions import Partitions, first_offsets
 from consumer.run.progress import GroupProgress, describe
 from consumer.run.retry import RetriesExhausted, retry_transient
+from consumer.run.slot import Slot, SlotTimeout
 from consumer.source.deadletters import DeadLetterSink
 from schemas.errors import InvalidEvent, TerminalError
 from warehouse.base import ApplyResult, Batch, Warehouse
@@ -103,6 +112,57 @@ class Drained:
     decode_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A consume() batch sorted out on the loop's thread (partition ends, planned stops), to be
+    decoded and reduced: its messages and, for those kept, their value, key and position."""
+
+    messages: list[Message]
+    kept: list[Message]
+    values: list[bytes | None]
+    keys: list[bytes | None]
+    partitions: list[int]
+    offsets: list[int]
+    size: int
+    scan_s: float
+
+
+    def merged(self, later: Taken) -> Taken:
+        """This batch and a later one, as one batch."""
+        return Taken(
+            self.messages + later.messages, self.kept + later.kept, self.values + later.values,
+            self.keys + later.keys, self.partitions + later.partitions,
+            self.offsets + later.offsets, self.size + later.size, self.scan_s + later.scan_s,
+        )
+
+
+MERGED_BATCHES = 8
+"""While the decoder is busy, consume() batches wait merged into one, up to this many: a bigger
+batch decodes for less per event (each polars call has a fixed cost, several milliseconds when
+the machine is loaded), so a decoder that falls behind catches up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What decoding and reducing a batch left for the loop's thread: the registry failure that
+    stopped it at message ``stop`` (None: every message was processed), the valid events."""
+
+    taken: Taken
+    stop: int
+    error: RegistryUnavailable | None
+    decoded: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Writing:
+    """A window whose write is in flight: what its commit and report need once it is done."""
+
+    reason: FlushReason
+    drained: Drained
+    started: float
+
+
 ConsumerFactory = Callable[..., Consumer]
 
 
@@ -148,6 +208,17 @@ class SyncLoop:
         """Events of the open window when the run stopped on an error (not committed)."""
         self.commit_pending: dict[int, int] = {}
         """Applied offsets whose commit failed, per partition: committed with the next one."""
+        self.decoding: Slot[Ingested] = Slot("kyc-sync-decode")
+        self.held: Taken | None = None
+        """Batches consumed and not yet decoded (merged while the decoder is busy)."""
+        self.decoding_taken: Taken | None = None
+        """The batch in the ``decoding`` slot."""
+        self.absorbed = (0, 0, 0)
+        """The reducer's events, payload bytes and keys (at most) when it was last read on this
+        thread: it must not be read while a batch is decoded."""
+        self.writing: Slot[ApplyResult | None] = Slot("kyc-sync-write")
+        self.written: Writing | None = None
+        """The window whose write is in the ``writing`` slot."""
 
     @property
     def consumer(self) -> Consumer | None:
@@ -196,10 +267,12 @@ class SyncLoop:
         try:
             while not self.stopping:
                 self.poll()
-                reason = self.window.due(self.reducer.events, self.reducer.payload_bytes)
+                if self.writing.done():
+                    self.finish_write()
+                reason = self.window.due(*self.buffered())
                 if reason is not None:
-                    self.flush(reason)
-                if self.stops is not None and self.partitions.caught_up():
+                    self.flush(reason, behind=True)
+                if self.stops is not None and self._read_to_end():
                     self.flush(FlushReason.CAUGHT_UP)
                     log.info("read every planned offset range")
                     break
@@ -216,6 +289,8 @@ class SyncLoop:
         finally:
             self.partitions.consumer = None
             consumer.close()
+            self.decoding.close()
+            self.writing.close()
             self.warehouse.close()
             if self.shutdown_timer is not None:
                 self.shutdown_timer.cancel()
@@ -224,16 +299,25 @@ class SyncLoop:
     def poll(self) -> None:
         consumer = self.consumer
         assert consumer is not None
+        if self.decoding.done():
+            self._absorb(self.decoding.take(), None)
+        self._start_ingest()  # the batch held is decoded while the next one is fetched
         messages = consumer.consume(self.options.consume_batch, self.options.poll_timeout_s)
         self.observer.polled()
         if self.fatal is not None:
             raise StopRun(self.fatal)
-        if messages:
-            self.ingest(messages)
+        self.ingest(messages)
         self.observer.tick(consumer)
 
     def caught_up(self) -> bool:
         """Every partition this instance owns is read to its end (and it owns some)."""
+        return self.partitions.caught_up()
+
+    def _read_to_end(self) -> bool:
+        """Every owned partition is read to its end, once what was read is decoded (a registry
+        outage rewinds)."""
+        if self.partitions.caught_up():
+            self.settle_ingest()
         return self.partitions.caught_up()
 
     def _assign_bounds(self, consumer: Consumer, bounds: tuple[PartitionRange, ...]) -> None:
@@ -253,6 +337,8 @@ class SyncLoop:
         may own none), flush them, then ask whether the group has committed every partition of
         the topic to its end (``consumer.run.progress``). Raises ``StopRun`` naming the
         partitions when the group stays without moving forward for ``caught_up_wait_s``."""
+        if self.partitions.assigned <= self.partitions.at_end:
+            self.settle_ingest()  # what was read is decoded: a registry outage rewinds
         if not self.partitions.assigned <= self.partitions.at_end:
             self.progress.restart_wait()
             return False
@@ -289,16 +375,61 @@ class SyncLoop:
     # -- ingest ------------------------------------------------------------------------------
 
     def ingest(self, messages: list[Message]) -> None:
-        """Decode the batch in columns and offer its rows to the reducer, as it arrives."""
+        """Take a consume() batch: sort its messages out here (partition ends, planned stops)
+        and hold it; ``poll`` decodes and reduces the batch held in the background while it
+        fetches the next one. While the decoder is busy, batches held wait merged (up to
+        ``MERGED_BATCHES``); then the loop waits for the decoder."""
+        taken = self._take(messages)
+        if self.decoding.done() and not self._absorb(self.decoding.take(), taken):
+            return  # rewound, together with the batches before it
+        held = self.held
+        if held is not None and taken.kept:
+            limit = self.options.consume_batch * MERGED_BATCHES
+            if self.decoding.busy and len(held.kept) + len(taken.kept) <= limit:
+                self.held = held.merged(taken)
+                return
+            if self.decoding.busy and not self._absorb(self.decoding.take(), taken):
+                return
+            self._start_ingest()
+        if taken.kept:
+            self.window.note_event()
+            self.held = taken
+        elif messages:
+            self.observer.consumed(messages, 0)
+
+    def settle_ingest(self) -> None:
+        """Decode and reduce every batch taken and not yet in the window."""
+        self._settle()
+
+    def buffered(self) -> tuple[int, int]:
+        """Events and payload bytes of the open window: the reducer's when last read, and the
+        batches taken since (decoding or waiting)."""
+        events, size, _keys = self.absorbed
+        for taken in (self.decoding_taken, self.held):
+            if taken is not None:
+                events += len(taken.kept)
+                size += taken.size
+        return events, size
+
+    def _take(self, messages: list[Message]) -> Taken:
         started = time.perf_counter()
-        self.window.note_event()
+        stops = self.stops
+        if stops is None and not [m for m in messages if m.error() is not None]:
+            # The common case, without a per-message branch: every message is a record.
+            partitions: list[int] = [m.partition() for m in messages]  # type: ignore[misc]
+            values = [m.value() for m in messages]
+            self.partitions.at_end.difference_update(set(partitions))
+            return Taken(
+                messages, messages, values, [m.key() for m in messages], partitions,
+                [m.offset() for m in messages],  # type: ignore[misc]
+                _payload_bytes(values), time.perf_counter() - started,
+            )
         kept: list[Message] = []
-        values: list[bytes | None] = []
+        values = []
         keys: list[bytes | None] = []
-        partitions: list[int] = []
+        partitions = []
         offsets: list[int] = []
         at_end = self.partitions.at_end
-        stops = self.stops
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -319,19 +450,69 @@ class SyncLoop:
             offsets.append(offset)
             if stops is not None and offset + 1 >= stops[partition]:
                 self.partitions.reached_end(partition)
-        before = self.reducer.events - self.reducer.invalid
-        if kept:
-            self._ingest_decoded(kept, values, keys, partitions, offsets)
-        if self.reducer.events == 0:
-            self.window.reset()
-        self.decode_s += time.perf_counter() - started
-        self.observer.consumed(messages, self.reducer.events - self.reducer.invalid - before)
-        self.observer.buffered(self.reducer.events, self.reducer.keys_at_most)
+        return Taken(messages, kept, values, keys, partitions, offsets, _payload_bytes(values),
+                     time.perf_counter() - started)
 
-    def _ingest_decoded(
-        self, kept: list[Message], values: list[bytes | None], keys: list[bytes | None],
-        partitions: list[int], offsets: list[int],
-    ) -> None:
+    def _start_ingest(self) -> None:
+        """Decode and reduce the batch held, in the background (if the decoder is free)."""
+        taken = self.held
+        if taken is not None and not self.decoding.busy:
+            self.held = None
+            self.decoding_taken = taken
+            self.decoding.start(lambda: self._decode_reduce(taken))
+
+    def _settle(self, newer: Taken | None = None) -> bool:
+        """Decode and reduce every batch taken before ``newer``: the one in flight, then the one
+        held. False when a registry outage rewound them: ``newer`` was rewound too (drop it)."""
+        while True:
+            if self.decoding.busy and not self._absorb(self.decoding.take(), newer):
+                return False
+            if self.held is None:
+                return True
+            self._start_ingest()
+
+    def _decode_reduce(self, taken: Taken) -> Ingested:
+        """Runs on the decode slot's thread: nothing else uses the decoder and the reducer
+        meanwhile."""
+        started = time.perf_counter()
+        before = self.reducer.events - self.reducer.invalid
+        stop, error = self._ingest_decoded(taken)
+        decoded = self.reducer.events - self.reducer.invalid - before
+        return Ingested(taken, stop, error, decoded, time.perf_counter() - started)
+
+    def _absorb(self, ingested: Ingested, newer: Taken | None) -> bool:
+        """Back on the loop's thread: report the batch; after a registry outage, re-read its
+        unprocessed messages and every batch taken after it. False in that case."""
+        taken = ingested.taken
+        self.decoding_taken = None
+        self.decode_s += taken.scan_s + ingested.seconds
+        self.observer.consumed(taken.messages, ingested.decoded)
+        rewound = ingested.error is not None
+        if ingested.error is not None:
+            # Not at the end any more: these partitions re-read from their first unprocessed one.
+            self.partitions.unread(taken.partitions[ingested.stop:])
+            later = [t for t in (self.held, newer) if t is not None]
+            self.held = None
+            unprocessed = taken.kept[ingested.stop:] + [m for t in later for m in t.kept]
+            self._registry_down(ingested.error, unprocessed)
+        else:
+            self.registry_failures = 0
+        if self.reducer.events == 0 and self.held is None:
+            self.window.reset()
+        self._read_reducer()
+        self.observer.buffered(self.reducer.events, self.reducer.keys_at_most)
+        return not rewound
+
+    def _read_reducer(self) -> None:
+        """Note what the reducer holds (nothing may be decoding)."""
+        self.absorbed = (self.reducer.events, self.reducer.payload_bytes,
+                         self.reducer.keys_at_most)
+
+    def _ingest_decoded(self, taken: Taken) -> tuple[int, RegistryUnavailable | None]:
+        """Decode the batch in columns and offer its rows to the reducer. Returns where it
+        stopped and why (a registry failure), or ``len(kept)`` and None."""
+        kept, values, keys = taken.kept, taken.values, taken.keys
+        partitions, offsets = taken.partitions, taken.offsets
         decoded = self.decoder.decode_batch(values, keys)
         stop = decoded.stop
         singles: list[tuple[int, Decoded]] = []
@@ -344,13 +525,11 @@ class SyncLoop:
                 stop = min(stop, index)
                 decoded = replace(decoded, error=err)
                 break
-        size = sum(len(v) for v in values[:stop] if v)
+        size = sum(len(v) for v in values[:stop] if v) if stop < len(kept) else taken.size
         self.reducer.track(partitions[:stop], offsets[:stop], size)
         rows = decoded.rows
         if stop < len(kept):
             rows = rows.filter(pl.col(INDEX) < stop)
-            # Not at the end any more: these partitions re-read from their first unprocessed one.
-            self.partitions.unread(partitions[stop:])
         if singles:
             rows = concat_rows([rows, rows_of(s for s in singles if s[0] < stop)])
         if rows.height:
@@ -361,10 +540,7 @@ class SyncLoop:
             ))
         for name, events in self.decoder.contract.take_discarded().items():
             self.observer.discarded(name, events)
-        if decoded.error is not None and stop < len(kept):
-            self._registry_down(decoded.error, kept[stop:])
-        else:
-            self.registry_failures = 0
+        return (stop, decoded.error) if stop < len(kept) else (len(kept), None)
 
     def _invalid(self, msg: Message, partition: int, offset: int, invalid: InvalidEvent) -> None:
         where = f"{msg.topic()}[{partition}]@{offset}"
@@ -376,9 +552,11 @@ class SyncLoop:
         self.observer.dead_lettered(invalid.error_class)
 
     def _registry_down(self, err: RegistryUnavailable, unprocessed: list[Message]) -> None:
-        """The events are fine, the registry is not: re-read them after a backoff."""
+        """The events are fine, the registry is not: re-read them after a backoff (at once
+        inside a rebalance callback, which must not last: the next batch waits instead)."""
         self.registry_failures += 1
-        wait = min(30.0, 0.5 * 2 ** min(self.registry_failures, 6))
+        wait = 0.0 if self.partitions.in_callback else min(
+            30.0, 0.5 * 2 ** min(self.registry_failures, 6))
         log.warning("%s; re-reading %d message(s) in %.1fs", err, len(unprocessed), wait)
         self.wait_in_group(wait, rewind=first_offsets(unprocessed))
 
@@ -418,44 +596,113 @@ class SyncLoop:
 
     # -- the commit protocol -----------------------------------------------------------------
 
-    def flush(self, reason: FlushReason, budget_s: float | None = None) -> FlushReport | None:
+    def flush(self, reason: FlushReason, deadline: float | None = None,
+              behind: bool = False) -> None:
         """Write the open window and commit the offsets it covers.
 
-        1. Drain the reducer: the latest event per key, and the offsets the window covers.
-        2. Wait until the window's dead letters are acknowledged by the broker.
-        3. Apply the rows in one warehouse transaction.
-        4. Commit the next offsets of the partitions this instance still owns.
-        5. Report to the observers.
+        1. Settle what came before: the batches consumed join the window, and the write in
+           flight (the window before) is finished: steps 5-7 of its flush.
+        2. Drain the reducer: the latest event per key, and the offsets the window covers.
+        3. Wait until the window's dead letters are acknowledged by the broker.
+        4. Start writing the rows in one warehouse transaction, on the write slot's thread.
+        5. Wait for the write to end; a transient failure is retried here, in the group.
+           ``behind``: the loop goes on consuming, and this step comes later (``finish_write``
+           once the write is done, at the latest in step 1 of the next flush).
+        6. Commit the next offsets of the partitions this instance still owns.
+        7. Report to the observers.
 
-        A failure in steps 2-4 raises with nothing committed; the events are re-read.
+        A failure in steps 2-5 raises with nothing of the window committed; its events are
+        re-read, and so are all consumed after them. With ``deadline`` (a revocation, on
+        ``time.monotonic``), no step waits past it: ``RetriesExhausted`` instead.
         """
+        # Step 1
+        self.settle_ingest()
+        self.finish_write(deadline)
         if self.reducer.events == 0 or self.abandoned:
             self.window.reset()
-            return None
+            return
         started = time.perf_counter()
         with self._in_flight():
-            # Step 1
+            # Step 2
             drained = self._drain()
             self.flushing_events = drained.window.events
-            # Step 2
-            if self.dead_letters is not None and drained.window.invalid:
-                self.retry(self.dead_letters.flush, "dead-letter flush", budget_s)
             # Step 3
-            result = None if (batch := drained.batch) is None else self.retry(
-                lambda: self.warehouse.apply(batch), "warehouse apply", budget_s)
+            if self.dead_letters is not None and drained.window.invalid:
+                sink = self.dead_letters
+                self.retry(lambda: sink.flush(_left(deadline)), "dead-letter flush", deadline)
             # Step 4
+            self.written = Writing(reason, drained, started)
+            batch = drained.batch
+            self.writing.start(lambda: None if batch is None else self.warehouse.apply(batch))
+        if not behind:
+            self.finish_write(deadline)
+
+    def finish_write(self, deadline: float | None = None) -> FlushReport | None:
+        """Steps 5-7 of the flush whose write is in flight, if any. With ``deadline`` (a
+        revocation), a write that does not end by then raises ``RetriesExhausted``: it is given
+        up on, its events re-read."""
+        written = self.written
+        if written is None:
+            self._end_given_up_write(deadline)
+            return None
+        drained = written.drained
+        with self._in_flight():
+            # Step 5
+            try:
+                result = self._write_result(drained.batch, deadline)
+            finally:
+                self.written = None
+            # Step 6
             with self._timed("commit"):
                 self.commit(drained.window.ranges)
             self.flushing_events = 0
-        # Step 5
-        return self._report(reason, drained, result, started)
+        # Step 7
+        return self._report(written.reason, drained, result, written.started)
+
+    def _write_result(self, batch: Batch | None, deadline: float | None) -> ApplyResult | None:
+        """The outcome of the write in flight; a transient failure is retried, each attempt
+        on the write slot's thread. With ``deadline``, no wait for an attempt outlasts it."""
+        attempts = 0
+
+        def attempt() -> ApplyResult | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                assert batch is not None  # an empty window's write cannot fail
+                self.writing.start(lambda: self.warehouse.apply(batch))
+            return self._take_write(deadline)
+
+        return self.retry(attempt, "warehouse apply", deadline)
+
+    def _take_write(self, deadline: float | None) -> ApplyResult | None:
+        """The outcome of the write slot's task, waiting at most until ``deadline``. A write
+        still running then is given up on (``RetriesExhausted``); the slot keeps it, and the
+        next write waits for it to end (``_end_given_up_write``)."""
+        try:
+            return self.writing.take(_left(deadline))
+        except SlotTimeout as err:
+            raise RetriesExhausted(f"warehouse apply: over its budget ({err})") from None
+
+    def _end_given_up_write(self, deadline: float | None) -> None:
+        """Wait for a write given up on over its budget to end (its outcome is ignored: its
+        events were rewound and are written again), before another write starts."""
+        if not self.writing.busy:
+            return
+        try:
+            self._take_write(deadline)
+        except RetriesExhausted:
+            raise
+        except Exception as err:
+            log.warning("the write given up on failed (its events are written again): %s", err)
 
     def _drain(self) -> Drained:
         """Empty the reducer and stage its rows. The reduced rows are released once staged:
         the staged table is all the write needs."""
         with self._timed("reduce"):
             window = self.reducer.drain()
+            self._read_reducer()
             self.window.reset()
+            self.observer.window_closed()
         decode_s, self.decode_s = self.decode_s, 0.0
         batch = self.stage(window, decode_s)
         return Drained(replace(window, rows=None, versions=None), batch, decode_s)
@@ -471,7 +718,7 @@ class SyncLoop:
             decode_s=drained.decode_s, total_s=time.perf_counter() - started,
         )
         self.observer.flushed(report)
-        self.observer.buffered(0, 0)
+        self.observer.buffered(self.absorbed[0], self.absorbed[2])
         return report
 
     @contextmanager
@@ -517,13 +764,14 @@ class SyncLoop:
             else stage_frame(window.versions, batch_id, synced_at, schema),
         )
 
-    def retry(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    def retry(self, call: Callable[[], T], what: str, deadline: float | None = None) -> T:
         """Retry ``call``'s transient failures, waiting in the group: for ``retry_max_s``, or
-        ``lock_wait_max_s`` while it waits on a lock; ``budget_s`` (revocation) bounds both."""
-        if budget_s is None:
+        ``lock_wait_max_s`` while it waits on a lock; ``deadline`` (revocation) bounds both."""
+        left = _left(deadline)
+        if left is None:
             budget, lock_budget = self.options.retry_max_s, self.options.lock_wait_max_s
         else:
-            budget = lock_budget = budget_s
+            budget = lock_budget = left
         return retry_transient(
             call, budget, what, sleep=self.wait_in_group, lock_wait_max_s=lock_budget
         )
@@ -568,20 +816,65 @@ class SyncLoop:
     # -- rebalances --------------------------------------------------------------------------
 
     def abandon(self) -> None:
-        """Drop the buffer; nothing more is flushed or committed by this instance."""
+        """Drop the buffer; nothing more is flushed or committed by this instance, but for the
+        window whose write is in flight: committed if that write succeeds (a failure of it is
+        not retried). The batch being decoded is waited for and dropped."""
+        self.decoding.discard()  # its events join the reducer's count of what is dropped
+        self._finish_write_once()
         self.abandoned = True
-        self.dropped_events = self.reducer.events + self.flushing_events
+        held = 0 if self.held is None else len(self.held.kept)
+        self.dropped_events = self.reducer.events + self.flushing_events + held
+        self.held = None
+        self.decoding_taken = None
+        self.written = None
         self.reducer.clear()
+        self._read_reducer()
         self.window.reset()
 
+    def _finish_write_once(self) -> None:
+        """Steps 5-7 for the write in flight, without retrying it: the run is stopping."""
+        written = self.written
+        if written is None:
+            return
+        self.written = None
+        try:
+            result = self.writing.take()
+        except Exception as err:
+            log.warning("the write in flight failed too, nothing of it is committed: %s", err)
+            return
+        self.commit(written.drained.window.ranges)
+        self.flushing_events = 0
+        self._report(written.reason, written.drained, result, written.started)
+
     def _drop_buffer(self, why: str, ranges: Iterable[PartitionRange]) -> None:
-        """Forget buffered events without writing them; owned partitions re-read them."""
+        """Forget buffered events without writing them; owned partitions re-read them (from the
+        first offset of any range of theirs)."""
         self.reducer.clear()
+        self._read_reducer()
         self.flushing_events = 0
         self.window.reset()
-        rewind = {r.partition: r.first for r in ranges if r.partition in self.partitions.assigned}
+        rewind: dict[int, int] = {}
+        for r in ranges:
+            if r.partition in self.partitions.assigned:
+                rewind[r.partition] = min(r.first, rewind.get(r.partition, r.first))
         log.warning("%s: dropped the buffer uncommitted; re-reading %s", why, rewind or "nothing")
         self.partitions.seek(rewind)
+
+    def _uncommitted(self) -> tuple[PartitionRange, ...]:
+        """The offsets of the write in flight and of the buffer (once settled)."""
+        written = () if self.written is None else self.written.drained.window.ranges
+        return (*written, *self.reducer.ranges())
+
+    @contextmanager
+    def _in_callback(self) -> Iterator[None]:
+        """Inside a rebalance callback: waits sleep instead of polling, and the batches
+        consumed join the window first."""
+        self.partitions.in_callback = True
+        try:
+            self.settle_ingest()
+            yield
+        finally:
+            self.partitions.in_callback = False
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.partitions.assign(tp.partition for tp in partitions)
@@ -589,31 +882,65 @@ class SyncLoop:
         self.observer.assignment(frozenset(self.partitions.assigned))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Flush what is buffered within the revocation budget, or drop it uncommitted: the
-        new owner re-reads the revoked partitions, this instance re-reads the others."""
+        """Finish the write in flight (committing it while the partitions are still owned) and
+        flush what is buffered of the revoked partitions, within the revocation budget; or drop
+        both uncommitted: the new owner re-reads the revoked partitions, this one the others."""
         revoked = {tp.partition for tp in partitions}
-        if not self.abandoned and not self.in_flight and revoked & self.reducer.partitions():
-            log.info("partitions %s revoked: flushing what is buffered", sorted(revoked))
-            ranges = self.reducer.ranges()
-            self.partitions.in_callback = True
-            try:
-                self.flush(FlushReason.REVOKE, budget_s=self.options.revoke_budget_s)
-            except RetriesExhausted as err:
-                self.partitions.release(revoked)
-                self._drop_buffer(f"revocation flush over budget ({err})", ranges)
-            finally:
-                self.partitions.in_callback = False
-        else:
+        if self.abandoned or self.in_flight:
             log.info("partitions %s revoked", sorted(revoked))
+        else:
+            budget = self.options.revoke_budget_s
+            deadline = time.monotonic() + budget
+            with self._in_callback():
+                ranges = self._uncommitted()
+                try:
+                    self.finish_write(deadline)
+                    ranges = self._uncommitted()  # the write in flight is committed
+                    if revoked & self.reducer.partitions():
+                        if time.monotonic() >= deadline:
+                            raise RetriesExhausted(
+                                f"no time left of {budget:g}s to write the buffer")
+                        log.info("partitions %s revoked: flushing what is buffered",
+                                 sorted(revoked))
+                        self.flush(FlushReason.REVOKE, deadline)
+                    else:
+                        log.info("partitions %s revoked", sorted(revoked))
+                except RetriesExhausted as err:
+                    self.partitions.release(revoked)
+                    self._drop_buffer(f"revocation flush over budget ({err})", ranges)
         self.partitions.release(revoked)
         self.observer.assignment(frozenset(self.partitions.assigned))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Drop the buffer and re-read what it held of the partitions still owned; the write in
+        flight is finished first (within the revocation budget) and committed for those."""
         self.partitions.release(tp.partition for tp in partitions)
-        if not self.abandoned and not self.in_flight and self.reducer.events:
+        if not self.abandoned and not self.in_flight:
             lost = sorted(tp.partition for tp in partitions)
-            self._drop_buffer(f"partitions {lost} lost", self.reducer.ranges())
+            deadline = time.monotonic() + self.options.revoke_budget_s
+            with self._in_callback():
+                ranges = self._uncommitted()
+                try:
+                    self.finish_write(deadline)
+                except RetriesExhausted as err:
+                    self._drop_buffer(f"partitions {lost} lost, write over budget ({err})",
+                                      ranges)
+                else:
+                    if self.reducer.events:
+                        self._drop_buffer(f"partitions {lost} lost", self.reducer.ranges())
         self.observer.assignment(frozenset(self.partitions.assigned))
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (``time.monotonic``), at least 0; None without one."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _payload_bytes(values: list[bytes | None]) -> int:
+    try:
+        return sum(map(len, values))  # type: ignore[arg-type]
+    except TypeError:  # a message without a value
+        return sum(len(v) for v in values if v)
 
 
 def _utc_micros(naive_utc: datetime) -> int:

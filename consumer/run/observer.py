@@ -40,6 +40,10 @@ class Observer:
         """A consume() call returned ``messages`` (some may be errors or partition-EOF
         events), ``decoded`` of them valid audit events. Do not keep the list."""
 
+    def window_closed(self) -> None:
+        """The open window was drained to be written: events consumed from now on belong to
+        the next window (which may be consumed while this one is written)."""
+
     def dead_lettered(self, error_class: str) -> None:
         """One invalid event was sent to the dead-letter topic."""
 
@@ -81,6 +85,10 @@ class Observers(Observer):
     def consumed(self, messages: list[Message], decoded: int) -> None:
         for observer in self.observers:
             observer.consumed(messages, decoded)
+
+    def window_closed(self) -> None:
+        for observer in self.observers:
+            observer.window_closed()
 
     def dead_lettered(self, error_class: str) -> None:
         for observer in self.observers:

@@ -48,7 +48,7 @@ class DeadLetterSink(Protocol):
 
     def send(self, msg: Message, error_class: str, reason: str) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(self, timeout_s: float | None = None) -> None: ...
 
 
 @dataclass
@@ -61,7 +61,7 @@ class CountedDeadLetters:
     def send(self, msg: Message, error_class: str, reason: str) -> None:
         self.counts[error_class] = self.counts.get(error_class, 0) + 1
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float | None = None) -> None:
         """Nothing to wait for."""
 
 
@@ -186,17 +186,20 @@ class DeadLetters:
                     return
                 raise DeadLetterError(f"dead-letter produce failed: {err}") from err
 
-    def flush(self) -> None:
-        """Wait for every copy to be acknowledged; raise if any failed or timed out. Copies
-        refused as too large are re-sent once without their value (size and sha256 in the
-        headers)."""
-        self._wait()
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait for every copy to be acknowledged (at most ``flush_timeout_s``, or
+        ``timeout_s`` if shorter); raise if any failed or timed out. Copies refused as too
+        large are re-sent once without their value (size and sha256 in the headers)."""
+        limit = self.flush_timeout_s if timeout_s is None else min(timeout_s,
+                                                                   self.flush_timeout_s)
+        deadline = time.monotonic() + limit
+        self._wait(limit)
         if self.too_large:
             refused, self.too_large = self.too_large, []
             for original in refused:
                 smaller = fit(*original, limit=MIN_PRODUCER_BYTES + FRAMING_BYTES)
                 self._produce(original, Copy(smaller.key, b"", smaller.headers, truncated=True))
-            self._wait()
+            self._wait(max(0.0, deadline - time.monotonic()))
             if self.too_large:
                 self.too_large = []
                 self.failed.append(
@@ -206,10 +209,8 @@ class DeadLetters:
             failures, self.failed = self.failed, []
             raise DeadLetterError(f"dead-letter delivery failed: {failures[0]}")
 
-    def _wait(self) -> None:
-        remaining = self.producer.flush(self.flush_timeout_s)
+    def _wait(self, timeout_s: float) -> None:
+        remaining = self.producer.flush(timeout_s)
         if remaining:
             raise DeadLetterTimeout(
-                f"{remaining} dead-letter message(s) not acknowledged within "
-                f"{self.flush_timeout_s:.0f}s"
-            )
+                f"{remaining} dead-letter message(s) not acknowledged within {timeout_s:.0f}s")

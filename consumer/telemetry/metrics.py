@@ -11,13 +11,14 @@ newest ``op_time``: a quiet source is fresh, a stuck sync is not (the sample's o
 2024 and must not look stale).
 
 ``MetricsServer`` serves ``/metrics``, ``/healthz`` (the loop is alive: it completed a poll of
-Kafka within ``stall_after_s``, by default ``max.poll.interval.ms``; always 200 for what has no
-loop) and ``/readyz`` (partitions assigned and the last flush succeeded) on 127.0.0.1:9464 by
-default.
+Kafka within ``stall_after_s``, by default ``max.poll.interval.ms``, and no warehouse write has
+run longer; always 200 for what has no loop) and ``/readyz`` (partitions assigned and the last
+flush succeeded) on 127.0.0.1:9464 by default.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -70,6 +71,8 @@ class PrometheusObserver(Observer):
         self.topic = topic
         self.stall_after_s = stall_after_s
         self.last_poll = monotonic()
+        self.writing_since: float | None = None
+        """When the window being written was drained (None: no write in flight)."""
         self.registry = registry or CollectorRegistry()
         self.clock = clock
         self.monotonic = monotonic
@@ -119,7 +122,12 @@ class PrometheusObserver(Observer):
         self.assigned: frozenset[int] = frozenset()
         self.committed: dict[int, int] = {}
         self.high: dict[int, int] = {}
-        self.pending_ms: dict[int, int] = {}
+        self.pending: dict[int, list[tuple[int, int]]] = {}
+        """Per partition, the (offset, timestamp ms) of the first message consumed into each
+        window not yet applied, in offset order: with a window written while the next one is
+        consumed, two of them."""
+        self.in_open_window: set[int] = set()
+        """Partitions whose first message of the open window is in ``pending``."""
         self.newest_op_time_s: float | None = None
         self.last_flush_ok = True
         self.next_refresh = 0.0
@@ -129,22 +137,36 @@ class PrometheusObserver(Observer):
     # -- hooks -------------------------------------------------------------------------------
 
     def consumed(self, messages: list[Message], decoded: int) -> None:
-        first: dict[int, int] = {}
-        valid = 0
-        for msg in messages:
-            if msg.error() is None:
-                valid += 1
-                partition: int = msg.partition()  # type: ignore[assignment]
-                if partition not in first:
-                    kind, stamp = msg.timestamp()
-                    first[partition] = -1 if kind == TIMESTAMP_NOT_AVAILABLE else stamp
-        self.events_consumed.inc(valid)
+        events = [m for m in messages if m.error() is not None]  # partition ends: a few
+        self.events_consumed.inc(len(messages) - len(events))
         self.events_decoded.inc(decoded)
+        with self.lock:
+            known = set(self.in_open_window)
+            wanted = len(self.assigned - known) if self.assigned else -1
+        if wanted == 0:
+            return  # every partition owned has its first message of the window: nothing to do
+        first: dict[int, tuple[int, int]] = {}
+        for msg in messages:
+            partition: int = msg.partition()  # type: ignore[assignment]
+            if partition in known or partition in first or msg.error() is not None:
+                continue
+            offset: int = msg.offset()  # type: ignore[assignment]
+            kind, stamp = msg.timestamp()
+            first[partition] = (offset, -1 if kind == TIMESTAMP_NOT_AVAILABLE else stamp)
+            if len(first) == wanted:
+                break
         if first:
             with self.lock:
-                for partition, stamp in first.items():
-                    if partition not in self.pending_ms:
-                        self.pending_ms[partition] = stamp
+                for partition, entry in first.items():
+                    if partition not in self.in_open_window:
+                        self.in_open_window.add(partition)
+                        # In offset order: a rewind re-reads older offsets after newer ones.
+                        bisect.insort(self.pending.setdefault(partition, []), entry)
+
+    def window_closed(self) -> None:
+        with self.lock:
+            self.in_open_window.clear()
+        self.writing_since = self.monotonic()
 
     def dead_lettered(self, error_class: str) -> None:
         self.events_dead_lettered.labels(error_class).inc()
@@ -160,6 +182,7 @@ class PrometheusObserver(Observer):
         self.durations.labels(phase).observe(seconds)
 
     def flushed(self, report: FlushReport) -> None:
+        self.writing_since = None
         self.batches.labels("ok").inc()
         self.durations.labels("decode").observe(report.decode_s)
         self.durations.labels("flush").observe(report.total_s)
@@ -178,7 +201,14 @@ class PrometheusObserver(Observer):
         with self.lock:
             for r in report.ranges:
                 self.committed[r.partition] = r.next_offset
-            self.pending_ms.clear()  # a flush drains and commits everything consumed so far
+                # What the window held is applied; the windows consumed after it (the loop
+                # consumes while a window is written) are still pending.
+                entries = [e for e in self.pending.get(r.partition, ()) if e[0] >= r.next_offset]
+                if entries:
+                    self.pending[r.partition] = entries
+                else:
+                    self.pending.pop(r.partition, None)
+                    self.in_open_window.discard(r.partition)
             self.last_flush_ok = True
             if newest is not None and (self.newest_op_time_s is None
                                        or newest > self.newest_op_time_s):
@@ -186,6 +216,7 @@ class PrometheusObserver(Observer):
         self.last_success.set(self.clock())
 
     def flush_failed(self, error: BaseException) -> None:
+        self.writing_since = None
         self.batches.labels("failed").inc()
         with self.lock:
             self.last_flush_ok = False
@@ -193,9 +224,10 @@ class PrometheusObserver(Observer):
     def assignment(self, partitions: frozenset[int]) -> None:
         with self.lock:
             self.assigned = partitions
-            for known in (self.committed, self.high, self.pending_ms):
+            for known in (self.committed, self.high, self.pending):
                 for partition in [p for p in known if p not in partitions]:
                     del known[partition]
+            self.in_open_window &= partitions
         self.assigned_partitions.set(len(partitions))
 
     def tick(self, consumer: Consumer) -> None:
@@ -242,13 +274,19 @@ class PrometheusObserver(Observer):
     # -- liveness and readiness --------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, str]:
-        """Alive while the loop completes a poll within ``stall_after_s``: it polls at least
-        every ``kafka.poll_timeout_s`` when idle and while it waits to retry, so only a call
-        that hangs (a warehouse statement, a commit) stops it — past ``max.poll.interval.ms``
-        the group has dropped this member anyway."""
-        quiet = self.monotonic() - self.last_poll
+        """Alive while the loop completes a poll within ``stall_after_s`` and no window's write
+        has run longer: it polls at least every ``kafka.poll_timeout_s`` when idle and while it
+        waits to retry, so only a call that hangs (a warehouse statement, a commit) stops it —
+        past ``max.poll.interval.ms`` the group has dropped this member anyway. The loop goes
+        on polling while a window is written, so a hung write is told apart by its age."""
+        now = self.monotonic()
+        quiet = now - self.last_poll
         if quiet > self.stall_after_s:
             return False, (f"the loop has not polled Kafka for {quiet:.0f}s "
+                           f"(limit {self.stall_after_s:g}s)")
+        since = self.writing_since
+        if since is not None and now - since > self.stall_after_s:
+            return False, (f"a window has been written for {now - since:.0f}s "
                            f"(limit {self.stall_after_s:g}s)")
         return True, "ok"
 
@@ -267,7 +305,8 @@ class PrometheusObserver(Observer):
         with self.lock:
             assigned = sorted(self.assigned)
             committed, high = dict(self.committed), dict(self.high)
-            pending, newest = dict(self.pending_ms), self.newest_op_time_s
+            pending = {p: entries[0][1] for p, entries in self.pending.items() if entries}
+            newest = self.newest_op_time_s
         lag_messages = GaugeMetricFamily(
             PREFIX + "partition_lag_messages",
             "Log-end offset minus committed offset, per assigned partition.",

@@ -78,6 +78,11 @@ QUIET = 0  # librdkafka log_level of the driver's own clients
 FINAL_MAX_EVENTS = 20_000
 """``window.max_events`` of the final catch-up run."""
 SESSION_TIMEOUT_MS = 6_000  # the broker's group.min.session.timeout.ms default
+STOP_WAIT_S = 60.0
+"""How long the group may take to stop after SIGTERM before a member counts as hung."""
+SHUTDOWN_TIMEOUT_S = 50.0
+"""Each member's shutdown budget: below ``STOP_WAIT_S``, so a member over it exits 1 (a crash
+the run reports), not a hang."""
 JOINED = "assigned partitions"
 FAULT_LINE = re.compile(r"injected transient warehouse fault #(\d+)")
 Say = Callable[[str], None]
@@ -720,6 +725,10 @@ def consumer_env(
         KYC_SYNC_METRICS__PORT="0",  # several processes on one host
         KYC_SYNC_LOG_LEVEL="INFO",
         KYC_SYNC_HISTORY__ENABLED="true" if history else "false",
+        # A member stopping finishes the write in flight, then flushes the rest, both retrying
+        # injected faults: on a slow warehouse (the Snowflake double on a loaded machine: 20 s
+        # a flush) the default 30 s can run out.
+        KYC_SYNC_RUN__SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
     )
 
 
@@ -872,7 +881,7 @@ def run_chaos(
         for slot in fleet.reap():
             log(f"consumer {slot} exited on its own before the final phase")
         fleet.joined(timeout_s=20, every=True)
-        fleet.terminate_all(timeout_s=60)
+        fleet.terminate_all(timeout_s=STOP_WAIT_S)
         if not wait_group_empty(bootstrap, group, timeout_s=60):
             notes.append("the group still had members 60s after the SIGTERMs")
         t = mark("stop", t)

@@ -12,6 +12,7 @@ refuses a commit of a partition the member does not own, which a group coordinat
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from consumer.decode.contract import Contract
 from consumer.decode.decoder import Decoded, DecodedBatch, Decoder, RegistryUnavailable
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
@@ -453,7 +455,9 @@ class RecordingWarehouse:
     """A real in-memory ``DuckDBWarehouse``, journaled, that can be made to fail.
 
     ``failures`` are raised by the next applies, one each; ``fail_with`` by every apply while
-    set. ``close()`` is recorded but keeps the in-memory database, so the test can read it.
+    set. ``gate``, while set to an event, holds each apply until the event is set (a write in
+    flight); ``delay_s`` slows each apply down. ``most_active`` is the most applies ever running
+    at once. ``close()`` is recorded but keeps the in-memory database, so the test can read it.
     """
 
     def __init__(
@@ -466,6 +470,11 @@ class RecordingWarehouse:
         self.attempts = 0
         self.applied: list[Batch] = []
         self.closed = 0
+        self.gate: threading.Event | None = None
+        self.delay_s = 0.0
+        self.active = 0
+        self.most_active = 0
+        self._lock = threading.Lock()
 
     def open(self) -> None:
         self.inner.open()
@@ -474,8 +483,21 @@ class RecordingWarehouse:
         return self.inner.table_state()
 
     def apply(self, batch: Batch) -> ApplyResult:
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            return self._apply(batch)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def _apply(self, batch: Batch) -> ApplyResult:
         self.attempts += 1
         self.journal.add("apply", batch.batch_id)
+        if self.gate is not None and not self.gate.wait(10.0):
+            raise AssertionError("the write gate was never opened")
+        time.sleep(self.delay_s)
         if self.failures:
             raise self.failures.popleft()
         if self.fail_with is not None:
@@ -586,6 +608,33 @@ class RegistryOutage:
         if self.on_outage is not None:
             self.on_outage()
         return DecodedBatch(head.rows, head.singles, stop, RegistryUnavailable("registry down"))
+
+
+class GatedDecoder:
+    """A decoder whose ``decode_batch`` signals ``entered`` and then waits for ``gate``; it
+    records the threads it ran on and the batches' sizes."""
+
+    def __init__(self, inner: Decoder) -> None:
+        self.inner = inner
+        self.contract: Contract = inner.contract
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.threads: list[str] = []
+        self.sizes: list[int] = []
+        """The size of each batch decoded."""
+
+    def decode(self, value: bytes | None, key: bytes | None) -> Decoded:
+        return self.inner.decode(value, key)
+
+    def decode_batch(
+        self, values: Sequence[bytes | None], keys: Sequence[bytes | None]
+    ) -> DecodedBatch:
+        self.threads.append(threading.current_thread().name)
+        self.sizes.append(len(values))
+        self.entered.set()
+        if not self.gate.wait(10.0):
+            raise AssertionError("the decode gate was never opened")
+        return self.inner.decode_batch(values, keys)
 
 
 # -- time -----------------------------------------------------------------------------------

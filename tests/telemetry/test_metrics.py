@@ -193,6 +193,56 @@ def test_lag_in_messages_and_seconds() -> None:
     assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") == 0
 
 
+def test_events_consumed_while_a_window_is_written_stay_pending() -> None:
+    """The loop consumes the next window while one is written: that window's report must not
+    make the events read meanwhile look applied."""
+    clock = Clock(NOW)
+    obs = observer(clock)
+    consumer = FakeConsumer(high={0: 100, 1: 100}, committed={0: 0, 1: 0})
+    obs.assignment(frozenset({0, 1}))
+    obs.tick(consumer)  # type: ignore[arg-type]
+    old_ms, new_ms = int((NOW - 60) * 1000), int((NOW - 20) * 1000)
+    obs.consumed(batch(Msg(0, 0, old_ms), Msg(0, 1, old_ms)), 2)   # window 1
+    obs.window_closed()                                             # drained, being written
+    obs.consumed(batch(Msg(0, 2, new_ms), Msg(1, 0, new_ms)), 2)   # window 2 meanwhile
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") == 60
+
+    obs.flushed(report((0, 0, 2), result=RESULT))  # window 1 committed
+
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") == 20
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="1") == 20
+
+
+def test_the_oldest_pending_event_counts_after_a_rewind() -> None:
+    """A rewind re-reads older offsets after newer ones were noted: the age is the oldest's."""
+    clock = Clock(NOW)
+    obs = observer(clock)
+    consumer = FakeConsumer(high={0: 100}, committed={0: 0})
+    obs.assignment(frozenset({0}))
+    obs.tick(consumer)  # type: ignore[arg-type]
+    old_ms, new_ms = int((NOW - 60) * 1000), int((NOW - 20) * 1000)
+    obs.consumed(batch(Msg(0, 4, new_ms)), 1)
+    obs.window_closed()
+    obs.consumed(batch(Msg(0, 0, old_ms)), 1)  # re-read from 0 after the buffer was dropped
+
+    assert value(obs, "kyc_sync_partition_lag_seconds", partition="0") == 60
+
+
+def test_healthz_fails_while_a_write_runs_longer_than_the_limit() -> None:
+    """The loop polls while a window is written: a hung write is seen by its age."""
+    monotonic = Clock(100.0)
+    obs = PrometheusObserver("audit", CollectorRegistry(), monotonic=monotonic, stall_after_s=30)
+    obs.window_closed()
+    monotonic.now = 129.0
+    obs.polled()
+    assert obs.liveness() == (True, "ok")
+    monotonic.now = 131.0
+    obs.polled()
+    assert obs.liveness() == (False, "a window has been written for 31s (limit 30s)")
+    obs.flushed(report((0, 0, 2), result=RESULT))
+    assert obs.liveness() == (True, "ok")
+
+
 def test_tick_is_throttled_and_asks_committed_once() -> None:
     clock = Clock(NOW)
     obs = observer(clock)
