@@ -354,14 +354,31 @@ def convert(
     return converted, exact
 
 
-def decode_block(plan: BlockPlan, bodies: Sequence[bytes | memoryview]) -> pl.DataFrame | None:
-    """Decode ``bodies`` (one schemaless Avro record each) into one frame, row i from body i,
-    values converted (``convert``), plus the ``EXACT`` column; None when the batch must be
-    decoded one by one."""
+def _without_headers(
+    joined: bytes, lengths: np.ndarray, skip: int
+) -> tuple[bytes, np.ndarray]:
+    """The bodies joined without the first ``skip`` bytes of each, in one pass over the bytes
+    (no Python object per message), and their new lengths."""
+    data = np.frombuffer(joined, dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    keep = np.ones(data.size, dtype=bool)
+    for k in range(skip):
+        keep[starts + k] = False
+    return data[keep].tobytes(), lengths - skip
+
+
+def decode_block(
+    plan: BlockPlan, bodies: Sequence[bytes | memoryview], skip: int = 0
+) -> pl.DataFrame | None:
+    """Decode ``bodies`` (one schemaless Avro record each, after its first ``skip`` bytes: a
+    wire-format header) into one frame, row i from body i, values converted (``convert``),
+    plus the ``EXACT`` column; None when the batch must be decoded one by one."""
     if not bodies:
         return None
     lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
     payload = b"".join(bodies)
+    if skip:  # every body is longer than its header (the caller checked)
+        payload, lengths = _without_headers(payload, lengths, skip)
     container = b"".join((
         plan.header,
         _zigzag_varint(len(bodies)),

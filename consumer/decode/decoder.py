@@ -15,6 +15,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Protocol
 
 import polars as pl
@@ -138,20 +139,24 @@ def _decode_group(
     bodies: Sequence[bytes | memoryview],
     keys: Sequence[bytes | None],
     indexes: Sequence[int],
+    skip: int = 0,
 ) -> tuple[list[pl.DataFrame], list[int]]:
-    """Rows of the valid events among ``bodies`` (one writer schema) and the indexes to decode
-    one by one. A block that fails is split in halves until the failing messages are isolated,
-    so a few bad events do not send a whole batch down the one-by-one path."""
+    """Rows of the valid events among ``bodies`` (one writer schema; each after its first
+    ``skip`` bytes) and the indexes to decode one by one. A block that fails is split in halves
+    until the failing messages are isolated, so a few bad events do not send a whole batch down
+    the one-by-one path."""
     plan = shape.plan
     if plan is None or not bodies:
         return [], list(indexes)
-    frame = decode_block(plan, bodies)
+    frame = decode_block(plan, bodies, skip)
     if frame is None:
         if len(bodies) < SPLIT_BELOW:
             return [], list(indexes)
         half = len(bodies) // 2
-        head, head_singles = _decode_group(shape, bodies[:half], keys[:half], indexes[:half])
-        tail, tail_singles = _decode_group(shape, bodies[half:], keys[half:], indexes[half:])
+        head, head_singles = _decode_group(
+            shape, bodies[:half], keys[:half], indexes[:half], skip)
+        tail, tail_singles = _decode_group(
+            shape, bodies[half:], keys[half:], indexes[half:], skip)
         return head + tail, head_singles + tail_singles
     key_text = pl.col(KEY).cast(pl.String).cast(pl.Binary)
     checked = frame.with_columns(
@@ -284,6 +289,25 @@ class PlainAvroDecoder:
         return _batch(rows, singles + rejected, len(values))
 
 
+def _one_header(values: Sequence[bytes | None]) -> bytes | None:
+    """The wire-format header every value starts with, if they all start with the same one
+    (magic byte 0) and carry a body; None otherwise (then each is looked at on its own)."""
+    if not values or not all(values):
+        return None
+    first = values[0]
+    assert first is not None
+    header = first[:WIRE_HEADER.size]
+    if len(header) < WIRE_HEADER.size or header[0] != 0:
+        return None
+    try:
+        same = all(map(bytes.startswith, values, repeat(header)))  # type: ignore[arg-type]
+    except TypeError:  # a value that is not bytes
+        return None
+    if not same or min(map(len, values)) <= WIRE_HEADER.size:  # type: ignore[arg-type]
+        return None
+    return header
+
+
 class SchemaSource(Protocol):
     def schema(self, schema_id: int) -> Mapping[str, Any]:
         """The writer schema of an id; raises UnknownSchemaId or RegistryUnavailable."""
@@ -354,6 +378,21 @@ class ConfluentAvroDecoder:
     def decode_batch(
         self, values: Sequence[bytes | None], keys: Sequence[bytes | None]
     ) -> DecodedBatch:
+        header = _one_header(values)
+        if header is not None:  # the common case: every message under one schema id
+            try:
+                shape = self._shape(header)
+            except InvalidEvent:
+                return _batch([], list(range(len(values))), len(values))
+            except RegistryUnavailable as err:
+                return _batch([], [], 0, err)
+            if shape.rejected is not None:
+                return _batch([], list(range(len(values))), len(values))
+            rows, rejected = _decode_group(
+                shape, values, keys, range(len(values)),  # type: ignore[arg-type]
+                skip=WIRE_HEADER.size)
+            self.contract.count_discarded(shape, sum(r.height for r in rows))
+            return _batch(rows, rejected, len(values))
         groups: dict[bytes, list[int]] = {}
         singles: list[int] = []
         for i, value in enumerate(values):
