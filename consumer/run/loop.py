@@ -198,6 +198,8 @@ class SyncLoop:
         self.registry_failures = 0
         self.last_warning: dict[int, float] = {}
         self.stops = options.stops
+        self.joined = False
+        """The group assigned this instance its partitions at least once (maybe none)."""
         self.partitions.on_poll = self.observer.polled
         self.progress = GroupProgress(options.topic)
         self.next_progress_check = 0.0
@@ -337,6 +339,12 @@ class SyncLoop:
         may own none), flush them, then ask whether the group has committed every partition of
         the topic to its end (``consumer.run.progress``). Raises ``StopRun`` naming the
         partitions when the group stays without moving forward for ``caught_up_wait_s``."""
+        if not self.joined:
+            # Owning nothing yet is not having read everything: until its first assignment
+            # (maybe empty), this instance is joining, and leaving now would stall the group's
+            # rebalance for the others.
+            self.progress.restart_wait()
+            return False
         if self.partitions.assigned <= self.partitions.at_end:
             self.settle_ingest()  # what was read is decoded: a registry outage rewinds
         if not self.partitions.assigned <= self.partitions.at_end:
@@ -877,6 +885,7 @@ class SyncLoop:
             self.partitions.in_callback = False
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         self.partitions.assign(tp.partition for tp in partitions)
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
         self.observer.assignment(frozenset(self.partitions.assigned))

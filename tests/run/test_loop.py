@@ -1152,6 +1152,20 @@ def test_the_wait_for_other_members_restarts_while_they_commit(rigs: Rigs) -> No
     assert rig.warehouse.current() == oracle(on(produced, 0))
 
 
+def test_until_caught_up_waits_for_its_own_join_before_judging_the_group(rigs: Rigs) -> None:
+    """The group is already caught up while this instance is still joining: it leaves only
+    after its first assignment (here an empty one), not in the middle of the rebalance."""
+    rig = rigs.new(until_caught_up=True)
+    rig.produce(updates(0, 1, 2))
+    rig.consumer.group_offsets.update({0: 2})
+    rig.consumer.play(IDLE, IDLE, IDLE, Assign(()))
+
+    assert rig.loop.run() == 0
+
+    assert rig.journal.kinds("assign", "close") == ["assign", "close"]
+    assert rig.consumer.commits == []
+
+
 def test_empty_partitions_nobody_owns_are_caught_up(rigs: Rigs) -> None:
     rig = rigs.new(until_caught_up=True)
     rig.consumer.partition_count = 3
