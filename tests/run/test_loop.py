@@ -750,11 +750,13 @@ def test_revocation_over_budget_with_a_write_in_flight_rewinds_both_windows(rigs
     partitions kept re-read from the first offset of the window in flight, not of the buffer."""
     rig = rigs.new(policy=WindowPolicy(max_events=2), revoke_budget_s=0.3, until_caught_up=True)
     rig.warehouse.fail_with = LOCKED
+    gate = threading.Event()
+    rig.warehouse.gate = gate  # the first failure comes inside the callback, not before it
     produced = rig.produce(updates(0, 1, 2, 3) + updates(1, 11, 12))
     rig.consumer.play(
-        Assign((0, 1)), deliver(0, limit=2),  # window 0@0-1 is due: its write fails
+        Assign((0, 1)), deliver(0, limit=2),  # window 0@0-1 is due: its write will fail
         deliver(0, limit=1),                  # 0@2 buffered meanwhile
-        Revoke((1,)),
+        Call(gate.set), Revoke((1,)),
         Call(lambda: setattr(rig.warehouse, "fail_with", None)),
         Assign((1,)),                         # back, to be read from its start
     )
