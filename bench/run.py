@@ -65,6 +65,7 @@ from bench.load import (
     table_names,
 )
 from consumer.decode.decoder import PlainAvroDecoder
+from consumer.run.gc_tuning import tune_gc
 from consumer.run.loop import LoopOptions, SyncLoop
 from schemas import audit_schema
 from schemas.columns import BASE_SCHEMA
@@ -259,6 +260,7 @@ def decode_reduce(bootstrap: str, topic: str, partitions: int) -> IngestResult:
     timed. The first chunk is also decoded alone (``decoder.decode_batch``, no reducer) for the
     split.
     Returns the staged Arrow table of the winners (``SyncLoop.stage``), as a flush builds it."""
+    tune_gc()  # as ``build_loop`` does for the consumer's process
     loop = SyncLoop(
         LoopOptions(topic=topic, group_id="bench", on_invalid="fail"),
         _no_consumer,

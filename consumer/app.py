@@ -19,6 +19,7 @@ from batcher.window import WindowPolicy
 from consumer.decode.contract import Contract
 from consumer.decode.decoder import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from consumer.decode.registry import SchemaRegistry
+from consumer.run.gc_tuning import tune_gc
 from consumer.run.loop import LoopOptions, SyncLoop
 from consumer.run.observer import Observer, Observers
 from consumer.run.retry import retry_transient
@@ -164,7 +165,9 @@ def build_loop(
     """The run loop; it reports to a flush log line and to ``observers``. ``bounds``: read
     those offset ranges only (``LoopOptions.bounds``); ``warehouse`` and ``dead_letters``
     replace the ones the settings describe. ``topics``: what ``preflight`` found (the
-    dead-letter producer is sized to the dead-letter topic's ``max.message.bytes``)."""
+    dead-letter producer is sized to the dead-letter topic's ``max.message.bytes``). The
+    process's garbage collector is set for holding batches (``tune_gc``)."""
+    tune_gc()
     kafka = settings.kafka
     options = LoopOptions(
         topic=kafka.topic,

@@ -11,10 +11,10 @@ for the next run).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +64,60 @@ class GroupProgress:
         self.moved_at = clock()
         """When the group was last seen moving forward (or waiting started)."""
 
-    def behind(self, consumer: Consumer) -> list[Behind]:
+    def behind(self, consumer: Consumer, owned: Collection[int] = ()) -> list[Behind]:
         """The partitions not read to their target; raises ``KafkaException`` when the broker
-        does not answer (the caller asks again later)."""
+        does not answer (the caller asks again later). ``owned``: the partitions this
+        instance reads, whose watermarks its own fetches keep."""
         meta = consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
         if meta is None or meta.error is not None:
             raise LookupError(f"no metadata for topic {self.topic!r}")
         partitions = sorted(meta.partitions)
-        low: dict[int, int] = {}
+        marks = self._watermarks(consumer, partitions, owned)
         for partition in partitions:
-            earliest, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=self.timeout_s)
-            low[partition] = int(earliest)
-            self.targets.setdefault(partition, int(high))
+            self.targets.setdefault(partition, marks[partition][1])
         answer = consumer.committed(
             [TopicPartition(self.topic, p) for p in partitions], timeout=self.timeout_s)
         committed = {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in answer}
         if any((c or 0) > (self.committed.get(p) or 0) for p, c in committed.items()):
             self.moved_at = self.clock()
         self.committed = committed
+        low = {p: mark[0] for p, mark in marks.items()}
         return behind(committed, low, self.targets)
+
+    def _watermarks(
+        self, consumer: Consumer, partitions: list[int], owned: Collection[int]
+    ) -> dict[int, tuple[int, int]]:
+        """(earliest, end) of each partition. Those this instance reads come from its fetches;
+        the others are asked in one request per bound for all of them: each request waits
+        behind the consumer's own long-polling fetch on the broker connection (up to
+        ``fetch.wait.max.ms``), so one request per partition made this check take seconds."""
+        marks: dict[int, tuple[int, int]] = {}
+        for partition in set(owned) & set(partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), cached=True)
+            if low >= 0 and high >= 0:
+                marks[partition] = (int(low), int(high))
+        asked = [p for p in partitions if p not in marks]
+        if asked:
+            lows = self._offsets(consumer, asked, OFFSET_BEGINNING)
+            highs = self._offsets(consumer, asked, OFFSET_END)
+            marks.update((p, (lows[p], highs[p])) for p in asked)
+        return marks
+
+    def _offsets(self, consumer: Consumer, partitions: list[int], bound: int) -> dict[int, int]:
+        """The earliest (``OFFSET_BEGINNING``) or end (``OFFSET_END``) offset of each
+        partition, in one ListOffsets round trip per leader."""
+        answer = consumer.offsets_for_times(
+            [TopicPartition(self.topic, p, bound) for p in partitions], timeout=self.timeout_s)
+        found: dict[int, int] = {}
+        for tp in answer:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            found[tp.partition] = int(tp.offset)
+        missing = set(partitions) - set(found)
+        if missing:
+            raise LookupError(f"no offsets for partition(s) {sorted(missing)} of {self.topic!r}")
+        return found
 
     def stalled_s(self) -> float:
         """Seconds since the group last moved forward."""

@@ -298,6 +298,18 @@ class FakeConsumer:
         self._open()
         return 0, len(self.logs.get(partition.partition, []))
 
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]:
+        """The earliest (-2) or end (-1) offset of each partition; timestamps are not kept."""
+        self._open()
+        found = []
+        for tp in partitions:
+            assert tp.offset in (-1, -2), "the fake answers the bounds only"
+            end = len(self.logs.get(tp.partition, []))
+            found.append(TopicPartition(self.topic, tp.partition, 0 if tp.offset == -2 else end))
+        return found
+
     def committed(
         self, partitions: list[TopicPartition], timeout: float = -1
     ) -> list[TopicPartition]:
