@@ -67,6 +67,7 @@ from bench.load import (
 from consumer.decode.decoder import PlainAvroDecoder
 from consumer.run.gc_tuning import tune_gc
 from consumer.run.loop import LoopOptions, SyncLoop
+from consumer.source.client import FETCH_QUEUE_BACKOFF_MS, QUEUED_MIN_MESSAGES
 from schemas import audit_schema
 from schemas.columns import BASE_SCHEMA
 from schemas.evolution import TableState
@@ -87,6 +88,9 @@ PEER_PYTHON = PEER_VENV / "bin" / "python"
 PEER_READY = PEER_VENV / ".installed"
 """Written by ``make bench-peer-env`` once the peer's packages are installed."""
 CONSUME_BATCH = 10_000
+FETCH_OPTIONS: dict[str, Any] = {
+    "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS, "queued.min.messages": QUEUED_MIN_MESSAGES}
+"""The fetch options kyc-sync's consumer sets over librdkafka's defaults."""
 BUFFER_CHUNK = 500_000
 """Messages buffered at a time for the decode + reduce measurement (bounds its memory)."""
 
@@ -196,9 +200,10 @@ def batches(bootstrap: str, topic: str, partitions: int) -> Iterator[list[Messag
         consumer.close()
 
 
-def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int, float]:
-    """B0: the raw consume loop touching key and value. Returns (messages, seconds)."""
-    consumer = _consumer(bootstrap)
+def raw_consume(bootstrap: str, topic: str, partitions: int, **extra: Any) -> tuple[int, float]:
+    """B0: the raw consume loop touching key and value, with librdkafka's defaults or the
+    ``extra`` options. Returns (messages, seconds)."""
+    consumer = _consumer(bootstrap, **extra)
     try:
         _assign_all(consumer, topic, partitions)
         count = 0
@@ -495,6 +500,8 @@ def render(results: dict[str, Any]) -> str:
     keys = "n/a" if r["keys"] is None else f"{r['keys']:,}"
     rows: list[tuple[str, str, str]] = [
         ("B0 raw consume (key+value)", fmt_rate(b0), "1.00"),
+        ("  the same, kyc-sync's fetch settings", fmt_rate(r["b0_fetch_tuned_msgs_per_s"]),
+         fmt_ratio(ratio(r["b0_fetch_tuned_msgs_per_s"], b0))),
         ("decode + reduce (SyncLoop.ingest)", fmt_rate(r["decode_reduce_per_s"]),
          fmt_ratio(r["decode_reduce_vs_b0"])),
         ("  decode only (decode_batch)", fmt_rate(r["decode_only_per_s"]),
@@ -546,6 +553,8 @@ def render(results: dict[str, Any]) -> str:
                  f"correct: e2e={r['e2e_correct']} windows={r['e2e_windows_correct']} "
                  f"history={r['e2e_history_correct']} "
                  f"peer={r['peer_correct']}")
+    lines.append(f"end to end / B0 with kyc-sync's fetch settings = "
+                 f"{fmt_ratio(r['e2e_vs_b0_fetch_tuned'])}")
     lines.append(f"load average {r['loadavg_start']} -> {r['loadavg_end']} on {r['cpus']} cpus")
     lines.append("")
     if r["quick"]:
@@ -609,6 +618,7 @@ def empty_results() -> dict[str, Any]:
     """Every key of ``latest.json`` a step fills, null until it runs."""
     keys = (
         "load_s", "load_per_s", "load_workers", "payload_avg_bytes", "b0_msgs_per_s", "b0_s",
+        "b0_fetch_tuned_msgs_per_s",
         "decode_reduce_per_s", "decode_reduce_s", "decode_only_per_s", "stage_s", "keys",
         "e2e_per_s", "e2e_wall_s", "e2e_flushes", "e2e_ingest_s", "e2e_flush_s", "e2e_write_s",
         "e2e_mismatches", "e2e_correct", "peak_rss_bytes", "e2e_history_per_s",
@@ -680,6 +690,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"B0 read {b0_count} messages, expected {spec.events}")
             r.update(b0_msgs_per_s=b0_count / b0_s, b0_s=b0_s)
             say(f"  {r['b0_msgs_per_s']:,.0f} msg/s")
+            say("B0 with kyc-sync's fetch settings (consumer.source.client)")
+            tuned_count, tuned_s = raw_consume(bootstrap, topic, spec.partitions, **FETCH_OPTIONS)
+            if tuned_count != spec.events:
+                raise RuntimeError(f"B0 read {tuned_count} messages, expected {spec.events}")
+            r.update(b0_fetch_tuned_msgs_per_s=tuned_count / tuned_s)
+            say(f"  {r['b0_fetch_tuned_msgs_per_s']:,.0f} msg/s")
 
         ingested: IngestResult | None = None
         if "decode" in steps:
@@ -833,6 +849,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "history": "on" if "history" in steps else "off",
         "peer": "quixstreams" if peer_kind == "quix" else "none",
         "e2e_vs_b0": ratio(r["e2e_per_s"], r["b0_msgs_per_s"]),
+        "e2e_vs_b0_fetch_tuned": ratio(r["e2e_per_s"], r["b0_fetch_tuned_msgs_per_s"]),
         "e2e_history_vs_off": ratio(r["e2e_history_per_s"], r["e2e_per_s"]),
         "decode_reduce_vs_b0": ratio(r["decode_reduce_per_s"], r["b0_msgs_per_s"]),
         "peak_rss_gb": None if r["peak_rss_bytes"] is None else r["peak_rss_bytes"] / 1e9,

@@ -10,7 +10,13 @@ import pytest
 from confluent_kafka import KafkaError
 
 from consumer.settings import KafkaSettings
-from consumer.source.client import admin_config, consumer_config, producer_config
+from consumer.source.client import (
+    FETCH_QUEUE_BACKOFF_MS,
+    QUEUED_MIN_MESSAGES,
+    admin_config,
+    consumer_config,
+    producer_config,
+)
 from consumer.source.topics import terminal_client_error
 
 TLS_OPTIONS: dict[str, str | int | float | bool] = {
@@ -51,6 +57,18 @@ def test_consumer_only_options_stay_with_the_consumer() -> None:
     assert consumer_config(kafka)["auto.offset.reset"] == "latest"
     assert "auto.offset.reset" not in producer_config(kafka)
     assert "auto.offset.reset" not in admin_config(kafka)
+
+
+def test_fetch_defaults_keep_messages_flowing_and_client_options_override_them() -> None:
+    config = consumer_config(KafkaSettings())
+    assert config["fetch.queue.backoff.ms"] == FETCH_QUEUE_BACKOFF_MS
+    assert config["queued.min.messages"] == QUEUED_MIN_MESSAGES
+
+    tuned = consumer_config(KafkaSettings(client_options={"fetch.queue.backoff.ms": 500,
+                                                          "queued.max.messages.kbytes": 8192}))
+    assert tuned["fetch.queue.backoff.ms"] == 500
+    assert "fetch.queue.backoff.ms" not in producer_config(KafkaSettings(
+        client_options={"fetch.queue.backoff.ms": 500}))
 
 
 def test_no_sasl_options_without_a_user() -> None:
