@@ -63,7 +63,7 @@ from consumer.run.slot import Slot, SlotTimeout
 from consumer.source.deadletters import DeadLetterSink
 from schemas.errors import InvalidEvent, TerminalError
 from warehouse.base import ApplyResult, Batch, Warehouse
-from warehouse.staging import stage_frame
+from warehouse.staging import stage_frame, stage_taken
 
 log = logging.getLogger("kyc_sync.loop")
 T = TypeVar("T")
@@ -712,8 +712,11 @@ class SyncLoop:
             self.window.reset()
             self.observer.window_closed()
         decode_s, self.decode_s = self.decode_s, 0.0
-        batch = self.stage(window, decode_s)
-        return Drained(replace(window, rows=None, versions=None), batch, decode_s)
+        # The staging takes the rows over: each column is freed once staged.
+        rows = [] if window.rows is None else [window.rows]
+        window = replace(window, rows=None)
+        batch = self.stage(window, decode_s, rows)
+        return Drained(replace(window, versions=None), batch, decode_s)
 
     def _report(
         self, reason: FlushReason, drained: Drained, result: ApplyResult | None, started: float
@@ -748,10 +751,14 @@ class SyncLoop:
         yield
         self.observer.timed(phase, time.perf_counter() - started)
 
-    def stage(self, window: Reduced, decode_s: float) -> Batch | None:
+    def stage(self, window: Reduced, decode_s: float,
+              rows: list[pl.DataFrame] | None = None) -> Batch | None:
         """The window as a batch for the warehouse; None when it holds no row (every event of
-        it was dead-lettered). The reduced frame is released once staged."""
-        if window.rows is None:
+        it was dead-lettered). ``rows``: the window's rows handed over by a caller that holds
+        them nowhere else (``window.rows`` is then None): the list is emptied and each column
+        freed once staged (``stage_taken``)."""
+        taken = rows if rows is not None else [] if window.rows is None else [window.rows]
+        if not taken:
             return None
         now = datetime.now(UTC).replace(tzinfo=None)
         batch_id = uuid.uuid4().hex
@@ -761,7 +768,7 @@ class SyncLoop:
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=stage_frame(window.rows, batch_id, synced_at, schema),
+            rows=stage_taken(taken, batch_id, synced_at, schema),
             schema=schema,
             ranges=window.ranges,
             events_in=window.events,

@@ -12,7 +12,7 @@ from schemas.columns import BUSINESS_COLUMNS
 from tests.oracles.reducer import Version, Winner
 from tests.oracles.staging import Row, build_staged
 from warehouse.errors import TerminalWarehouseError
-from warehouse.staging import STAGED_SCHEMA, assert_unique_keys, stage_frame
+from warehouse.staging import STAGED_SCHEMA, assert_unique_keys, stage_frame, stage_taken
 from warehouse.tables import STATE_COLUMNS
 
 T0 = 1_700_000_000_123_456  # 2023-11-14 22:13:20.123456 UTC, in microseconds
@@ -172,3 +172,14 @@ def test_frame_staging_equals_winner_staging() -> None:
     staged = stage_frame(as_frame(winners), "batch-xyz", SYNCED)
     assert staged.schema == STAGED_SCHEMA
     assert staged.equals(build_staged(winners, "batch-xyz", SYNCED))
+
+
+def test_staging_a_frame_taken_over_empties_the_list_and_stages_the_same() -> None:
+    winners = [winner(10, "INSERT", offset=7), winner(12, "DELETE", op_time=T0 + 9, offset=8)]
+    frames = [as_frame(winners)]
+
+    staged = stage_taken(frames, "batch-xyz", SYNCED)
+
+    assert frames == []
+    assert staged.equals(build_staged(winners, "batch-xyz", SYNCED))
+    assert staged.column("batch_id").to_pylist() == ["batch-xyz", "batch-xyz"]
