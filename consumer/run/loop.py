@@ -359,7 +359,7 @@ class SyncLoop:
         consumer = self.consumer
         assert consumer is not None
         try:
-            behind = self.progress.behind(consumer, self.partitions.assigned)
+            behind = self.progress.behind(consumer)
         except (KafkaException, LookupError) as err:
             log.warning("cannot read the group's progress, asking again: %s", err)
             return False

@@ -11,7 +11,7 @@ for the next run).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
@@ -64,56 +64,44 @@ class GroupProgress:
         self.moved_at = clock()
         """When the group was last seen moving forward (or waiting started)."""
 
-    def behind(self, consumer: Consumer, owned: Collection[int] = ()) -> list[Behind]:
-        """The partitions not read to their target; raises ``KafkaException`` when the broker
-        does not answer (the caller asks again later). ``owned``: the partitions this
-        instance reads, whose watermarks its own fetches keep."""
+    def behind(self, consumer: Consumer) -> list[Behind]:
+        """The partitions not read to their target; raises ``KafkaException`` or
+        ``LookupError`` when the broker does not answer (the caller asks again later).
+
+        Offsets are asked for all partitions at once, one request per bound: each request waits
+        behind the consumer's own long-polling fetch on the broker connection (up to
+        ``fetch.wait.max.ms``), so a request per partition made this check take seconds. The
+        broker answers them at the consumer's isolation level, as far as it can read (the last
+        stable offset under ``read_committed``), not from the high watermarks its fetches
+        cache."""
         meta = consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
         if meta is None or meta.error is not None:
             raise LookupError(f"no metadata for topic {self.topic!r}")
         partitions = sorted(meta.partitions)
-        marks = self._watermarks(consumer, partitions, owned)
-        for partition in partitions:
-            self.targets.setdefault(partition, marks[partition][1])
+        low = self._offsets(consumer, partitions, OFFSET_BEGINNING)
+        new = [p for p in partitions if p not in self.targets]
+        if new:  # a target is the end first seen: asked once per partition
+            self.targets.update(self._offsets(consumer, new, OFFSET_END))
         answer = consumer.committed(
             [TopicPartition(self.topic, p) for p in partitions], timeout=self.timeout_s)
         committed = {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in answer}
         if any((c or 0) > (self.committed.get(p) or 0) for p, c in committed.items()):
             self.moved_at = self.clock()
         self.committed = committed
-        low = {p: mark[0] for p, mark in marks.items()}
         return behind(committed, low, self.targets)
-
-    def _watermarks(
-        self, consumer: Consumer, partitions: list[int], owned: Collection[int]
-    ) -> dict[int, tuple[int, int]]:
-        """(earliest, end) of each partition. Those this instance reads come from its fetches;
-        the others are asked in one request per bound for all of them: each request waits
-        behind the consumer's own long-polling fetch on the broker connection (up to
-        ``fetch.wait.max.ms``), so one request per partition made this check take seconds."""
-        marks: dict[int, tuple[int, int]] = {}
-        for partition in set(owned) & set(partitions):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), cached=True)
-            if low >= 0 and high >= 0:
-                marks[partition] = (int(low), int(high))
-        asked = [p for p in partitions if p not in marks]
-        if asked:
-            lows = self._offsets(consumer, asked, OFFSET_BEGINNING)
-            highs = self._offsets(consumer, asked, OFFSET_END)
-            marks.update((p, (lows[p], highs[p])) for p in asked)
-        return marks
 
     def _offsets(self, consumer: Consumer, partitions: list[int], bound: int) -> dict[int, int]:
         """The earliest (``OFFSET_BEGINNING``) or end (``OFFSET_END``) offset of each
-        partition, in one ListOffsets round trip per leader."""
+        partition, in one ListOffsets round trip per leader. A partition the answer leaves
+        without an offset (still the bound asked) raises ``LookupError``."""
         answer = consumer.offsets_for_times(
             [TopicPartition(self.topic, p, bound) for p in partitions], timeout=self.timeout_s)
         found: dict[int, int] = {}
         for tp in answer:
             if tp.error is not None:
                 raise KafkaException(tp.error)
-            found[tp.partition] = int(tp.offset)
+            if tp.offset >= 0:
+                found[tp.partition] = int(tp.offset)
         missing = set(partitions) - set(found)
         if missing:
             raise LookupError(f"no offsets for partition(s) {sorted(missing)} of {self.topic!r}")
