@@ -757,8 +757,9 @@ class SyncLoop:
         it was dead-lettered). ``rows``: the window's rows handed over by a caller that holds
         them nowhere else (``window.rows`` is then None): the list is emptied and each column
         freed once staged (``stage_taken``)."""
-        taken = rows if rows is not None else [] if window.rows is None else [window.rows]
-        if not taken:
+        if rows is None:
+            rows = [] if window.rows is None else [window.rows]
+        if not rows:
             return None
         now = datetime.now(UTC).replace(tzinfo=None)
         batch_id = uuid.uuid4().hex
@@ -768,7 +769,7 @@ class SyncLoop:
             batch_id=batch_id,
             topic=self.options.topic,
             consumer_group=self.options.group_id,
-            rows=stage_taken(taken, batch_id, synced_at, schema),
+            rows=stage_taken(rows, batch_id, synced_at, schema),
             schema=schema,
             ranges=window.ranges,
             events_in=window.events,
