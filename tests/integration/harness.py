@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
 
 from consumer.decode.encoder import AuditEncoder, message_key
 from schemas import audit_schema
@@ -168,8 +169,21 @@ def ledger(db_path: Path) -> list[dict[str, Any]]:
         con.close()
 
 
+COORDINATOR_STARTING = frozenset({
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE})
+"""Answers of a group coordinator that is still starting (a broker just started)."""
+
+
+def _coordinator_starting(err: BaseException) -> bool:
+    return isinstance(err, KafkaException) and err.args[0].code() in COORDINATOR_STARTING
+
+
+@retry(retry=retry_if_exception(_coordinator_starting), stop=stop_after_delay(30),
+       wait=wait_fixed(0.5), reraise=True)
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets per partition (negative: none)."""
+    """The group's committed offsets per partition (negative: none), asked again while the
+    group's coordinator is starting."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
         tps = consumer.committed(
