@@ -3,11 +3,16 @@
 The latest event of a key is the one with the greatest (op_time, partition, offset); the
 one-at-a-time reference in ``tests/oracles`` is its oracle. Batches of events arrive as polars
 frames; they are kept as they are until they hold half as many rows as the reduced state, then
-state and batches are compacted in one sort: memory follows the number of distinct keys (at most
-one and a half times it between compactions, plus the sort's own copy of the key and version
-columns), and each event is sorted a bounded number of times. Half rather than as many: the peak
-of a compaction is lower by a quarter of the state, for half as much sorting again (three rows
-sorted per event instead of two; a few per cent of the ingest's time).
+compacted into it. A compaction sorts the pending rows' key and version columns only, to find the
+latest pending row of each key, and meets the state by a hash join on the key: a state row newer
+than (or as new as) the pending one stays, otherwise the pending row replaces it. The state is
+never sorted again, so each event is sorted once; the state's columns are copied once per
+compaction (without its superseded rows), one column at a time, each released once copied.
+Memory follows the number of distinct keys: at most one and a half times it between compactions.
+
+Each compaction copies the state's strings into buffers of their own: gathered strings point into
+the buffers of the batches they came from (losers and superseded rows included), which would
+otherwise stay alive whole. Copying them costs less than the buffers it frees.
 
 Frames decoded from different writer schemas may hold different columns (a field added or removed
 upstream): ``aligned`` lines them up by name before they are reduced, a column a frame lacks being
@@ -75,18 +80,80 @@ def latest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
     return own_strings(frame[latest_rows(frame)])
 
 
-def _latest_of(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """``latest_per_key`` of the frames stacked, taking them over (the list is emptied). The
-    winners are gathered one column at a time and each column of the frames is released once
-    gathered, so the peak is the frames plus one gathered column, not frames plus winners."""
-    frame = aligned(frames)
+def _latest_pending(frame: pl.DataFrame) -> pl.DataFrame:
+    """The key and version of each key's latest row of ``frame``, with its row number (``_row``).
+    Only the key and version columns are sorted."""
+    return (
+        frame.select(KEY, *VERSION)
+        .with_row_index("_row")
+        .sort([KEY, *VERSION])
+        .filter(pl.col(KEY).is_last_distinct())
+    )
+
+
+def _pending_is_newer() -> pl.Expr:
+    """After a join of pending winners with the state on the key (state columns suffixed
+    ``_state``): True where the pending row's version is greater. An equal version is the same
+    event redelivered: the state's row stays."""
+    time, partition, offset = (pl.col(name) for name in VERSION)
+    time_s, partition_s, offset_s = (pl.col(f"{name}_state") for name in VERSION)
+    return (
+        (time > time_s)
+        | ((time == time_s) & (
+            (partition > partition_s) | ((partition == partition_s) & (offset > offset_s))
+        ))
+    ).fill_null(False)
+
+
+def _merge_latest(state: pl.DataFrame | None, frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """``state`` (one row per key) with the latest rows of ``frames`` merged in, taking both
+    over (the list is emptied). The new state is built one column at a time, each source column
+    released once copied: the peak is state and frames plus one column. Its strings are copied
+    into buffers of their own (``own_strings``)."""
+    pending = aligned(frames)
     frames.clear()
-    rows = latest_rows(frame)
+    winners = _latest_pending(pending)
+    if state is None:
+        return own_strings(pending[winners.get_column("_row").sort()])
+    met = winners.join(
+        state.select(KEY, *VERSION).with_row_index("_state_row"),
+        on=KEY, how="inner", suffix="_state",
+    ).select("_row", "_state_row", _pending_is_newer().alias("_newer"))
+    newer = met.get_column("_newer")
+    keep_state = None
+    superseded = met.get_column("_state_row").filter(newer).to_numpy()
+    if len(superseded):
+        mask = np.ones(state.height, dtype=bool)
+        mask[superseded] = False
+        keep_state = pl.Series(mask)
+    rows = winners.get_column("_row")
+    older = met.get_column("_row").filter(~newer)
+    if older.len():
+        rows = rows.filter(~rows.is_in(older.implode()))
+    rows = rows.sort()  # a gather in row order reads each chunk in turn
+    del winners, met
+    if state.schema != pending.schema:
+        state, pending = _lined_up(state, pending)
     columns: list[pl.Series] = []
-    for name in frame.columns:
-        columns.append(own_strings(frame.get_column(name).gather(rows).to_frame()).to_series())
-        frame = frame.drop(name)
+    for name in state.columns:
+        kept = state.get_column(name)
+        if keep_state is not None:
+            kept = kept.filter(keep_state)
+        column = pl.concat([kept, pending.get_column(name).gather(rows)], rechunk=False)
+        columns.append(own_strings(column.to_frame()).to_series())
+        state, pending = state.drop(name), pending.drop(name)
     return pl.DataFrame(columns)
+
+
+def _lined_up(a: pl.DataFrame, b: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Both frames with the columns of both, in one order (null where a frame lacks one)."""
+    schema = pl.concat([a.clear(), b.clear()], how="diagonal").schema
+    return tuple(  # type: ignore[return-value]
+        f.with_columns(
+            pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in f
+        ).select(schema.names())
+        for f in (a, b)
+    )
 
 
 def own_strings(frame: pl.DataFrame) -> pl.DataFrame:
@@ -262,10 +329,8 @@ class Reducer:
         if self.keep_versions:
             self._state = _append_new_versions(self._state, self._pending, self._packed)
         else:
-            frames = ([] if self._state is None else [self._state]) + self._pending
-            self._state = None
-            self._pending = []
-            self._state = _latest_of(frames)
+            state, self._state = self._state, None
+            self._state = _merge_latest(state, self._pending)
         self._pending = []
         self._pending_rows = 0
 

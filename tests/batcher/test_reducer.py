@@ -144,6 +144,53 @@ def test_matches_the_reference_reducer(history: tuple[list[Event], list[int], in
     assert (out.events, out.payload_bytes) == (len(events), len(events))
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_batches_of_different_columns_reduce_to_the_reference(
+    history: tuple[list[Event], list[int], int], data: st.DataObject
+) -> None:
+    """Batches decoded from different writer schemas: a batch may lack the label, or carry a
+    column the others lack; each winner keeps its own event's values, null where its batch
+    lacked the column, whichever batches the state was compacted from."""
+    events, cuts, compact_min_rows = history
+    reducer = Reducer(compact_min_rows=compact_min_rows)
+    expected: list[Event] = []
+    extra: dict[tuple[int, int], str | None] = {}
+    bounds = [0, *cuts, len(events)]
+    for start, end in itertools.pairwise(bounds):
+        batch = events[start:end]
+        shape = data.draw(st.sampled_from(("both", "label only", "extra only")))
+        rows = frame(batch)
+        if shape != "label only":
+            rows = rows.with_columns(("x" + pl.col("label")).alias("extra"))
+        if shape == "extra only":
+            rows = rows.drop("label")
+        for e in batch:
+            extra[(e[2], e[3])] = None if shape == "label only" else "x" + e[4]
+            expected.append(e if shape != "extra only" else (*e[:4], ""))
+        reducer.add(rows)
+    out = reducer.drain()
+    if not events:
+        assert out.rows is None
+        return
+    rows = out.rows
+    assert rows is not None
+    for name in ("label", "extra"):
+        if name not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, pl.String).alias(name))
+    got = {
+        r[KEY]: (Version(r["op_time"], r["src_partition"], r["src_offset"]), r["label"] or "",
+                 r["extra"])
+        for r in rows.iter_rows(named=True)
+    }
+    assert len(got) == rows.height, "more than one row for a key"
+    want = {
+        key: (version, label, extra[(version.partition, version.offset)])
+        for key, (version, label) in oracle(expected).items()
+    }
+    assert got == want
+
+
 @settings(max_examples=200, deadline=None)
 @given(histories())
 def test_reducing_twice_changes_nothing(history: tuple[list[Event], list[int], int]) -> None:
