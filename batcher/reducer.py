@@ -32,8 +32,11 @@ way: a version carries null in a column its writer schema lacked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -242,20 +245,45 @@ def _append_new_versions(
     return new if state is None else aligned([state, new])
 
 
+def _in_background(work: Callable[[], pl.DataFrame]) -> Future[pl.DataFrame]:
+    """Run ``work`` on a thread of its own; its result (or its error) is the future's."""
+    future: Future[pl.DataFrame] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as err:  # handed to whoever takes the result
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="kyc-sync-compact", daemon=True).start()
+    return future
+
+
 class Reducer:
     """Not thread-safe; one per consumer. Added frames hold the key and version columns and
     any payload columns (``aligned``).
 
     ``keep_versions``: keep every distinct version of each key (for the history table), not only
-    the latest."""
+    the latest.
 
-    def __init__(self, compact_min_rows: int = 200_000, keep_versions: bool = False) -> None:
+    ``background``: a compaction runs on a thread of its own while ``add`` goes on taking
+    batches (polars releases the GIL: on a second CPU, the compaction costs the caller nothing).
+    At most one runs at a time: the next compaction, ``drain`` and ``clear`` wait for it; its
+    error is raised there. Nothing else changes: the same rows are reduced the same way."""
+
+    def __init__(
+        self, compact_min_rows: int = 200_000, keep_versions: bool = False,
+        background: bool = False,
+    ) -> None:
         if compact_min_rows <= 0:
             raise ValueError("compact_min_rows must be > 0")
         self.compact_min_rows = compact_min_rows
         self.keep_versions = keep_versions
+        self.background = background
         self._packed = True  # every position seen so far packs into one int64
         self._state: pl.DataFrame | None = None
+        self._merging: Future[pl.DataFrame] | None = None
+        self._merging_rows = 0  # the rows the compaction in flight was given (state + pending)
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = 0
         self._first: dict[int, int] = {}
@@ -282,7 +310,11 @@ class Reducer:
     def keys_at_most(self) -> int:
         """Distinct keys buffered (distinct versions with ``keep_versions``), counted exactly at
         the last compaction plus rows added since."""
-        return (0 if self._state is None else self._state.height) + self._pending_rows
+        return self._state_rows() + self._pending_rows
+
+    def _state_rows(self) -> int:
+        """Rows of the state: counted exactly, or what the compaction in flight was given."""
+        return self._merging_rows if self._state is None else self._state.height
 
     def track(self, partitions: Sequence[int], offsets: Sequence[int], size: int = 0) -> None:
         """Account for events seen (whether they yield a row or not): count and offset ranges."""
@@ -316,23 +348,38 @@ class Reducer:
         self._pending_rows += rows.height
         if self.keep_versions and self._packed:
             self._packed = packable(rows)
-        state_rows = 0 if self._state is None else self._state.height
+        if self._merging is not None and self._merging.done():
+            self._settle()
+        state_rows = self._state_rows()
         # Each compaction reads the state once: amortized over as many pending rows as a share
         # of it. Versions are only appended to, so a compaction of theirs is cheaper.
         state_rows //= 4 if self.keep_versions else 2
         if self._pending_rows >= max(self.compact_min_rows, state_rows):
-            self._compact()
+            self._compact(self.background)
 
-    def _compact(self) -> None:
+    def _compact(self, background: bool = False) -> None:
+        """Fold the pending frames into the state (after the compaction in flight)."""
+        self._settle()
         if not self._pending:
             return
+        state, pending, rows = self._state, self._pending, self._state_rows() + self._pending_rows
+        self._state, self._pending, self._pending_rows = None, [], 0
         if self.keep_versions:
-            self._state = _append_new_versions(self._state, self._pending, self._packed)
+            work = partial(_append_new_versions, state, pending, self._packed)
         else:
-            state, self._state = self._state, None
-            self._state = _merge_latest(state, self._pending)
-        self._pending = []
-        self._pending_rows = 0
+            work = partial(_merge_latest, state, pending)
+        if background:
+            self._merging, self._merging_rows = _in_background(work), rows
+        else:
+            self._state = work()
+
+    def _settle(self) -> None:
+        """Wait for the compaction in flight, if any; its result is the state."""
+        merging = self._merging
+        if merging is None:
+            return
+        self._merging, self._merging_rows = None, 0
+        self._state = merging.result()
 
     def partitions(self) -> frozenset[int]:
         return frozenset(self._next)
@@ -355,6 +402,9 @@ class Reducer:
         return reduced
 
     def clear(self) -> None:
+        if self._merging is not None:
+            self._merging.exception()  # waits; what it built is dropped, its error too
+            self._merging, self._merging_rows = None, 0
         self._packed = True
         self._state = None
         self._pending = []

@@ -127,13 +127,23 @@ class Taken:
     scan_s: float
 
 
+    own_lists: bool = False
+    """The lists are this batch's own (made by ``merged``): a later merge extends them."""
+
     def merged(self, later: Taken) -> Taken:
-        """This batch and a later one, as one batch."""
-        return Taken(
-            self.messages + later.messages, self.kept + later.kept, self.values + later.values,
-            self.keys + later.keys, self.partitions + later.partitions,
-            self.offsets + later.offsets, self.size + later.size, self.scan_s + later.scan_s,
+        """This batch and a later one, as one batch. The first merge copies the lists and later
+        ones extend them: merging n batches copies each message once, not up to n times."""
+        first = self if self.own_lists else Taken(
+            list(self.messages), list(self.kept), list(self.values), list(self.keys),
+            list(self.partitions), list(self.offsets), self.size, self.scan_s, own_lists=True,
         )
+        first.messages.extend(later.messages)
+        first.kept.extend(later.kept)
+        first.values.extend(later.values)
+        first.keys.extend(later.keys)
+        first.partitions.extend(later.partitions)
+        first.offsets.extend(later.offsets)
+        return replace(first, size=first.size + later.size, scan_s=first.scan_s + later.scan_s)
 
 
 MERGED_BATCHES = 8
@@ -186,7 +196,7 @@ class SyncLoop:
         self.warehouse = warehouse
         self.dead_letters = dead_letters
         self.window = Window(policy, clock)
-        self.reducer = Reducer(keep_versions=options.history)
+        self.reducer = Reducer(keep_versions=options.history, background=True)
         self.observer = observer or Observer()
         self.partitions = Partitions(options.topic, options.consume_batch)
         self.stopping = False

@@ -98,6 +98,41 @@ def test_compaction_keeps_memory_to_the_distinct_keys() -> None:
     assert reducer.drain().rows is not None
 
 
+def test_a_background_compaction_counts_its_rows_until_it_is_done() -> None:
+    """While a compaction runs, the keys are bounded by what it was given plus what came since;
+    the next compaction and ``drain`` wait for it."""
+    reducer = Reducer(compact_min_rows=2, background=True)
+    reducer.add(frame([(1, 1, 0, 0, "a"), (1, 2, 0, 1, "b")]))
+    assert reducer.keys_at_most == 2
+    reducer.add(frame([(2, 1, 0, 2, "c")]))
+    assert reducer.keys_at_most <= 3
+    reducer.add(frame([(1, 3, 0, 3, "d")]))  # a second compaction: after the first
+    out = reducer.drain()
+    assert reduced(out.rows) == oracle(
+        [(1, 1, 0, 0, "a"), (1, 2, 0, 1, "b"), (2, 1, 0, 2, "c"), (1, 3, 0, 3, "d")])
+    assert reducer.keys_at_most == 0
+
+
+def test_an_error_of_a_background_compaction_is_raised_to_the_caller() -> None:
+    """A column of two types (a programming error) fails the compaction on its thread: the next
+    call that waits for it raises the error."""
+    reducer = Reducer(compact_min_rows=1, background=True)
+    reducer.add(frame([(1, 1, 0, 0, "a")]))
+    reducer.add(frame([(2, 1, 0, 1, "b")]).with_columns(pl.col("label").cast(pl.Int64,
+                                                                             strict=False)))
+    with pytest.raises(pl.exceptions.PolarsError):
+        reducer.drain()
+
+
+def test_clear_waits_for_the_background_compaction_and_drops_it() -> None:
+    reducer = Reducer(compact_min_rows=1, background=True)
+    reducer.track([0], [0])
+    reducer.add(frame([(1, 1, 0, 0, "a")]))
+    reducer.clear()
+    assert (reducer.events, reducer.keys_at_most) == (0, 0)
+    assert reducer.drain().rows is None
+
+
 def test_compact_min_rows_must_be_positive() -> None:
     with pytest.raises(ValueError, match="compact_min_rows"):
         Reducer(compact_min_rows=0)
@@ -120,10 +155,13 @@ def histories(draw: st.DrawFn) -> tuple[list[Event], list[int], int]:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(histories())
-def test_matches_the_reference_reducer(history: tuple[list[Event], list[int], int]) -> None:
+@given(histories(), st.booleans())
+def test_matches_the_reference_reducer(
+    history: tuple[list[Event], list[int], int], background: bool
+) -> None:
+    """Compacting on the caller's thread or on one of its own reduces to the same rows."""
     events, cuts, compact_min_rows = history
-    reducer = Reducer(compact_min_rows=compact_min_rows)
+    reducer = Reducer(compact_min_rows=compact_min_rows, background=background)
     bounds = [0, *cuts, len(events)]
     for start, end in itertools.pairwise(bounds):
         batch = events[start:end]
