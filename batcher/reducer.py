@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -316,8 +317,12 @@ class Reducer:
         """Rows of the state: counted exactly, or what the compaction in flight was given."""
         return self._merging_rows if self._state is None else self._state.height
 
-    def track(self, partitions: Sequence[int], offsets: Sequence[int], size: int = 0) -> None:
-        """Account for events seen (whether they yield a row or not): count and offset ranges."""
+    def track(
+        self, partitions: Sequence[int] | np.ndarray[Any, Any],
+        offsets: Sequence[int] | np.ndarray[Any, Any], size: int = 0,
+    ) -> None:
+        """Account for events seen (whether they yield a row or not): count and offset ranges.
+        Arrays of int64 are taken as they are (no copy)."""
         count = len(offsets)
         if count == 0:
             return

@@ -544,7 +544,9 @@ class SyncLoop:
                 decoded = replace(decoded, error=err)
                 break
         size = sum(len(v) for v in values[:stop] if v) if stop < len(kept) else taken.size
-        self.reducer.track(partitions[:stop], offsets[:stop], size)
+        partition_array = np.asarray(partitions[:stop], dtype=np.int64)
+        offset_array = np.asarray(offsets[:stop], dtype=np.int64)
+        self.reducer.track(partition_array, offset_array, size)
         rows = decoded.rows
         if stop < len(kept):
             rows = rows.filter(pl.col(INDEX) < stop)
@@ -553,8 +555,8 @@ class SyncLoop:
         if rows.height:
             where = rows.get_column(INDEX).to_numpy()
             self.reducer.add(rows.drop(INDEX).with_columns(
-                pl.Series("src_partition", np.asarray(partitions)[where], dtype=pl.Int32),
-                pl.Series("src_offset", np.asarray(offsets)[where], dtype=pl.Int64),
+                pl.Series("src_partition", partition_array[where], dtype=pl.Int32),
+                pl.Series("src_offset", offset_array[where], dtype=pl.Int64),
             ))
         for name, events in self.decoder.contract.take_discarded().items():
             self.observer.discarded(name, events)
