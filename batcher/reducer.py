@@ -109,11 +109,13 @@ def _pending_is_newer() -> pl.Expr:
     ).fill_null(False)
 
 
-def _merge_latest(state: pl.DataFrame | None, frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """``state`` (one row per key) with the latest rows of ``frames`` merged in, taking both
-    over (the list is emptied). The new state is built one column at a time, each source column
-    released once copied: the peak is state and frames plus one column. Its strings are copied
-    into buffers of their own (``own_strings``)."""
+def _merge_latest(held: list[pl.DataFrame], frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The state (``held``: one frame, one row per key, or none) with the latest rows of
+    ``frames`` merged in, taking both over (the lists are emptied: nothing else may refer to
+    them). The new state is built one column at a time, each source column released once
+    copied: the peak is state and frames plus one column. Its strings are copied into buffers
+    of their own (``own_strings``)."""
+    state = held.pop() if held else None
     pending = aligned(frames)
     frames.clear()
     winners = _latest_pending(pending)
@@ -367,12 +369,13 @@ class Reducer:
         self._settle()
         if not self._pending:
             return
-        state, pending, rows = self._state, self._pending, self._state_rows() + self._pending_rows
-        self._state, self._pending, self._pending_rows = None, [], 0
+        rows = self._state_rows() + self._pending_rows
         if self.keep_versions:
-            work = partial(_append_new_versions, state, pending, self._packed)
-        else:
-            work = partial(_merge_latest, state, pending)
+            work = partial(_append_new_versions, self._state, self._pending, self._packed)
+        else:  # handed over in lists the merge empties: it frees each column once copied
+            work = partial(_merge_latest, [] if self._state is None else [self._state],
+                           self._pending)
+        self._state, self._pending, self._pending_rows = None, [], 0
         if background:
             self._merging, self._merging_rows = _in_background(work), rows
         else:
