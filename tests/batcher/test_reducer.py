@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.ranges import PartitionRange
-from batcher.reducer import POSITION_BITS, Reducer, latest_per_key, packable, positions
+from batcher.reducer import (
+    POSITION_BITS,
+    Reducer,
+    _merge_latest,
+    latest_per_key,
+    packable,
+    positions,
+)
 from schemas.columns import KEY
 from tests.oracles.reducer import ReferenceReducer, Version
 
@@ -133,6 +140,17 @@ def test_clear_waits_for_the_background_compaction_and_drops_it() -> None:
     assert reducer.drain().rows is None
 
 
+def test_a_compaction_takes_the_state_and_the_frames_over() -> None:
+    """The merge empties the lists it is handed: nothing else refers to the old state while the
+    new one is built, so each old column is freed once copied."""
+    held = [frame([(1, 1, 0, 0, "a"), (2, 1, 0, 1, "b")])]
+    frames = [frame([(1, 2, 0, 2, "c")]), frame([(3, 1, 0, 3, "d")])]
+    merged = _merge_latest(held, frames)
+    assert (held, frames) == ([], [])
+    assert reduced(merged) == oracle(
+        [(1, 1, 0, 0, "a"), (2, 1, 0, 1, "b"), (1, 2, 0, 2, "c"), (3, 1, 0, 3, "d")])
+
+
 def test_compact_min_rows_must_be_positive() -> None:
     with pytest.raises(ValueError, match="compact_min_rows"):
         Reducer(compact_min_rows=0)
@@ -211,17 +229,17 @@ def test_batches_of_different_columns_reduce_to_the_reference(
     if not events:
         assert out.rows is None
         return
-    rows = out.rows
-    assert rows is not None
+    winners = out.rows
+    assert winners is not None
     for name in ("label", "extra"):
-        if name not in rows.columns:
-            rows = rows.with_columns(pl.lit(None, pl.String).alias(name))
+        if name not in winners.columns:
+            winners = winners.with_columns(pl.lit(None, pl.String).alias(name))
     got = {
         r[KEY]: (Version(r["op_time"], r["src_partition"], r["src_offset"]), r["label"] or "",
                  r["extra"])
-        for r in rows.iter_rows(named=True)
+        for r in winners.iter_rows(named=True)
     }
-    assert len(got) == rows.height, "more than one row for a key"
+    assert len(got) == winners.height, "more than one row for a key"
     want = {
         key: (version, label, extra[(version.partition, version.offset)])
         for key, (version, label) in oracle(expected).items()
