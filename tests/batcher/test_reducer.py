@@ -151,6 +151,34 @@ def test_a_compaction_takes_the_state_and_the_frames_over() -> None:
         [(1, 1, 0, 0, "a"), (2, 1, 0, 1, "b"), (1, 2, 0, 2, "c"), (3, 1, 0, 3, "d")])
 
 
+def _buffer_bytes(column: pl.Series) -> int:
+    """Bytes of the data buffers a string or binary column refers to (Arrow views, no copy)."""
+    array = column.to_arrow(compat_level=pl.CompatLevel.newest())
+    chunks = array.chunks if hasattr(array, "chunks") else [array]
+    return sum({b.address: b.size for c in chunks for b in c.buffers()[2:] if b}.values())
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_the_state_holds_the_bytes_of_its_rows_not_of_every_batch(background: bool) -> None:
+    """String and binary values of the winners are copied out of the decoded batches: the
+    state refers to buffers about the size of its own values, not to the batches' whole
+    buffers (which would grow with the events of the window, not with its keys)."""
+    reducer = Reducer(compact_min_rows=1, background=background)
+    for b in range(20):
+        keys = [10**6 + b * 1000 + k if k % 100 == 0 else k % 50 for k in range(1000)]
+        reducer.add(pl.DataFrame({
+            KEY: keys, "text": [f"{k:0200d}" for k in keys],
+            "blob": [b"%0200d" % k for k in keys],
+            "op_time": list(range(b * 1000, b * 1000 + 1000)),
+            "src_partition": [0] * 1000, "src_offset": list(range(b * 1000, b * 1000 + 1000)),
+        }, schema_overrides={"src_partition": pl.Int32}))
+    rows = reducer.drain().rows
+    assert rows is not None
+    assert rows.height == 50 + 200
+    for name in ("text", "blob"):
+        assert _buffer_bytes(rows.get_column(name)) <= 2 * rows.height * 200, name
+
+
 def test_compact_min_rows_must_be_positive() -> None:
     with pytest.raises(ValueError, match="compact_min_rows"):
         Reducer(compact_min_rows=0)
