@@ -237,12 +237,14 @@ PRIVATE_UMASK = 0o077
 """Files kyc-sync creates (the DuckDB database, its write-ahead log) hold profile data and
 offsets: readable by their owner only."""
 
-ALLOCATOR_CONF = "muzzy_decay_ms:0"
-"""polars' allocator (jemalloc) hands freed pages back with ``MADV_FREE`` by default, and those
-pages count in the process's RSS until the kernel is short of memory: a window's compactions
-then leave the RSS about 100 MiB above what is in use. With this, pages it no longer needs go
-back at once after their half-second dirty decay (polars' own default), at no measurable CPU
-cost here. Applied only where ``_RJEM_MALLOC_CONF`` is not set already."""
+ALLOCATOR_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
+"""polars' allocator (jemalloc) keeps freed pages for half a second (dirty), then hands them back
+with ``MADV_FREE`` (muzzy), and such pages count in the process's RSS until the kernel is short
+of memory. A window's compactions free and allocate the reduced state's size again each time:
+kept pages left the RSS of a 1M-profile window 100-150 MiB above what was in use. With this,
+freed pages go back at once; it costs some throughput (more page faults, ~10 % end to end here),
+which the overlap of decode and consumption has room for. Applied only where
+``_RJEM_MALLOC_CONF`` is not set already."""
 
 
 def use_allocator_defaults() -> None:

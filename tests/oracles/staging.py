@@ -40,7 +40,10 @@ def build_staged(
         pa.array([w.version.partition for w in winners], type=pa.int32()),
         pa.array([w.version.offset for w in winners], type=pa.int64()),
         pa.array([o == "DELETE" for o in op_type], type=pa.bool_()),
-        pa.array([batch_id] * n, type=pa.string()),
+        pa.array([batch_id] * n, type=pa.string()).dictionary_encode(),
         pa.array([synced_at_us] * n, type=pa.timestamp("us")),
     ]
-    return pa.Table.from_arrays(arrays, schema=staged_schema(schema))
+    target = staged_schema(schema)
+    return pa.Table.from_arrays(
+        [a.cast(f.type) for a, f in zip(arrays, target, strict=True)], schema=target
+    )

@@ -50,7 +50,7 @@ def test_schema_is_state_columns() -> None:
         "src_partition": pa.int32(),
         "src_offset": pa.int64(),
         "is_deleted": pa.bool_(),
-        "batch_id": pa.string(),
+        "batch_id": pa.dictionary(pa.int32(), pa.string()),
         "synced_at": pa.timestamp("us"),
     }
     for name, arrow_type in expected_types.items():
@@ -129,6 +129,24 @@ def test_duplicate_keys_rejected(keys: list[int]) -> None:
     expected = f"{len(keys)} rows but {len(set(keys))} distinct keys"
     with pytest.raises(TerminalWarehouseError, match=expected):
         assert_unique_keys(table)
+
+
+@pytest.mark.parametrize(
+    ("keys", "distinct"),
+    [
+        pytest.param(pa.array(["a", "b", "a"]), 2, id="text-duplicate"),
+        pytest.param(pa.array([1, None], pa.int64()), 1, id="null-integer-key"),
+        pytest.param(pa.array([None, None], pa.string()), 0, id="null-text-keys"),
+        pytest.param(pa.chunked_array([[3, 1], [2, 3]], pa.int64()), 3, id="chunked-integers"),
+    ],
+)
+def test_duplicate_or_null_keys_of_any_type_rejected(keys: pa.Array, distinct: int) -> None:
+    with pytest.raises(TerminalWarehouseError, match=f"{len(keys)} rows but {distinct} distinct"):
+        assert_unique_keys(pa.table({"kyc_profile_id": keys}))
+
+
+def test_distinct_text_keys_accepted() -> None:
+    assert_unique_keys(pa.table({"kyc_profile_id": pa.array(["b", "a", "c"])}))
 
 
 @pytest.mark.parametrize(
