@@ -6,7 +6,6 @@ schema), one row per (key, version)."""
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,7 +54,7 @@ def staged_schema(schema: TableSchema = BASE_SCHEMA) -> pa.Schema:
 def batch_id_column(batch_id: str, rows: int) -> pa.DictionaryArray:
     """The staged ``batch_id`` column: ``rows`` times ``batch_id``, dictionary-encoded."""
     return pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(rows, dtype=np.int32)), pa.array([batch_id], pa.string())
+        pa.repeat(pa.scalar(0, pa.int32()), rows), pa.array([batch_id], pa.string())
     )
 
 
@@ -70,8 +69,9 @@ def assert_unique_keys(rows: pa.Table) -> None:
     would keep it for the process's life. Other keys are hashed with the system allocator."""
     keys = rows.column(KEY)
     if pa.types.is_integer(keys.type) and keys.null_count == 0:
-        ordered = np.sort(keys.to_numpy())
-        distinct = rows.num_rows - int(np.count_nonzero(ordered[1:] == ordered[:-1]))
+        ordered = pl.Series(keys).sort()
+        repeats = (ordered.slice(1) == ordered.slice(0, max(len(ordered) - 1, 0))).sum()
+        distinct = rows.num_rows - int(repeats)
     else:
         distinct = pc.count_distinct(keys, memory_pool=pa.system_memory_pool()).as_py()
     if distinct != rows.num_rows:

@@ -43,7 +43,4 @@ def build_staged(
         pa.array([batch_id] * n, type=pa.string()).dictionary_encode(),
         pa.array([synced_at_us] * n, type=pa.timestamp("us")),
     ]
-    target = staged_schema(schema)
-    return pa.Table.from_arrays(
-        [a.cast(f.type) for a, f in zip(arrays, target, strict=True)], schema=target
-    )
+    return pa.Table.from_arrays(arrays, schema=staged_schema(schema))
