@@ -243,14 +243,22 @@ with ``MADV_FREE`` (muzzy), and such pages count in the process's RSS until the 
 of memory. A window's compactions free and allocate the reduced state's size again each time:
 kept pages left the RSS of a 1M-profile window 100-150 MiB above what was in use. With this,
 freed pages go back at once; it costs some throughput (more page faults, ~10 % end to end here),
-which the overlap of decode and consumption has room for. Applied only where
-``_RJEM_MALLOC_CONF`` is not set already."""
+which the overlap of decode and consumption has room for."""
+
+POLARS_ALLOCATOR_CONF = "dirty_decay_ms:500,muzzy_decay_ms:1000"
+"""What ``import polars`` writes to ``_RJEM_MALLOC_CONF`` ahead of any value given: a process that
+imported polars passes it on to every child it starts (a scheduler, a test, a benchmark)."""
 
 
 def use_allocator_defaults() -> None:
-    """Configure polars' allocator; effective only before polars is first imported, which the
-    command line does lazily, in the handlers."""
-    os.environ.setdefault("_RJEM_MALLOC_CONF", ALLOCATOR_CONF)
+    """Configure polars' allocator: ``ALLOCATOR_CONF``, then an operator's own
+    ``_RJEM_MALLOC_CONF`` (the last setting of an option wins). polars' defaults inherited from
+    a parent process are not an operator's choice and are dropped. Effective only before polars
+    is first imported, which the command line does lazily, in the handlers."""
+    given = os.environ.get("_RJEM_MALLOC_CONF", "")
+    if given.startswith(POLARS_ALLOCATOR_CONF):
+        given = given.removeprefix(POLARS_ALLOCATOR_CONF).lstrip(",")
+    os.environ["_RJEM_MALLOC_CONF"] = ",".join(part for part in (ALLOCATOR_CONF, given) if part)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

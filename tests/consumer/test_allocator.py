@@ -1,6 +1,6 @@
-"""The command line configures polars' allocator before polars is imported (``ALLOCATOR_CONF``),
-and leaves an operator's own ``_RJEM_MALLOC_CONF`` alone. Each case runs a fresh interpreter:
-the setting only counts before polars' first import."""
+"""The command line configures polars' allocator before polars is imported: ``ALLOCATOR_CONF``,
+then an operator's own ``_RJEM_MALLOC_CONF``, not polars' defaults inherited from a parent.
+Each case runs a fresh interpreter: the setting only counts before polars' first import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 
-from consumer.cli import ALLOCATOR_CONF
+import polars  # noqa: F401  (exports its allocator defaults, as a parent process would)
+
+from consumer.cli import ALLOCATOR_CONF, POLARS_ALLOCATOR_CONF
 
 SNIPPET = """
 import os, sys
@@ -38,10 +40,26 @@ def test_polars_starts_with_the_allocator_conf_of_the_cli() -> None:
     assert conf.endswith("," + ALLOCATOR_CONF)
 
 
-def test_an_operators_allocator_conf_is_kept() -> None:
-    env = {**os.environ, "_RJEM_MALLOC_CONF": "dirty_decay_ms:0"}
+def test_polars_defaults_inherited_from_a_parent_do_not_override_the_cli() -> None:
+    # This test's own process imported polars, which exported its defaults.
+    assert os.environ["_RJEM_MALLOC_CONF"].startswith(POLARS_ALLOCATOR_CONF)
+
+    conf = run(dict(os.environ))
+
+    assert conf.endswith("," + ALLOCATOR_CONF)
+
+
+def test_an_operators_allocator_conf_comes_last() -> None:
+    env = {**os.environ, "_RJEM_MALLOC_CONF": "dirty_decay_ms:100"}
 
     conf = run(env)
 
-    assert conf.endswith(",dirty_decay_ms:0")
-    assert ALLOCATOR_CONF not in conf
+    assert conf.endswith(f",{ALLOCATOR_CONF},dirty_decay_ms:100")
+
+
+def test_an_operators_conf_passed_through_a_polars_parent_comes_last() -> None:
+    env = {**os.environ, "_RJEM_MALLOC_CONF": f"{POLARS_ALLOCATOR_CONF},narenas:2"}
+
+    conf = run(env)
+
+    assert conf.endswith(f",{ALLOCATOR_CONF},narenas:2")
