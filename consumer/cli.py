@@ -256,8 +256,8 @@ def use_allocator_defaults() -> None:
     a parent process are not an operator's choice and are dropped. Effective only before polars
     is first imported, which the command line does lazily, in the handlers."""
     given = os.environ.get("_RJEM_MALLOC_CONF", "")
-    if given.startswith(POLARS_ALLOCATOR_CONF):
-        given = given.removeprefix(POLARS_ALLOCATOR_CONF).lstrip(",")
+    if given == POLARS_ALLOCATOR_CONF or given.startswith(POLARS_ALLOCATOR_CONF + ","):
+        given = given.removeprefix(POLARS_ALLOCATOR_CONF).removeprefix(",")
     os.environ["_RJEM_MALLOC_CONF"] = ",".join(part for part in (ALLOCATOR_CONF, given) if part)
 
 

@@ -63,3 +63,11 @@ def test_an_operators_conf_passed_through_a_polars_parent_comes_last() -> None:
     conf = run(env)
 
     assert conf.endswith(f",{ALLOCATOR_CONF},narenas:2")
+
+
+def test_an_operators_conf_that_only_starts_like_polars_defaults_is_kept_whole() -> None:
+    env = {**os.environ, "_RJEM_MALLOC_CONF": f"{POLARS_ALLOCATOR_CONF}0"}
+
+    conf = run(env)
+
+    assert conf.endswith(f",{ALLOCATOR_CONF},{POLARS_ALLOCATOR_CONF}0")
